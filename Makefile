@@ -1,0 +1,62 @@
+# hessext: every target sets up .venv idempotently, then runs.
+#   make test    build + run the test suite (compiled backend, then HESSEXT_FORCE_PYTHON=1)
+#   make demo    train a tiny transformer and write a Hessian report to ./hessext-demo
+#   make bench   kernel and engine benchmarks (installs the peer libraries into the venv)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH  ?= torch==2.13.0
+export CUDA_HOME ?= /usr/local/cuda
+BASE_STAMP  = $(VENV)/.base-installed
+BUILD_STAMP = $(VENV)/.hessext-installed
+BENCH_STAMP = $(VENV)/.bench-installed
+SOURCES = setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: venv install test test-compiled test-python demo bench bench-kernels bench-engine cuda-check info clean
+
+venv: $(BASE_STAMP)
+$(BASE_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q numpy scipy tqdm matplotlib pytest
+	touch $@
+
+install: $(BUILD_STAMP)
+$(BUILD_STAMP): $(BASE_STAMP) $(SOURCES)
+	$(BIN)/pip install -q --no-build-isolation -e .
+	touch $@
+
+test: install
+	$(MAKE) test-compiled test-python
+
+# pytest exits 5 when it collects no test: that is not a failure of the build.
+test-compiled: install
+	$(BIN)/python -m hessext info
+	$(BIN)/python -m pytest -q tests || [ $$? -eq 5 ]
+
+test-python: install
+	HESSEXT_FORCE_PYTHON=1 $(BIN)/python -m pytest -q tests || [ $$? -eq 5 ]
+
+demo: install
+	$(BIN)/python -m hessext demo
+
+$(BENCH_STAMP): $(BUILD_STAMP)
+	$(BIN)/pip install -q pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 "$(TORCH)"
+	touch $@
+
+bench: bench-kernels bench-engine
+
+bench-kernels: install
+	$(BIN)/python benchmarks/bench_kernels.py
+
+bench-engine: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
+
+cuda-check: $(BASE_STAMP)
+	$(BIN)/python tools/cuda_check.py
+
+info: install
+	$(BIN)/python -m hessext info
+
+clean:
+	rm -rf build *.egg-info hessext/_C*.so $(BUILD_STAMP)

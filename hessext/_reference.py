@@ -1,0 +1,104 @@
+"""Pure-PyTorch reference of every hessext op.
+
+This module is both the fallback that serves ``torch.ops.hessext.*`` when the compiled extension is absent
+and the oracle the tests compare the compiled kernels against. It must reproduce the compiled kernels'
+numbers: bitwise for ``rademacher_``, to rounding for ``reorthogonalize``.
+
+The probe hash is the one in ``csrc/include/hessext/hash.h``; keep the two in step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+GOLDEN = 0x9E3779B9
+C1 = 0x85EBCA6B
+C2 = 0xC2B2AE35
+
+
+def fmix32_int(x: int) -> int:
+    """MurmurHash3's 32-bit finaliser on a Python int (host-side key derivation)."""
+    x &= MASK32
+    x ^= x >> 16
+    x = (x * C1) & MASK32
+    x ^= x >> 13
+    x = (x * C2) & MASK32
+    x ^= x >> 16
+    return x
+
+
+def probe_keys(seed: int) -> tuple[int, int]:
+    """The two 32-bit keys derived from a 64-bit seed (the seed's two's-complement bits)."""
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    k1 = fmix32_int((s & MASK32) ^ GOLDEN)
+    k2 = fmix32_int(((s >> 32) & MASK32) ^ k1 ^ C1)
+    return k1, k2
+
+
+def _fmix32(x: Tensor) -> Tensor:
+    # int64 arithmetic, reduced mod 2^32 after each multiply: exact, since int64 products wrap mod 2^64.
+    x = x ^ (x >> 16)
+    x = (x * C1) & MASK32
+    x = x ^ (x >> 13)
+    x = (x * C2) & MASK32
+    return x ^ (x >> 16)
+
+
+def rademacher_bits(counters: Tensor, seed: int) -> Tensor:
+    """Top bit of hash(seed, c) for int64 counters c >= 0 (as an int64 tensor of 0/1)."""
+    k1, k2 = probe_keys(seed)
+    lo = counters & MASK32
+    hi = (counters >> 32) & MASK32
+    h = _fmix32((_fmix32(lo ^ k1) + (hi ^ k2)) & MASK32)
+    return h >> 31
+
+
+def rademacher_(out: Tensor, seed: int, offset: int) -> None:
+    """Fill ``out`` ([n] or [n, m]) with +-1; element (i, j) uses counter offset + j*n + i."""
+    if out.dim() not in (1, 2):
+        raise ValueError(f"rademacher_: out must be 1-D [n] or 2-D [n, m], got {out.dim()}-D {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"rademacher_: out must be float32 or float64, got {out.dtype}")
+    if offset < 0:
+        raise ValueError(f"rademacher_: offset must be >= 0, got {offset}")
+    n = out.shape[0]
+    m = out.shape[1] if out.dim() == 2 else 1
+    counters = offset + torch.arange(n * m, dtype=torch.int64, device=out.device)
+    if out.dim() == 2:
+        counters = counters.view(m, n).t()  # column-major: column j continues at offset + j*n
+    bits = rademacher_bits(counters, seed)
+    out.copy_((1 - 2 * bits).to(out.dtype))
+
+
+def reorthogonalize(w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+    """Classical Gram-Schmidt against the rows of ``basis``, applied ``passes`` times (CGS2 by default)."""
+    check_reorthogonalize_args(w, basis, passes)
+    k = basis.shape[0]
+    coeffs = torch.zeros(k, dtype=w.dtype, device=w.device)
+    out = w.clone()
+    if k > 0:
+        for _ in range(passes):
+            h = basis.mv(out)
+            out = out - basis.t().mv(h)
+            coeffs = coeffs + h
+    return out, coeffs, torch.linalg.vector_norm(out)
+
+
+def check_reorthogonalize_args(w: Tensor, basis: Tensor, passes: int) -> None:
+    if w.dim() != 1:
+        raise ValueError(f"reorthogonalize: w must be 1-D [n], got {w.dim()}-D {tuple(w.shape)}")
+    if basis.dim() != 2:
+        raise ValueError(f"reorthogonalize: basis must be 2-D [k, n], got {basis.dim()}-D {tuple(basis.shape)}")
+    if basis.shape[1] != w.shape[0]:
+        raise ValueError(
+            f"reorthogonalize: basis must be [k, n] with n = len(w) = {w.shape[0]}, got {tuple(basis.shape)}"
+        )
+    if w.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"reorthogonalize: w must be float32 or float64, got {w.dtype}")
+    if basis.dtype != w.dtype:
+        raise TypeError(f"reorthogonalize: basis dtype {basis.dtype} differs from w dtype {w.dtype}")
+    if basis.device != w.device:
+        raise ValueError(f"reorthogonalize: basis is on {basis.device} but w is on {w.device}")
+    if passes not in (1, 2):
+        raise ValueError(f"reorthogonalize: passes must be 1 or 2, got {passes}")

@@ -1,0 +1,1 @@
+"""API B surface (``project.hessian`` → ``hessext.hessian``); the API A modules live beside it."""
