@@ -128,7 +128,9 @@ def dense_hessian(
     flat0 = torch.cat([params[k].reshape(-1) for k in names]).requires_grad_(True)
     # Row by row with plain double backward: works for every op that has a double backward (forward-mode
     # AD is missing for some, e.g. CPU flash attention), and n is tiny here.
-    (grad,) = torch.autograd.grad(loss(flat0), flat0, create_graph=True)
+    # The math attention backend: CPU flash attention has neither double backward nor forward-mode AD.
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        (grad,) = torch.autograd.grad(loss(flat0), flat0, create_graph=True)
     eye = torch.eye(flat0.numel(), dtype=flat0.dtype)
     rows = [torch.autograd.grad(grad, flat0, e, retain_graph=True)[0] for e in eye]
     H = torch.stack(rows)
