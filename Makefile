@@ -41,7 +41,11 @@ demo: install
 	$(BIN)/python -m hessext demo
 
 $(BENCH_STAMP): $(BUILD_STAMP)
-	$(BIN)/pip install -q pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 "$(TORCH)"
+	# Peers for the side-by-side benchmark. curvlinops' hard dependency backpack pulls a torchvision built
+	# for another torch (it breaks on import); the parts of curvlinops we use need neither, so the peers are
+	# installed without dependencies and their real runtime dependencies are named here.
+	$(BIN)/pip install -q --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1
+	$(BIN)/pip install -q einops einconv linear_operator opt_einsum "$(TORCH)"
 	touch $@
 
 bench: bench-kernels bench-engine
