@@ -1,0 +1,100 @@
+"""API B end-to-end cost: ``HessianAnalyzer.analyze_step`` with ``HessianConfig.default()``.
+
+Model: ``TransformerFactory.create_decoder_only_transformer(vocab_size=1000)`` (defaults: d_model 64, 2 heads,
+2 layers, d_ff 128; ~204k parameters), train and validation batches of 4 sequences of 20 tokens.
+Reports time and Hessian-vector products (HVPs) per section, the time of one gradient evaluation, and the
+check of issue 5: total HVPs ≤ 1.5 × the HVPs of the Lanczos solves the analysis needs (full model,
+components, validation model) — i.e. trace probes, the H·g product and everything else cost at most half
+as much again, and no section repeats another's work.
+
+Run: ``python benchmarks/bench_analyzer.py [--threads 2] [--json out.json]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hessext.analyzer import HessianAnalyzer, HessianConfig, make_operator  # noqa: E402
+from hessext.models import TransformerFactory  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="write the numbers as JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = TransformerFactory.create_decoder_only_transformer(vocab_size=1000)
+    g = torch.Generator().manual_seed(1)
+    train = {"input_ids": torch.randint(0, 1000, (4, 20), generator=g),
+             "labels": torch.randint(0, 1000, (4, 20), generator=g)}
+    val = {"input_ids": torch.randint(0, 1000, (4, 20), generator=g),
+           "labels": torch.randint(0, 1000, (4, 20), generator=g)}
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    # One gradient evaluation (forward + backward), the unit of cost.
+    H = make_operator(model, loss_fn, train, "decoder_only")
+    H.loss_and_grad()
+    t0 = time.perf_counter()
+    reps = 5
+    for _ in range(reps):
+        H.loss_and_grad()
+    t_grad = (time.perf_counter() - t0) / reps
+
+    cfg = HessianConfig.default()
+    an = HessianAnalyzer(cfg)
+    t0 = time.perf_counter()
+    res = an.analyze_step(model, loss_fn, train, val, "decoder_only", step=0)
+    wall = time.perf_counter() - t0
+    if "error" in res:
+        print("analysis error:", res["error"])
+        return 1
+    mv, ts = res["meta"]["matvecs"], res["meta"]["time_s"]
+    lanczos = mv["hessian_lanczos"] + mv.get("components", 0)
+    val_trace = cfg.trace_probes
+    val_lanczos = mv.get("train_val_divergence", 0) - val_trace
+    lanczos_total = lanczos + max(val_lanczos, 0)
+    total = mv["total"]
+    ratio = total / lanczos_total
+
+    n = res["hessian"]["num_parameters"]
+    print(f"## analyze_step, HessianConfig.default(), decoder-only factory model (n = {n:,} parameters)\n")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; one gradient = {1e3 * t_grad:.1f} ms\n")
+    print("| section | HVPs | time (s) | time / gradient |")
+    print("|---|---:|---:|---:|")
+    rows = [("full-model Lanczos (top 10 + bottom 1, one run)", mv["hessian_lanczos"], ts["hessian_lanczos"]),
+            (f"trace: {cfg.trace_probes} probes (model + all components)", mv["trace"], ts["trace"]),
+            (f"components ({len(res['components'])} Lanczos runs)", mv.get("components", 0), ts.get("components", 0)),
+            ("alignment (gradient + H·g)", mv.get("alignment", 0), ts.get("alignment", 0)),
+            ("sharpness", mv.get("sharpness", 0), 0.0),
+            ("train/val (val Lanczos + probes)", mv.get("train_val_divergence", 0), ts.get("train_val_divergence", 0)),
+            ("**total**", total, wall)]
+    for name, k, t in rows:
+        print(f"| {name} | {k} | {t:.2f} | {t / t_grad:.0f} |")
+    print(f"\nLanczos HVPs needed: {lanczos_total}; total HVPs: {total}; ratio {ratio:.2f} "
+          f"({'OK' if ratio <= 1.5 else 'ABOVE'} the 1.5 bound)")
+    print(f"per component: " + ", ".join(f"{c}: {r['num_matvecs']} HVPs, λmax {r['max_eigenvalue']:.3g}"
+                                         for c, r in res["components"].items()))
+    if args.json:
+        out = {"n": n, "grad_s": t_grad, "wall_s": wall, "matvecs": mv, "time_s": ts, "ratio": ratio,
+               "lanczos_matvecs": lanczos_total, "torch": torch.__version__, "machine": platform.platform(),
+               "threads": torch.get_num_threads()}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0 if ratio <= 1.5 else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+// Argument checks shared by the CPU and CUDA kernels (host code only). They mirror
+// hessext/_reference.py's checks: every message names the argument and the shape/dtype received.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+namespace hessext {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+inline std::string shape_str(const Tensor& t) {
+  std::ostringstream os;
+  os << "[";
+  for (int64_t d = 0; d < t.dim(); ++d) os << (d ? ", " : "") << t.size(d);
+  os << "]";
+  return os.str();
+}
+
+inline std::string device_str(const Tensor& t) {
+  std::ostringstream os;
+  os << (t.is_cuda() ? "cuda" : t.is_cpu() ? "cpu" : "another device");
+  if (t.get_device_index() >= 0) os << ":" << static_cast<int>(t.get_device_index());
+  return os.str();
+}
+
+inline bool is_supported_float(ScalarType s) {
+  return s == ScalarType::Float || s == ScalarType::Double;
+}
+
+inline void check_reorthogonalize_args(const Tensor& w, const Tensor& basis, int64_t passes) {
+  STD_TORCH_CHECK(w.dim() == 1, "reorthogonalize: w must be 1-D [n], got ", w.dim(), "-D ", shape_str(w));
+  STD_TORCH_CHECK(basis.dim() == 2, "reorthogonalize: basis must be 2-D [k, n], got ", basis.dim(), "-D ",
+                  shape_str(basis));
+  STD_TORCH_CHECK(basis.size(1) == w.size(0), "reorthogonalize: basis must be [k, n] with n = len(w) = ",
+                  w.size(0), ", got ", shape_str(basis));
+  STD_TORCH_CHECK(is_supported_float(w.scalar_type()), "reorthogonalize: w must be float32 or float64, got ",
+                  torch::headeronly::toString(w.scalar_type()));
+  STD_TORCH_CHECK(basis.scalar_type() == w.scalar_type(), "reorthogonalize: basis dtype ",
+                  torch::headeronly::toString(basis.scalar_type()), " differs from w dtype ",
+                  torch::headeronly::toString(w.scalar_type()));
+  STD_TORCH_CHECK(basis.device() == w.device(), "reorthogonalize: basis and w must be on the same device, got basis on ",
+                  device_str(basis), " and w on ", device_str(w));
+  STD_TORCH_CHECK(passes == 1 || passes == 2, "reorthogonalize: passes must be 1 or 2, got ", passes);
+}
+
+inline void check_rademacher_args(const Tensor& out, int64_t offset) {
+  STD_TORCH_CHECK(out.dim() == 1 || out.dim() == 2, "rademacher_: out must be 1-D [n] or 2-D [n, m], got ",
+                  out.dim(), "-D ", shape_str(out));
+  STD_TORCH_CHECK(is_supported_float(out.scalar_type()), "rademacher_: out must be float32 or float64, got ",
+                  torch::headeronly::toString(out.scalar_type()));
+  STD_TORCH_CHECK(offset >= 0, "rademacher_: offset must be >= 0, got ", offset);
+}
+
+}  // namespace hessext

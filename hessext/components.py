@@ -1,0 +1,631 @@
+"""Transformer components as parameter subsets, and their Hessian blocks (API B).
+
+A *component* is a named subset of a model's parameters — whole parameters, or slices of packed ones.
+Its Hessian is the principal diagonal block ``H_CC = Pᵀ H P`` of the full Hessian (``P`` embeds the
+component's coordinates into ``R^n``): curvature of the loss when only that component moves.
+
+Component names and what they resolve to (``include_bias`` adds the matching bias vectors):
+
+=====================  ===================================================================================
+``attention``          every attention projection: query, key, value and output (incl. packed ones)
+``attention_query``    query projections: ``q_proj``, ``query`` (BERT ``attention.self.query``), ``wq``,
+                       T5 ``q``; the first third of ``in_proj_weight`` (``nn.MultiheadAttention``) and of
+                       GPT-2 ``c_attn`` (a ``Conv1D`` with weight ``[d, 3d]``: the slice is on columns)
+``attention_key``      likewise ``k_proj``, ``key``, ``wk``, ``k``; the second third of packed weights
+``attention_value``    likewise ``v_proj``, ``value``, ``wv``, ``v``; the last third of packed weights
+``attention_output``   the attention output projection: ``out_proj``/``o_proj``/``wo``/``o``, GPT-2
+                       ``attn.c_proj``, BERT ``attention.output.dense``
+``ffn``                feed-forward weights: ``fc1``/``fc2``, ``linear1``/``linear2`` (torch layers),
+                       ``c_fc``/``mlp.c_proj`` (GPT-2), ``gate_proj``/``up_proj``/``down_proj`` (LLaMA),
+                       ``intermediate.dense``/``output.dense`` (BERT), ``w1``/``w2``/``w3``, ``wi``/``wo``
+``embeddings``         ``nn.Embedding`` tables (token, position, token type) and positional parameters
+                       registered directly on a module (``pos``, ``pos_embed``, ``wpe``, …)
+``norm``               LayerNorm / RMSNorm / other normalisation layers (``ln_*``, ``*norm*``, ``LayerNorm``)
+``hidden_states``      the parameters that write into the residual stream inside each block: the attention
+                       output projection plus the FFN output projection (``attention_output`` ∪ ``fc2`` /
+                       ``linear2`` / ``mlp.c_proj`` / ``down_proj`` / BERT ``output.dense``). The residual
+                       stream leaving block ℓ is ``h_ℓ = h_{ℓ−1} + W_o(attn) + W_2(ffn)``; these are the
+                       ``W_o`` and ``W_2`` of every block.
+``output_projection``  the LM / classification head: ``lm_head``, ``output_projection``, ``head``,
+                       ``classifier``, ``output_layer``, ``fc_out`` outside blocks (a head tied to the
+                       embedding table has no parameter of its own and resolves to nothing)
+=====================  ===================================================================================
+
+"Attention context" is a module path with a segment containing ``attn`` or ``attention``; FFN context a
+segment containing ``mlp``, ``ffn``, ``feed_forward``/``feedforward``, ``densereludense`` or
+``intermediate``. Fused QKV weights with a per-head interleaved layout (``query_key_value`` of
+GPT-NeoX/BLOOM) count for ``attention`` as a whole; asking for their query/key/value slices warns.
+
+Names that the package does not know raise ``ValueError``; known names that resolve to no parameter of a
+given model are dropped with a ``UserWarning`` that names them — never silently.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .metrics import HessianMetrics
+
+__all__ = [
+    "COMPONENT_NAMES",
+    "ParamPart",
+    "resolve_component",
+    "component_indices",
+    "extract_component_parameters",
+    "ComponentSelector",
+    "ComponentAnalyzer",
+    "compute_component_hessians",
+]
+
+COMPONENT_NAMES: tuple[str, ...] = (
+    "attention", "attention_query", "attention_key", "attention_value", "attention_output",
+    "ffn", "embeddings", "norm", "hidden_states", "output_projection",
+)
+
+# Which roles make up each component.
+_COMPONENT_ROLES: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v", "o", "qkv_fused", "attn_other"),
+    "attention_query": ("q",),
+    "attention_key": ("k",),
+    "attention_value": ("v",),
+    "attention_output": ("o",),
+    "ffn": ("ffn_in", "ffn_out", "ffn_other"),
+    "embeddings": ("embed",),
+    "norm": ("norm",),
+    "hidden_states": ("o", "ffn_out"),
+    "output_projection": ("head",),
+}
+
+_Q = {"q_proj", "query", "wq", "q_lin", "to_q", "query_proj", "q"}
+_K = {"k_proj", "key", "wk", "k_lin", "to_k", "key_proj", "k"}
+_V = {"v_proj", "value", "wv", "v_lin", "to_v", "value_proj", "v"}
+_O = {"o_proj", "out_proj", "wo", "o", "out_lin", "c_proj", "dense", "proj", "output_proj", "dense_proj"}
+_QKV_THIRDS = {"c_attn", "qkv_proj", "wqkv", "qkv", "in_proj"}
+_QKV_INTERLEAVED = {"query_key_value", "w_pack"}
+_FFN_IN = {"fc1", "linear1", "c_fc", "gate_proj", "up_proj", "w1", "w3", "wi", "wi_0", "wi_1", "lin1",
+           "fc_in", "dense_h_to_4h", "gate_up_proj"}
+_FFN_OUT = {"fc2", "linear2", "down_proj", "w2", "lin2", "dense_4h_to_h"}
+_FFN_OUT_IN_CONTEXT = {"c_proj", "wo", "fc_out", "out_proj", "proj", "dense"}
+_HEAD = {"lm_head", "output_projection", "head", "out_head", "classifier", "output_layer", "fc_out",
+         "generator", "score", "qa_outputs"}
+_POS_PARAM = re.compile(r"(^|_)(pos|position|positional|wpe|pos_embed|pos_emb|cls_token|tok|token|embed)")
+
+
+@dataclass(frozen=True)
+class ParamPart:
+    """A parameter, or a slice ``[start, stop)`` of it along dimension ``dim`` (``dim=None``: whole)."""
+
+    name: str
+    dim: Optional[int] = None
+    start: int = 0
+    stop: int = 0
+
+    def view(self, p: Tensor) -> Tensor:
+        """The part as a view of the parameter tensor ``p``."""
+        if self.dim is None:
+            return p
+        return p.narrow(self.dim, self.start, self.stop - self.start)
+
+    def numel(self, shape: Sequence[int]) -> int:
+        if self.dim is None:
+            return int(math.prod(shape))
+        return int(math.prod(shape) // shape[self.dim] * (self.stop - self.start))
+
+
+def _is_attn_ctx(segments: Sequence[str]) -> bool:
+    return any("attn" in s.lower() or "attention" in s.lower() for s in segments)
+
+
+def _is_ffn_ctx(segments: Sequence[str]) -> bool:
+    keys = ("mlp", "ffn", "feed_forward", "feedforward", "densereludense", "intermediate")
+    return any(any(k in s.lower() for k in keys) for s in segments)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):
+        return True
+    return type(module).__name__.lower().endswith("norm")
+
+
+def _is_embedding(module: nn.Module) -> bool:
+    return isinstance(module, nn.Embedding) or "embedding" in type(module).__name__.lower() and (
+        isinstance(getattr(module, "weight", None), Tensor) and module.weight.dim() == 2)
+
+
+def _is_bias(param_name: str) -> bool:
+    leaf = param_name.rsplit(".", 1)[-1]
+    return leaf == "bias" or leaf.endswith("_bias") or leaf in ("bias_k", "bias_v")
+
+
+def _classify(model: nn.Module) -> tuple[dict[str, list[ParamPart]], list[str]]:
+    """Roles of every parameter (or parameter slice) of ``model``.
+
+    Returns:
+        (roles, notes): ``roles`` maps a role (q, k, v, o, qkv_fused, attn_other, ffn_in, ffn_out,
+        ffn_other, embed, norm, head, other) to parts; ``notes`` lists warnings for packed weights whose
+        query/key/value layout is unknown.
+    """
+    roles: dict[str, list[ParamPart]] = {r: [] for r in (
+        "q", "k", "v", "o", "qkv_fused", "attn_other", "ffn_in", "ffn_out", "ffn_other",
+        "embed", "norm", "head", "other")}
+    notes: list[str] = []
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        segs = mod_name.split(".") if mod_name else []
+        leaf = segs[-1].lower() if segs else ""
+        parent = segs[:-1]
+        direct = [(k, p) for k, p in module.named_parameters(recurse=False)]
+        if not direct:
+            continue
+
+        def full(k: str) -> str:
+            return f"{mod_name}.{k}" if mod_name else k
+
+        def add(role: str, part: ParamPart, p: Tensor) -> None:
+            roles[role].append(part)
+            seen.add(id(p))
+
+        if isinstance(module, nn.MultiheadAttention):
+            d = module.embed_dim
+            for k, p in direct:
+                if id(p) in seen:
+                    continue
+                if k in ("in_proj_weight", "in_proj_bias"):
+                    for j, role in enumerate(("q", "k", "v")):
+                        add(role, ParamPart(full(k), 0, j * d, (j + 1) * d), p)
+                elif k in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                    add(k[0], ParamPart(full(k)), p)
+                elif k in ("bias_k", "bias_v"):
+                    add(k[-1], ParamPart(full(k)), p)
+                else:
+                    add("attn_other", ParamPart(full(k)), p)
+            continue
+
+        in_attn = _is_attn_ctx(segs)
+        in_ffn = _is_ffn_ctx(segs)
+        parent_leaf = parent[-1].lower() if parent else ""
+        for k, p in direct:
+            if id(p) in seen:
+                continue  # shared (tied) parameter, already classified under its first name
+            name = full(k)
+            if _is_norm(module):
+                add("norm", ParamPart(name), p)
+            elif _is_embedding(module):
+                add("attn_other" if in_attn else "embed", ParamPart(name), p)
+            elif k in ("weight", "bias") and p.dim() in (1, 2):
+                # A Linear-like layer (Linear, Conv1D, ...).
+                role = None
+                if leaf in _QKV_THIRDS and (in_attn or leaf == "c_attn"):
+                    conv1d = type(module).__name__ == "Conv1D"
+                    dim = 1 if (conv1d and k == "weight") else 0
+                    size = p.shape[dim]
+                    if size % 3 == 0:
+                        third = size // 3
+                        for j, r in enumerate(("q", "k", "v")):
+                            add(r, ParamPart(name, dim, j * third, (j + 1) * third), p)
+                        continue
+                    role = "qkv_fused"
+                    notes.append(f"{name}: fused QKV of size {size} is not divisible by 3")
+                elif leaf in _QKV_INTERLEAVED:
+                    role = "qkv_fused"
+                    notes.append(f"{name}: fused QKV with an interleaved per-head layout")
+                elif in_attn and leaf in _Q:
+                    role = "q"
+                elif in_attn and leaf in _K:
+                    role = "k"
+                elif in_attn and leaf in _V:
+                    role = "v"
+                elif in_attn and (leaf in _O or (leaf == "dense" and parent_leaf == "output")):
+                    role = "o"
+                elif in_attn:
+                    role = "attn_other"
+                elif leaf in _FFN_IN or (leaf == "dense" and parent_leaf == "intermediate"):
+                    role = "ffn_in"
+                elif leaf in _FFN_OUT or (in_ffn and leaf in _FFN_OUT_IN_CONTEXT) or (
+                        leaf == "dense" and parent_leaf == "output"):
+                    role = "ffn_out"
+                elif in_ffn:
+                    role = "ffn_other"
+                elif leaf in _HEAD or (leaf == "decoder" and parent_leaf == "predictions"):
+                    role = "head"
+                add(role or "other", ParamPart(name), p)
+            elif _POS_PARAM.search(k.lower()):
+                add("embed", ParamPart(name), p)
+            else:
+                add("other", ParamPart(name), p)
+    return roles, notes
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"component name must be a str, got {type(name).__name__} ({name!r})")
+    if name not in _COMPONENT_ROLES:
+        raise ValueError(f"unknown component name {name!r}; known components: {list(COMPONENT_NAMES)}")
+    return name
+
+
+def resolve_component(model: nn.Module, name: str, include_bias: bool = False,
+                      trainable_only: bool = False) -> list[ParamPart]:
+    """The parameter parts that make up component ``name`` on ``model`` (may be empty).
+
+    Args:
+        model: the model.
+        name: a component name (see the module docstring).
+        include_bias: include bias vectors (``bias``, ``*_bias``).
+        trainable_only: keep only parameters with ``requires_grad``.
+
+    Raises:
+        ValueError: unknown component name.
+    """
+    _check_name(name)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    roles, notes = _classify(model)
+    parts: list[ParamPart] = []
+    for role in _COMPONENT_ROLES[name]:
+        parts.extend(roles[role])
+    if name in ("attention_query", "attention_key", "attention_value") and roles["qkv_fused"]:
+        warnings.warn(f"component {name!r}: fused QKV weights with an unknown layout are not split and are "
+                      f"not part of it ({'; '.join(notes)}); they count for 'attention' as a whole",
+                      UserWarning, stacklevel=3)
+    params = dict(model.named_parameters())
+    out = []
+    for part in parts:
+        if not include_bias and _is_bias(part.name):
+            continue
+        if trainable_only and not params[part.name].requires_grad:
+            continue
+        out.append(part)
+    # Order as in named_parameters, then by slice start.
+    order = {k: i for i, k in enumerate(params)}
+    out.sort(key=lambda q: (order[q.name], q.start))
+    return out
+
+
+def component_indices(layout: Any, parts: Iterable[ParamPart], device: Any = None) -> Tensor:
+    """Flat indices (int64, sorted) of ``parts`` in a ``ParamLayout``.
+
+    Whole parameters map to their flat range; a dim-0 slice of a row-major ``[R, C…]`` parameter to
+    ``off + [start·c, stop·c)`` with ``c = numel / R``; a dim-1 slice of a 2-D ``[R, C]`` parameter (a GPT-2
+    ``Conv1D`` weight) to ``off + r·C + j`` for every row r and ``start ≤ j < stop``. Parts whose parameter
+    is not in the layout (e.g. frozen) are skipped.
+    """
+    chunks = []
+    for part in parts:
+        if part.name not in layout:
+            continue
+        i = layout.names.index(part.name)
+        off, shape, numel = layout.offsets[i], tuple(layout.shapes[i]), layout.numels[i]
+        if part.dim is None:
+            chunks.append(torch.arange(off, off + numel, dtype=torch.long))
+        elif part.dim == 0:
+            row = numel // shape[0]
+            chunks.append(torch.arange(off + part.start * row, off + part.stop * row, dtype=torch.long))
+        elif part.dim == 1 and len(shape) == 2:
+            C = shape[1]
+            idx = (torch.arange(shape[0], dtype=torch.long)[:, None] * C
+                   + torch.arange(part.start, part.stop, dtype=torch.long)[None, :])
+            chunks.append(off + idx.reshape(-1))
+        else:
+            raise ValueError(f"unsupported slice of {part.name!r} with shape {shape}: dim={part.dim}")
+    if not chunks:
+        return torch.empty(0, dtype=torch.long, device=device)
+    idx = torch.unique(torch.cat(chunks))  # sorted, de-duplicated
+    return idx.to(device) if device is not None else idx
+
+
+def extract_component_parameters(model: nn.Module, component_name: str,
+                                 include_bias: bool = False) -> list[Tensor]:
+    """Tensors of component ``component_name``: whole ``Parameter`` objects, or views of packed ones.
+
+    A slice of a packed parameter (the query third of ``in_proj_weight``) is returned as a view
+    (``narrow``) of the parameter, sharing its storage. ``sum(p.numel() for p in result)`` is the size of
+    the component. An empty list comes with a ``UserWarning``.
+
+    Raises:
+        ValueError: unknown component name (the message lists the known ones).
+    """
+    parts = resolve_component(model, component_name, include_bias=include_bias)
+    params = dict(model.named_parameters())
+    if not parts:
+        warnings.warn(f"component {component_name!r} matches no parameter of {type(model).__name__}",
+                      UserWarning, stacklevel=2)
+    return [part.view(params[part.name]) for part in parts]
+
+
+class ComponentSelector:
+    """Lists of component names and their validation against a model."""
+
+    @staticmethod
+    def get_minimal_components() -> list[str]:
+        """``["attention", "ffn"]``."""
+        return ["attention", "ffn"]
+
+    @staticmethod
+    def get_standard_components(no_fnn: bool = False) -> list[str]:
+        """``attention, ffn, embeddings, norm, output_projection`` (without ``ffn`` when ``no_fnn``)."""
+        out = ["attention", "ffn", "embeddings", "norm", "output_projection"]
+        if no_fnn:
+            out.remove("ffn")
+        return out
+
+    @staticmethod
+    def get_comprehensive_components() -> list[str]:
+        """Every known component name."""
+        return list(COMPONENT_NAMES)
+
+    @staticmethod
+    def get_all_component_names() -> list[str]:
+        """Every known component name (same as :meth:`get_comprehensive_components`)."""
+        return list(COMPONENT_NAMES)
+
+    @staticmethod
+    def check_names(names: Iterable[str]) -> list[str]:
+        """Validate names without a model. Raises ``ValueError`` on unknown names, ``TypeError`` on non-str."""
+        if isinstance(names, str):
+            names = [names]
+        names = list(names)
+        bad = [n for n in names if isinstance(n, str) and n not in _COMPONENT_ROLES]
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"component names must be str, got {type(n).__name__} ({n!r})")
+        if bad:
+            raise ValueError(f"unknown component names {bad}; known components: {list(COMPONENT_NAMES)}")
+        return list(dict.fromkeys(names))
+
+    @staticmethod
+    def validate_components(model: nn.Module, component_names: Iterable[str],
+                            include_bias: bool = False) -> list[str]:
+        """The names of ``component_names`` that resolve to at least one trainable parameter of ``model``.
+
+        Raises:
+            ValueError: a name is not a known component.
+        Warns:
+            UserWarning: naming every known component that matches nothing on this model (dropped).
+        """
+        names = ComponentSelector.check_names(component_names)
+        valid, dropped = [], []
+        for n in names:
+            (valid if resolve_component(model, n, include_bias, trainable_only=True) else dropped).append(n)
+        if dropped:
+            warnings.warn(f"components {dropped} match no trainable parameter of {type(model).__name__} "
+                          f"and are dropped", UserWarning, stacklevel=2)
+        return valid
+
+
+def _desc(t: Tensor) -> list[float]:
+    return sorted((float(x) for x in t.detach().cpu().tolist()), reverse=True)
+
+
+class ComponentAnalyzer:
+    """Per-component Hessian analysis: eigenvalues of diagonal blocks and traces from shared probes.
+
+    Args:
+        include_bias: include bias vectors in components (default ``False``, as
+            :func:`extract_component_parameters`).
+        tol: Lanczos tolerance on the Ritz residuals (relative).
+        trace_probes: Rademacher probes of the whole-model Hutchinson estimate whose per-block sums give
+            every component's trace (0 disables component traces).
+        seed: probe / start-vector seed.
+    """
+
+    def __init__(self, include_bias: bool = False, tol: float = 1e-4, trace_probes: int = 20,
+                 seed: int = 0) -> None:
+        if not (isinstance(tol, (int, float)) and tol > 0):
+            raise ValueError(f"tol must be positive, got {tol!r}")
+        if isinstance(trace_probes, bool) or not isinstance(trace_probes, int) or trace_probes < 0:
+            raise ValueError(f"trace_probes must be a non-negative int, got {trace_probes!r}")
+        self.include_bias = include_bias
+        self.tol = float(tol)
+        self.trace_probes = trace_probes
+        self.seed = int(seed)
+
+    # -------------------------------------------------------------- index sets
+    def component_index_sets(self, model: nn.Module, layout: Any,
+                             component_list: Iterable[str]) -> dict[str, Tensor]:
+        """Name → flat index set on ``layout`` for every component that resolves to something
+        (the others are dropped with a warning by :meth:`ComponentSelector.validate_components`)."""
+        names = ComponentSelector.validate_components(model, component_list, include_bias=self.include_bias)
+        out = {}
+        for n in names:
+            idx = component_indices(layout, resolve_component(model, n, self.include_bias))
+            if idx.numel():
+                out[n] = idx
+        return out
+
+    # -------------------------------------------------------------- analysis
+    def analyze_all_components(self, model: nn.Module, loss_fn: Any, data_batch: Any,
+                               model_type: Optional[str] = "decoder_only",
+                               component_list: Optional[Sequence[str]] = None, n_components: int = 10,
+                               *, operator: Any = None, block_traces: Optional[Mapping[str, Any]] = None,
+                               num_batches: Optional[int] = None, device: Any = None) -> dict[str, dict]:
+        """Top eigenvalues of each component's diagonal Hessian block, and its trace.
+
+        For component C with index set S: ``top_eigenvalues`` (descending) and ``max_eigenvalue`` /
+        ``min_eigenvalue`` are Ritz values of ``H_SS`` from one Lanczos run per component (both ends of
+        the block's spectrum in one Krylov space), ``trace_estimate ± trace_std_error`` is the Hutchinson
+        estimate ``(1/m) Σ_j Σ_{i∈S} z_ij (H z_j)_i`` from ONE set of m probes over the whole model (shared by
+        all components, so component traces are comparable), and the :class:`HessianMetrics` fields of the
+        block's top eigenvalues are added.
+
+        Args:
+            model, loss_fn, data_batch, model_type: as :class:`hessext.hvp.HessianOperator`.
+            component_list: names (default :meth:`ComponentSelector.get_standard_components`).
+            n_components: eigenvalues per component (clamped to the component size).
+            operator: an existing ``HessianOperator`` to reuse (then model/loss/data are not re-wrapped).
+            block_traces: precomputed per-component ``{"estimate", "std_error"}`` (from the caller's probes).
+            num_batches: batches to average when ``data_batch`` is an iterable.
+            device: device of the analysis.
+
+        Returns:
+            ``{component: {...}}`` for every component that resolves on this model.
+        """
+        from .analyzer import make_operator
+
+        _check_k("n_components", n_components)
+        if component_list is None:
+            component_list = ComponentSelector.get_standard_components()
+        H = operator if operator is not None else make_operator(
+            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device)
+        index_sets = self.component_index_sets(model, H.layout, component_list)
+        if not index_sets:
+            return {}
+        if block_traces is None and self.trace_probes > 0:
+            block_traces = self.block_traces(H, index_sets)
+        results: dict[str, dict] = {}
+        for name, idx in index_sets.items():
+            A = H.restrict(idx.to(H.device))
+            size = int(idx.numel())
+            k_top = min(n_components, size)
+            k_bot = 1 if size > k_top else 0
+            top, bottom = _extremes(A, k_top, k_bot, self.tol, self.seed)
+            top_vals = _desc(top.eigenvalues)
+            lo = float(bottom.eigenvalues.min()) if bottom is not None else min(top_vals)
+            entry = HessianMetrics.compute_detailed_hessian_metrics(top_vals)
+            entry.update({
+                "num_parameters": size,
+                "model_parameters": int(H.layout.n),
+                "parameter_names": sorted({p for p in _names_of(model, name, self.include_bias)}),
+                "max_eigenvalue": top_vals[0],
+                "min_eigenvalue": lo,
+                "top_eigenvalues": top_vals,
+                "residuals": [float(r) for r in top.residuals.detach().cpu().tolist()],
+                "converged": bool(top.converged),
+                "num_matvecs": int(top.num_matvecs),
+            })
+            if block_traces and name in block_traces:
+                bt = block_traces[name]
+                entry["trace_estimate"] = float(bt["estimate"])
+                entry["trace_std_error"] = float(bt["std_error"])
+                entry["mean_eigenvalue_estimate"] = float(bt["estimate"]) / size
+            results[name] = entry
+        return results
+
+    def block_traces(self, H: Any, index_sets: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
+        """Per-component Hutchinson traces from one probe set (see :func:`hessext.trace.hutchinson`)."""
+        res = shared_probe_traces(H, self.trace_probes, index_sets, seed=self.seed)
+        return res["blocks"]
+
+    # -------------------------------------------------------------- reporting
+    @staticmethod
+    def compare_components(results: Mapping[str, Mapping[str, Any]],
+                           metric_name: str = "max_eigenvalue") -> dict[str, Any]:
+        """Rank components by one scalar metric.
+
+        Returns:
+            ``{"metric", "values" {component: value}, "ranking" (descending), "max_component",
+            "max_value", "min_component", "min_value", "ratio" (max/min, NaN when min is 0)}``. Components
+            lacking the metric or with a non-finite value are listed under ``"skipped"``.
+
+        Raises:
+            ValueError: ``results`` is empty or no component has a finite ``metric_name``.
+        """
+        if not results:
+            raise ValueError("results is empty: no component to compare")
+        values, skipped = {}, []
+        for comp, entry in results.items():
+            v = entry.get(metric_name) if isinstance(entry, Mapping) else None
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v):
+                values[comp] = float(v)
+            else:
+                skipped.append(comp)
+        if not values:
+            raise ValueError(f"metric_name {metric_name!r} is not a finite scalar in any component result")
+        ranking = sorted(values, key=values.get, reverse=True)
+        hi, lo = ranking[0], ranking[-1]
+        return {
+            "metric": metric_name, "values": values, "ranking": ranking,
+            "max_component": hi, "max_value": values[hi], "min_component": lo, "min_value": values[lo],
+            "ratio": values[hi] / values[lo] if values[lo] != 0 else float("nan"), "skipped": skipped,
+        }
+
+    @staticmethod
+    def get_component_summary(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """Sizes and headline numbers of a component analysis.
+
+        ``total_parameters`` is the sum of the component sizes (a parameter in two components, e.g.
+        ``attention`` and ``hidden_states``, counts twice); ``unique_parameters`` counts each once;
+        ``model_parameters`` is the analysed model size; ``parameter_fraction`` is size / model size.
+        """
+        names = list(results)
+        sizes = {c: int(results[c].get("num_parameters", 0)) for c in names}
+        model_n = max((int(results[c].get("model_parameters", 0)) for c in names), default=0)
+        unique = {p for c in names for p in results[c].get("parameter_names", [])}
+        summary: dict[str, Any] = {
+            "num_components": len(names),
+            "components": names,
+            "total_parameters": int(sum(sizes.values())),
+            "component_parameters": sizes,
+            "model_parameters": model_n,
+            "parameter_fraction": {c: (s / model_n if model_n else float("nan")) for c, s in sizes.items()},
+            "unique_parameter_tensors": len(unique),
+            "max_eigenvalues": {c: results[c].get("max_eigenvalue") for c in names},
+            "trace_estimates": {c: results[c].get("trace_estimate") for c in names if "trace_estimate" in results[c]},
+        }
+        maxes = {c: v for c, v in summary["max_eigenvalues"].items() if isinstance(v, (int, float))}
+        if maxes:
+            summary["sharpest_component"] = max(maxes, key=maxes.get)
+            summary["flattest_component"] = min(maxes, key=maxes.get)
+        return summary
+
+
+def _names_of(model: nn.Module, name: str, include_bias: bool) -> list[str]:
+    return [p.name for p in resolve_component(model, name, include_bias)]
+
+
+def _check_k(name: str, k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{name} must be a positive int, got {k!r}")
+    return k
+
+
+def _extremes(A: Any, k_top: int, k_bottom: int, tol: float, seed: int) -> tuple[Any, Any]:
+    """(top, bottom-or-None) EigenResults from one Krylov space."""
+    from .lanczos import extreme_eigenpairs, lanczos
+
+    if k_bottom <= 0:
+        return lanczos(A, k=k_top, which="LA", tol=tol, seed=seed), None
+    return extreme_eigenpairs(A, k_top=k_top, k_bottom=k_bottom, tol=tol, seed=seed)
+
+
+def shared_probe_traces(H: Any, num_probes: int, index_sets: Mapping[str, Tensor] | None = None,
+                        seed: int = 0) -> dict[str, Any]:
+    """Whole-model Hutchinson trace and per-block traces from the same Rademacher probes.
+
+    ``tr(H) ≈ (1/m) Σ_j z_jᵀ H z_j``; block S: ``tr(H_SS) ≈ (1/m) Σ_j Σ_{i∈S} z_ij (H z_j)_i``; standard
+    errors are the sample standard deviation over probes / √m. Blocks may overlap.
+
+    Returns:
+        ``{"estimate", "std_error", "num_matvecs", "blocks": {name: {"estimate", "std_error"}}}``.
+    """
+    from .trace import hutchinson
+
+    blocks = dict(index_sets or {})
+    res = hutchinson(H, num_probes, seed=seed, blocks=blocks or None)
+    out = {"estimate": float(res.estimate), "std_error": float(res.std_error),
+           "num_matvecs": int(res.num_matvecs), "blocks": {}}
+    if blocks:
+        be = res.block_estimates or {}
+        bs = res.block_std_errors or {}
+        out["blocks"] = {k: {"estimate": float(be[k]), "std_error": float(bs.get(k, float("nan")))}
+                         for k in blocks if k in be}
+    return out
+
+
+def compute_component_hessians(model: nn.Module, loss_fn: Any, data_batch: Any,
+                               model_type: Optional[str] = "decoder_only",
+                               components: Optional[Sequence[str]] = None, n_components: int = 10,
+                               **kwargs: Any) -> dict[str, dict]:
+    """Legacy function: :meth:`ComponentAnalyzer.analyze_all_components` with default settings."""
+    return ComponentAnalyzer().analyze_all_components(model, loss_fn, data_batch, model_type,
+                                                      component_list=components, n_components=n_components,
+                                                      **kwargs)

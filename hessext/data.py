@@ -1,0 +1,322 @@
+"""Batch adapters: turn the user's ``data`` into a list of batches and each batch into ``(loss, weight)``.
+
+Accepted ``data``:
+
+- one batch;
+- a list/tuple of batches;
+- any other iterable (a ``DataLoader``, a generator): its first ``num_batches`` items (all of them when
+  ``num_batches`` is None). The batches are materialised once, so that every matvec sees the same data.
+  If the iterable yields fewer than ``num_batches`` a ``UserWarning`` is issued and what there is is used.
+
+Batch kinds and their loss:
+
+- ``(inputs, targets)`` (a 2-tuple or 2-list whose first element is a tensor) → ``loss_fn(model(inputs), targets)``;
+- a bare tensor ``X`` → ``loss_fn(model(X))`` (API A's contract: the loss function sees only the output);
+- a dict with ``input_ids`` and ``labels`` (optional ``attention_mask``, ``decoder_input_ids``), for
+  ``model_type`` ∈ {"decoder_only", "encoder_only", "encoder_decoder"} (None means "decoder_only"):
+
+  * decoder_only / encoder_only: ``out = model(input_ids[, attention_mask=…])``;
+  * encoder_decoder: ``out = model(input_ids, decoder_input_ids[, attention_mask=…])`` where
+    ``decoder_input_ids`` defaults to ``labels`` shifted right by one position, the first position and
+    ignored labels filled with the pad id (``pad_idx``, or 0 when ``pad_idx`` is None);
+  * ``attention_mask`` is passed (as a keyword) only if ``model.forward`` accepts it;
+  * ``logits = out.logits`` if the output has it (else ``out["logits"]``, ``out[0]`` or ``out``);
+  * ``loss = loss_fn(logits.reshape(-1, V), labels.reshape(-1))``: labels are aligned with the logits
+    position by position (**no shift**: the model or the data already did it). Labels equal to -100, to
+    ``pad_idx`` (if given) or to the criterion's own ``ignore_index`` are replaced by -100. When ``loss_fn``
+    is an ``nn.CrossEntropyLoss`` (or None), the loss is ``F.cross_entropy`` with that criterion's
+    weight, reduction and label smoothing and ``ignore_index=-100`` (the user's criterion object is never
+    modified); any other callable receives the -100-masked labels.
+
+A custom ``batch_loss(model_call, batch) -> (loss, weight)`` overrides all of the above; ``model_call``
+calls the model (functionally) with whatever arguments it is given.
+
+The weight of a batch is its number of samples (first dimension of the inputs / ``input_ids``); the
+operator averages per-batch quantities with these weights.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MODEL_TYPES", "LossNotFiniteError", "normalize_data", "is_batch", "batch_size", "map_tensors",
+           "tensors_of", "make_batch_loss", "check_loss", "check_loss_finite", "shift_right",
+           "forward_accepts"]
+
+MODEL_TYPES = ("decoder_only", "encoder_only", "encoder_decoder")
+IGNORE_INDEX = -100
+
+BatchLoss = Callable[[Callable[..., Any], Any], "tuple[Tensor, float]"]
+
+
+class LossNotFiniteError(RuntimeError):
+    """The loss of a batch is NaN or infinite (a property of the data/model, not of the HVP mode)."""
+
+
+def is_batch(obj: Any) -> bool:
+    """Whether ``obj`` is one batch of a built-in kind (tensor, dict, or ``(inputs, targets)``)."""
+    if isinstance(obj, Tensor) or isinstance(obj, Mapping):
+        return True
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Tensor)
+
+
+def normalize_data(data: Any, num_batches: int | None = None, *, custom: bool = False) -> list:
+    """The list of batches described by ``data`` (see the module docstring).
+
+    A list/tuple of length 2 whose first element is a tensor is read as one ``(inputs, targets)`` batch;
+    wrap it (``[(x, y)]``) or pass a list of dicts/tuples to mean several batches.
+
+    Args:
+        data: one batch, a list/tuple of batches, or an iterable of batches.
+        num_batches: use at most this many batches (None: all).
+        custom: batches are for a custom ``batch_loss`` and may be of any type.
+
+    Raises:
+        ValueError: ``num_batches`` is not a positive int, or there is no batch.
+        TypeError: an item is not a batch of a supported kind (without ``custom``).
+    """
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
+    if data is None:
+        raise ValueError("data is None: pass a batch, a list of batches or a DataLoader")
+    if is_batch(data):
+        batches = [data]
+    elif isinstance(data, (list, tuple)):
+        batches = list(data)
+    elif isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        if custom:
+            batches = [data]
+        else:
+            raise TypeError(f"data must be a tensor, an (inputs, targets) pair, a dict, a list of batches or an "
+                            f"iterable of batches, got {type(data).__name__}")
+    else:
+        it = iter(data)
+        batches = list(it if num_batches is None else itertools.islice(it, num_batches))
+    if num_batches is not None:
+        if len(batches) < num_batches:
+            warnings.warn(f"num_batches={num_batches} but data yields only {len(batches)} batch(es); using "
+                          f"{len(batches)}", UserWarning, stacklevel=3)
+        batches = batches[:num_batches]
+    if not batches:
+        raise ValueError("data is empty: there is no batch to analyse")
+    for i, b in enumerate(batches):
+        if not custom and not is_batch(b):
+            raise TypeError(f"batch {i} is a {type(b).__name__}; expected a tensor, an (inputs, targets) pair "
+                            "or a dict with 'input_ids' and 'labels' (or pass batch_loss=)")
+        if not custom and batch_size(b) == 0:
+            raise ValueError(f"batch {i} is empty (0 samples)")
+    return batches
+
+
+def batch_size(batch: Any) -> int:
+    """Number of samples of a batch: the first dimension of its inputs (1 for a 0-dim or unknown input)."""
+    if isinstance(batch, Tensor):
+        x = batch
+    elif isinstance(batch, Mapping):
+        x = batch.get("input_ids")
+        if x is None:
+            x = next((v for v in batch.values() if isinstance(v, Tensor)), None)
+    elif isinstance(batch, (tuple, list)) and batch:
+        x = batch[0]
+    else:
+        x = None
+    if isinstance(x, Tensor):
+        return int(x.shape[0]) if x.dim() > 0 else 1
+    return 1
+
+
+def map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``fn`` to every tensor in nested tuples/lists/dicts (other leaves unchanged)."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(map_tensors(v, fn) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def tensors_of(obj: Any) -> list[Tensor]:
+    """All tensors in nested tuples/lists/dicts."""
+    out: list[Tensor] = []
+    map_tensors(obj, lambda t: out.append(t) or t)
+    return out
+
+
+def forward_accepts(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` accepts a keyword argument ``name`` (explicitly or via ``**kwargs``)."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    ps = sig.parameters
+    return name in ps or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps.values())
+
+
+def shift_right(labels: Tensor, pad: int = 0) -> Tensor:
+    """``[pad, l_0, …, l_{L-2}]`` along the last dimension, with ignored labels (-100) replaced by ``pad``."""
+    out = labels.new_full(labels.shape, pad)
+    out[..., 1:] = labels[..., :-1]
+    return out.masked_fill(out == IGNORE_INDEX, pad)
+
+
+def check_loss(loss: Any, index: int) -> Tensor:
+    """``loss`` as a 0-dim tensor; ``TypeError``/``ValueError`` if it is not a one-element tensor."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"the loss of batch {index} must be a Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"the loss must be a scalar, got a tensor of shape {list(loss.shape)} on batch {index} "
+                         "(use reduction='mean' or 'sum')")
+    if not loss.is_floating_point():
+        raise TypeError(f"the loss of batch {index} must be floating point, got {loss.dtype}")
+    return loss.reshape(())
+
+
+def check_loss_finite(loss: Tensor, index: int) -> float:
+    """``float(loss)``; :class:`LossNotFiniteError` (a RuntimeError) ``"loss is nan on batch 3"`` if not finite."""
+    v = float(loss.detach())
+    if not math.isfinite(v):
+        raise LossNotFiniteError(f"loss is {v} on batch {index}")
+    return v
+
+
+def _output_tensor(out: Any, want_logits: bool) -> Any:
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if not want_logits:
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"cannot find logits in the model output of type {type(out).__name__}; expected a tensor "
+                    "or an object with .logits")
+
+
+def _criterion(loss_fn: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], set[int]]:
+    """The 2-D-logits criterion and the extra label values it ignores."""
+    if loss_fn is None:
+        loss_fn = nn.CrossEntropyLoss()
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        weight, reduction, smoothing = loss_fn.weight, loss_fn.reduction, loss_fn.label_smoothing
+        extra = {int(loss_fn.ignore_index)} - {IGNORE_INDEX}
+
+        def ce(logits: Tensor, labels: Tensor) -> Tensor:
+            w = None if weight is None else weight.to(dtype=logits.dtype, device=logits.device)
+            return F.cross_entropy(logits, labels, weight=w, ignore_index=IGNORE_INDEX, reduction=reduction,
+                                   label_smoothing=smoothing)
+        return ce, extra
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    return loss_fn, set()
+
+
+def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = None,
+                    batch_loss: BatchLoss | None = None, pad_idx: int | None = None) -> BatchLoss:
+    """The function ``(model_call, batch) -> (loss, weight)`` for this loss and batch kind.
+
+    Args:
+        loss_fn: the criterion (see the module docstring); may be None for dict batches (cross-entropy) or
+            when ``batch_loss`` is given.
+        model: the user's model (only inspected: does its forward accept ``attention_mask``?).
+        model_type: "decoder_only", "encoder_only", "encoder_decoder" or None (= "decoder_only").
+        batch_loss: custom override; it may return ``(loss, weight)`` or just ``loss`` (weight 1).
+        pad_idx: a label value to ignore in dict batches (besides -100); None: only -100.
+    """
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES} or None, got {model_type!r}")
+    if pad_idx is not None and (isinstance(pad_idx, bool) or not isinstance(pad_idx, int)):
+        raise TypeError(f"pad_idx must be an int or None, got {type(pad_idx).__name__}")
+    if batch_loss is not None:
+        if not callable(batch_loss):
+            raise TypeError(f"batch_loss must be callable, got {type(batch_loss).__name__}")
+
+        def custom(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+            res = batch_loss(model_call, batch)
+            if isinstance(res, (tuple, list)):
+                if len(res) != 2:
+                    raise ValueError(f"batch_loss must return (loss, weight), got a sequence of length {len(res)}")
+                loss, weight = res
+            else:
+                loss, weight = res, 1.0
+            weight = float(weight)
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"batch_loss returned weight {weight}; it must be positive and finite")
+            return loss, weight
+        return custom
+
+    accepts_mask = forward_accepts(model, "attention_mask")
+    validated: set[tuple[int, int]] = set()
+
+    def dict_loss(model_call: Callable[..., Any], batch: Mapping) -> tuple[Tensor, float]:
+        for key in ("labels", "input_ids"):
+            if key not in batch:
+                raise ValueError(f"batch dict has keys {sorted(batch.keys())}; expected {key!r}")
+        crit, extra_ignored = _criterion(loss_fn)
+        ids, labels = batch["input_ids"], batch["labels"]
+        if not isinstance(labels, Tensor) or labels.is_floating_point():
+            raise TypeError(f"batch['labels'] must be an integer tensor, got "
+                            f"{labels.dtype if isinstance(labels, Tensor) else type(labels).__name__}")
+        kwargs = {}
+        if batch.get("attention_mask") is not None and accepts_mask:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        if model_type == "encoder_decoder":
+            dec = batch.get("decoder_input_ids")
+            if dec is None:
+                dec = shift_right(labels, 0 if pad_idx is None else pad_idx)
+            out = model_call(ids, dec, **kwargs)
+        else:
+            out = model_call(ids, **kwargs)
+        logits = _output_tensor(out, want_logits=True)
+        if logits.dim() < 1 or logits.shape[:-1].numel() != labels.numel():
+            raise ValueError(f"logits of shape {list(logits.shape)} do not match labels of shape "
+                             f"{list(labels.shape)} position by position")
+        V = logits.shape[-1]
+        lab = labels.reshape(-1)
+        ignore = lab == IGNORE_INDEX
+        for v in ({pad_idx} if pad_idx is not None else set()) | extra_ignored:
+            ignore = ignore | (lab == v)
+        lab = lab.masked_fill(ignore, IGNORE_INDEX)
+        key = (id(labels), V)
+        if key not in validated:
+            valid = lab[~ignore]
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
+                raise ValueError(f"labels out of range [0, {V}): got values in [{int(valid.min())}, "
+                                 f"{int(valid.max())}]")
+            validated.add(key)
+        return crit(logits.reshape(-1, V), lab), float(batch_size(batch))
+
+    def pair_loss(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+        inputs, targets = batch
+        out = _output_tensor(model_call(inputs), want_logits=False)
+        return loss_fn(out, targets), float(batch_size(batch))
+
+    def bare_loss(model_call: Callable[..., Any], batch: Tensor) -> tuple[Tensor, float]:
+        out = _output_tensor(model_call(batch), want_logits=False)
+        return loss_fn(out), float(batch_size(batch))
+
+    def dispatch(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+        if isinstance(batch, Mapping):
+            return dict_loss(model_call, batch)
+        if loss_fn is None:
+            raise TypeError("loss_fn is None; it is required for (inputs, targets) and tensor batches")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if isinstance(batch, Tensor):
+            return bare_loss(model_call, batch)
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return pair_loss(model_call, batch)
+        raise TypeError(f"unsupported batch of type {type(batch).__name__}; pass batch_loss=")
+    return dispatch

@@ -1,0 +1,292 @@
+"""Symmetric linear operators on flat vectors: the one interface every hessext algorithm consumes.
+
+A subclass implements a single method, ``_matmat(X: [n, m]) -> [n, m]``, and inherits
+
+- ``matvec(v[n])``, ``matmat(X[n, m])`` and ``A @ v`` / ``A @ X`` with shape checks;
+- ``A + B``, ``A - B``, ``c * A``, ``A * c``, ``-A`` (lazy compositions);
+- ``restrict(indices)``: the principal sub-operator ``A_SS = Pᵀ A P`` on an index subset S, where
+  ``P ∈ R^{n×|S|}`` embeds ``R^{|S|}`` into ``R^n`` (zero outside S);
+- ``to_dense()`` (``A I`` in column blocks) and ``to_scipy()`` (a float64 numpy
+  ``scipy.sparse.linalg.LinearOperator``);
+- ``num_matvecs``: the number of vectors multiplied so far (``matmat`` with m columns adds m).
+
+Inputs may have any floating dtype and any device: the operator computes in its own ``dtype``/``device``
+and returns the result in the input's dtype and on the input's device.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["LinearOperator", "DenseOperator", "SumOperator", "ScaledOperator", "RestrictedOperator",
+           "as_operator"]
+
+IndexLike = Union[Tensor, slice, Sequence[int], np.ndarray]
+
+
+class LinearOperator:
+    """Base class of square (symmetric) linear operators ``A ∈ R^{n×n}``.
+
+    Args:
+        n: size.
+        dtype: dtype the operator computes in.
+        device: device the operator computes on.
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        self.shape: tuple[int, int] = (int(n), int(n))
+        self.dtype: torch.dtype = dtype
+        self.device: torch.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.num_matvecs: int = 0
+
+    # ------------------------------------------------------------------ to implement
+    def _matmat(self, X: Tensor) -> Tensor:
+        """``A X`` for ``X: [n, m]`` in ``self.dtype`` on ``self.device``; returns ``[n, m]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _matmat")
+
+    # ------------------------------------------------------------------ products
+    @property
+    def n(self) -> int:
+        return self.shape[0]
+
+    def _prepare(self, X: Tensor, what: str) -> Tensor:
+        if not isinstance(X, Tensor):
+            if isinstance(X, np.ndarray):
+                X = torch.from_numpy(X)
+            else:
+                raise TypeError(f"{what} must be a torch.Tensor, got {type(X).__name__}")
+        if not (X.is_floating_point() or X.is_complex()):
+            raise TypeError(f"{what} must be a floating tensor, got dtype {X.dtype}")
+        return X
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``A v`` for ``v: [n]``; returns ``[n]`` in v's dtype, on v's device."""
+        v = self._prepare(v, "v")
+        if v.dim() != 1 or v.shape[0] != self.n:
+            raise ValueError(f"v must have shape [{self.n}], got {list(v.shape)}")
+        return self.matmat(v[:, None])[:, 0]
+
+    def matmat(self, X: Tensor) -> Tensor:
+        """``A X`` for ``X: [n, m]``; returns ``[n, m]`` in X's dtype, on X's device."""
+        X = self._prepare(X, "X")
+        if X.dim() != 2 or X.shape[0] != self.n:
+            raise ValueError(f"X must have shape [{self.n}, m], got {list(X.shape)}")
+        m = X.shape[1]
+        if m == 0:
+            return X.new_zeros(self.n, 0)
+        Y = self._matmat(X.to(dtype=self.dtype, device=self.device))
+        if Y.shape != (self.n, m):
+            raise RuntimeError(f"{type(self).__name__}._matmat returned shape {list(Y.shape)}, "
+                               f"expected {[self.n, m]}")
+        self.num_matvecs += m
+        return Y.to(dtype=X.dtype, device=X.device)
+
+    def __matmul__(self, X: Tensor) -> Tensor:
+        if isinstance(X, LinearOperator):
+            raise TypeError("operator @ operator is not supported; compose with + and * or apply to vectors")
+        X = self._prepare(X, "operand")
+        if X.dim() == 1:
+            return self.matvec(X)
+        if X.dim() == 2:
+            return self.matmat(X)
+        raise ValueError(f"operand must be [n] or [n, m] with n={self.n}, got {list(X.shape)}")
+
+    # ------------------------------------------------------------------ algebra
+    def __add__(self, other: "LinearOperator | Tensor") -> "LinearOperator":
+        return SumOperator([self, as_operator(other)])
+
+    def __radd__(self, other: "LinearOperator | Tensor") -> "LinearOperator":
+        return SumOperator([as_operator(other), self])
+
+    def __sub__(self, other: "LinearOperator | Tensor") -> "LinearOperator":
+        return SumOperator([self, ScaledOperator(as_operator(other), -1.0)])
+
+    def __rsub__(self, other: "LinearOperator | Tensor") -> "LinearOperator":
+        return SumOperator([as_operator(other), ScaledOperator(self, -1.0)])
+
+    def __mul__(self, c: float) -> "LinearOperator":
+        if isinstance(c, Tensor) and c.numel() == 1:
+            c = c.item()
+        if isinstance(c, bool) or not isinstance(c, numbers.Real):
+            raise TypeError(f"an operator can only be multiplied by a real scalar, got {type(c).__name__}")
+        return ScaledOperator(self, float(c))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, c: float) -> "LinearOperator":
+        if isinstance(c, bool) or not isinstance(c, numbers.Real):
+            raise TypeError(f"an operator can only be divided by a real scalar, got {type(c).__name__}")
+        return ScaledOperator(self, 1.0 / float(c))
+
+    def __neg__(self) -> "LinearOperator":
+        return ScaledOperator(self, -1.0)
+
+    def restrict(self, indices: IndexLike) -> "LinearOperator":
+        """The principal sub-operator on an index subset: ``(A_SS) x = (A P x)[S]``.
+
+        Args:
+            indices: a LongTensor / sequence of ints (unique, in ``[0, n)``), a boolean mask ``[n]``, or a slice.
+                The order of ``indices`` is the coordinate order of the sub-operator.
+        """
+        return RestrictedOperator(self, indices)
+
+    # ------------------------------------------------------------------ conversions
+    def to_dense(self, block_size: int | None = None) -> Tensor:
+        """The dense ``[n, n]`` matrix ``A I``, built ``block_size`` columns at a time (default 256)."""
+        n = self.n
+        bs = n if block_size is None and n <= 256 else (block_size or 256)
+        if bs < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        out = torch.empty(n, n, dtype=self.dtype, device=self.device)
+        for j0 in range(0, n, bs):
+            j1 = min(n, j0 + bs)
+            E = torch.zeros(n, j1 - j0, dtype=self.dtype, device=self.device)
+            E[torch.arange(j0, j1, device=self.device), torch.arange(j1 - j0, device=self.device)] = 1
+            out[:, j0:j1] = self.matmat(E)
+        return out
+
+    def to_scipy(self):
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out) backed by this operator."""
+        from scipy.sparse.linalg import LinearOperator as _ScipyOp
+
+        def to_torch(x: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(self.device, self.dtype)
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            x = np.asarray(x)
+            y = self.matvec(to_torch(x).reshape(-1))
+            return y.detach().to("cpu", torch.float64).numpy().reshape(x.shape)
+
+        def mm(X: np.ndarray) -> np.ndarray:
+            return self.matmat(to_torch(X)).detach().to("cpu", torch.float64).numpy()
+
+        return _ScipyOp(shape=self.shape, matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n}, dtype={self.dtype}, device={self.device})"
+
+
+class DenseOperator(LinearOperator):
+    """A dense ``[n, n]`` matrix as an operator (symmetry is the caller's promise; it is not checked)."""
+
+    def __init__(self, A: Tensor) -> None:
+        if isinstance(A, np.ndarray):
+            A = torch.from_numpy(A)
+        if not isinstance(A, Tensor):
+            raise TypeError(f"A must be a Tensor, got {type(A).__name__}")
+        if A.dim() != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be a square [n, n] matrix, got shape {list(A.shape)}")
+        if not A.is_floating_point():
+            raise TypeError(f"A must be floating point, got dtype {A.dtype}")
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.A = A
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.A @ X
+
+    def to_dense(self, block_size: int | None = None) -> Tensor:
+        return self.A.clone()
+
+
+def _common(ops: Sequence[LinearOperator]) -> tuple[torch.dtype, torch.device]:
+    n = ops[0].n
+    for op in ops[1:]:
+        if op.n != n:
+            raise ValueError(f"operator sizes differ: {ops[0].shape} and {op.shape}")
+    dtype = ops[0].dtype
+    for op in ops[1:]:
+        dtype = torch.promote_types(dtype, op.dtype)
+    return dtype, ops[0].device
+
+
+class SumOperator(LinearOperator):
+    """``Σ_i A_i`` (lazy)."""
+
+    def __init__(self, ops: Sequence[LinearOperator]) -> None:
+        flat: list[LinearOperator] = []
+        for op in ops:
+            flat.extend(op.ops if isinstance(op, SumOperator) else [op])
+        dtype, device = _common(flat)
+        super().__init__(flat[0].n, dtype, device)
+        self.ops = flat
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        out = self.ops[0].matmat(X)
+        for op in self.ops[1:]:
+            out = out + op.matmat(X)
+        return out
+
+
+class ScaledOperator(LinearOperator):
+    """``c · A`` (lazy)."""
+
+    def __init__(self, op: LinearOperator, c: float) -> None:
+        if isinstance(op, ScaledOperator):
+            op, c = op.op, c * op.c
+        super().__init__(op.n, op.dtype, op.device)
+        self.op, self.c = op, float(c)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.c * self.op.matmat(X)
+
+
+def _as_index(indices: IndexLike, n: int) -> Tensor:
+    if isinstance(indices, slice):
+        return torch.arange(n, dtype=torch.long)[indices]
+    if isinstance(indices, np.ndarray):
+        indices = torch.from_numpy(indices)
+    if not isinstance(indices, Tensor):
+        try:
+            indices = torch.as_tensor(list(indices))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"indices must be a LongTensor, a bool mask, a slice or a sequence of ints, "
+                            f"got {type(indices).__name__}") from e
+    if indices.dtype == torch.bool:
+        if indices.shape != (n,):
+            raise ValueError(f"a boolean mask must have shape [{n}], got {list(indices.shape)}")
+        return indices.nonzero().reshape(-1).cpu()
+    if indices.is_floating_point() or indices.is_complex():
+        raise TypeError(f"indices must be integers, got dtype {indices.dtype}")
+    idx = indices.reshape(-1).long().cpu() if indices.dim() <= 1 else None
+    if idx is None:
+        raise ValueError(f"indices must be 1-D, got shape {list(indices.shape)}")
+    if idx.numel() and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
+    if idx.numel() != torch.unique(idx).numel():
+        raise ValueError("indices must be unique")
+    return idx
+
+
+class RestrictedOperator(LinearOperator):
+    """Principal sub-operator ``Pᵀ A P`` on the index subset ``S`` (coordinates in the order of ``S``)."""
+
+    def __init__(self, op: LinearOperator, indices: IndexLike) -> None:
+        idx = _as_index(indices, op.n)
+        if idx.numel() == 0:
+            raise ValueError("indices selects no coordinate")
+        if isinstance(op, RestrictedOperator):
+            idx, op = op.indices.cpu()[idx], op.op
+        super().__init__(idx.numel(), op.dtype, op.device)
+        self.op = op
+        self.indices = idx.to(op.device)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        full = X.new_zeros(self.op.n, X.shape[1])
+        full[self.indices] = X
+        return self.op.matmat(full)[self.indices]
+
+
+def as_operator(A: "LinearOperator | Tensor | np.ndarray") -> LinearOperator:
+    """``A`` itself if it is a LinearOperator, else a :class:`DenseOperator` of the square matrix ``A``."""
+    if isinstance(A, LinearOperator):
+        return A
+    if isinstance(A, (Tensor, np.ndarray)):
+        return DenseOperator(A)
+    raise TypeError(f"A must be a LinearOperator or a square [n, n] tensor, got {type(A).__name__}")

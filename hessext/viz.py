@@ -1,0 +1,1574 @@
+"""Plots and reports of Hessian analyses: :class:`HessianVisualizer` (API B's ``project.hessian`` plots).
+
+Every plot function takes results (dicts of numbers as produced by ``HessianAnalyzer.analyze_step``, or
+the engine's result dataclasses), never operators or models, and
+
+- returns its :class:`matplotlib.figure.Figure` (close it with ``plt.close(fig)`` if you made it through
+  pyplot; see *Backends* below);
+- writes ``{model_name}_{quantity}.{fmt}`` into ``save_path`` for every ``fmt`` in ``formats`` (default
+  ``("png",)``; ``"svg"``, ``"pdf"``, ``"jpg"``, ``"eps"`` too), creating the directory; with
+  ``save_path=None`` nothing is written. The written paths are also stored on the figure as
+  ``fig.hessext_files``;
+- skips whatever the input lacks: a missing metric, a step that failed (its dict has an ``"error"`` key) or
+  a whole missing section only removes a panel, never raises. A figure with nothing to show says so.
+
+Histories are dicts keyed by training step: ``{step: metrics}``. Steps are ints or int-like strings
+(``"100"``); other keys (``"epoch_3"``) are plotted in insertion order and used as tick labels. A history
+of full ``analyze_step`` results (``{step: results}``) is accepted everywhere: each function picks its own
+section (``results["hessian"]``, ``results["alignment"]``, …).
+
+Scales: a quantity that is positive and spans more than ``LOG_SPAN`` (30×) is drawn on a log axis; a signed
+quantity spanning decades (Hessian eigenvalues: a large positive top and small negative bottom) on a
+``symlog`` axis whose linear region is set by the smallest magnitude in the data.
+
+Backends
+--------
+hessext never calls ``matplotlib.use``. If ``matplotlib.pyplot`` has already been imported (by you, by
+Jupyter's ``%matplotlib``, …), figures are created through pyplot, so they live in your backend and
+``plt.show()`` / inline display work as usual; the caller owns them (close them in loops; the report
+functions close the figures they make). Otherwise figures are created directly as
+``matplotlib.figure.Figure`` objects drawn by the Agg canvas: no GUI, no global state, no pyplot figure
+registry, so nothing leaks and nothing changes for code that imports pyplot later. Set the module
+attribute ``hessext.viz.USE_PYPLOT`` to ``True``/``False`` to force one of the two.
+
+Colours: each component has a fixed colour (``COMPONENT_COLORS``; unknown names get a deterministic
+colour from a hash of the name), so that "ffn" is green in every figure of every report.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import re
+import sys
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+try:  # matplotlib is an optional dependency (extra "plot"); the import error is raised on first use.
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    _MPL_ERROR: Optional[BaseException] = None
+except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
+    matplotlib = None  # type: ignore[assignment]
+    Figure = Any  # type: ignore[misc,assignment]
+    FigureCanvasAgg = None  # type: ignore[assignment]
+    _MPL_ERROR = exc
+
+__all__ = ["HessianVisualizer", "COMPONENT_COLORS", "component_color", "USE_PYPLOT",
+           "plot_spectral_density", "plot_top_spectrum", "plot_component_bars",
+           "plot_loss_landscape_1d", "plot_loss_landscape_2d"]
+
+#: ``None``: use pyplot only if it is already imported; ``True``/``False``: always/never.
+USE_PYPLOT: Optional[bool] = None
+#: A positive series whose max/min ratio exceeds this is drawn on a log axis.
+LOG_SPAN = 30.0
+#: Default raster resolution.
+DPI = 130
+_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "eps")
+
+#: Fixed colour per component name (attention family in warm colours, FFN green, embeddings blue, …).
+COMPONENT_COLORS: dict[str, str] = {
+    "full": "#000000",
+    "model": "#000000",
+    "all": "#000000",
+    "embeddings": "#1f77b4",
+    "attention": "#d62728",
+    "attention_query": "#ff7f0e",
+    "attention_key": "#e377c2",
+    "attention_value": "#8c564b",
+    "attention_output": "#f4a582",
+    "ffn": "#2ca02c",
+    "norm": "#9467bd",
+    "hidden_states": "#17becf",
+    "output_projection": "#7f7f7f",
+    "lm_head": "#7f7f7f",
+}
+_SPARE_COLORS = ("#bcbd22", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#dbdb8d", "#9edae5", "#393b79",
+                 "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+
+
+def component_color(name: str) -> str:
+    """The fixed colour of a component: ``COMPONENT_COLORS[name]`` or a colour chosen by a CRC32 hash of the
+    name (the same in every process and run)."""
+    if name in COMPONENT_COLORS:
+        return COMPONENT_COLORS[name]
+    return _SPARE_COLORS[zlib.crc32(str(name).encode()) % len(_SPARE_COLORS)]
+
+
+# ============================================================================ small utilities
+def _require_mpl() -> None:
+    if _MPL_ERROR is not None:
+        raise ImportError("hessext.viz needs matplotlib: pip install 'hessext[plot]'") from _MPL_ERROR
+
+
+def _use_pyplot() -> bool:
+    if USE_PYPLOT is not None:
+        return bool(USE_PYPLOT)
+    return "matplotlib.pyplot" in sys.modules
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure with constrained layout, through pyplot if it is in use, else a bare Agg figure."""
+    _require_mpl()
+    if _use_pyplot():
+        import matplotlib.pyplot as plt
+        return plt.figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _close(fig: Figure) -> None:
+    """Release a figure made by :func:`_new_figure` (pyplot ones must leave pyplot's registry)."""
+    if "matplotlib.pyplot" in sys.modules:
+        import matplotlib.pyplot as plt
+        if fig.canvas.manager is not None:
+            plt.close(fig)
+
+
+def _safe_name(text: str) -> str:
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return out or "model"
+
+
+def _check_formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    try:
+        fmts = tuple(str(f).lower().lstrip(".") for f in formats)
+    except TypeError:
+        raise TypeError(f"formats must be a string or a sequence of strings, got {type(formats).__name__}")
+    if not fmts:
+        raise ValueError("formats is empty; pass e.g. ('png',) or ('png', 'svg')")
+    bad = [f for f in fmts if f not in _FORMATS]
+    if bad:
+        raise ValueError(f"formats must be among {_FORMATS}, got {bad}")
+    return fmts
+
+
+def _save(fig: Figure, save_path: Optional[Union[str, os.PathLike]], model_name: str, quantity: str,
+          formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> list[str]:
+    """Write ``{model_name}_{quantity}.{fmt}`` files; record and return their paths."""
+    fmts = _check_formats(formats)
+    paths: list[str] = []
+    if save_path is not None:
+        if not isinstance(save_path, (str, os.PathLike)):
+            raise TypeError(f"save_path must be a str, a path or None, got {type(save_path).__name__}")
+        os.makedirs(save_path, exist_ok=True)
+        stem = f"{_safe_name(model_name)}_{quantity}"
+        for fmt in fmts:
+            path = os.path.join(os.fspath(save_path), f"{stem}.{fmt}")
+            fig.savefig(path, dpi=dpi, format=fmt, facecolor="white")
+            paths.append(path)
+    fig.hessext_files = paths  # type: ignore[attr-defined]
+    return paths
+
+
+def _to_float(x: Any) -> float:
+    """A finite-or-not float from a number, 0-d array/tensor; NaN for anything else (missing)."""
+    if x is None or isinstance(x, (bool, np.bool_, str, bytes)):
+        return float("nan")
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu()
+        if x.numel() != 1:
+            return float("nan")
+        return float(x.reshape(()).item())
+    if isinstance(x, np.ndarray):
+        return float(x.reshape(())) if x.size == 1 else float("nan")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _to_array(x: Any) -> np.ndarray:
+    """1-D float64 array from a list/array/tensor (empty for anything unusable)."""
+    if x is None:
+        return np.zeros(0)
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return np.zeros(0)
+    return arr
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _int_like(key: Any) -> bool:
+    if isinstance(key, (bool, np.bool_)):
+        return False
+    if isinstance(key, (int, np.integer)):
+        return True
+    if isinstance(key, (float, np.floating)):
+        return math.isfinite(float(key)) and float(key).is_integer()
+    if isinstance(key, str):
+        return bool(_INT_RE.match(key.strip()))
+    return False
+
+
+def _ordered_steps(history: Mapping) -> tuple[list[Any], np.ndarray, Optional[list[str]]]:
+    """Keys in plotting order, their x positions, and tick labels (for non-numeric keys)."""
+    keys = list(history.keys())
+    if keys and all(_int_like(k) for k in keys):
+        keys.sort(key=lambda k: int(float(k)) if not isinstance(k, str) else int(k.strip()))
+        xs = np.array([int(float(k)) if not isinstance(k, str) else int(k.strip()) for k in keys], dtype=float)
+        return keys, xs, None
+    if keys and all(isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
+                    for k in keys):
+        keys.sort(key=float)
+        return keys, np.array([float(k) for k in keys]), None
+    return keys, np.arange(len(keys), dtype=float), [str(k) for k in keys]
+
+
+def _section(history: Optional[Mapping], name: str) -> dict:
+    """``{step: section metrics}``: unwraps full analyze_step results and drops failed steps."""
+    if history is None:
+        return {}
+    if not isinstance(history, Mapping):
+        raise TypeError(f"history must be a dict {{step: metrics}}, got {type(history).__name__}")
+    out = {}
+    for k, v in history.items():
+        if not isinstance(v, Mapping):
+            continue
+        if name in v and isinstance(v[name], Mapping):
+            v = v[name]
+        if "error" in v and len([x for x in v if x != "error"]) == 0:
+            continue
+        out[k] = v
+    return out
+
+
+def _series(records: Sequence[Mapping], key: str) -> np.ndarray:
+    return np.array([_to_float(r.get(key)) if isinstance(r, Mapping) else np.nan for r in records])
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float).reshape(-1)
+    return arr[np.isfinite(arr)]
+
+
+def _apply_scale(ax: Any, values: Iterable[float], axis: str = "y", scale: str = "auto") -> str:
+    """Choose linear / log / symlog from the data (see module docstring) and apply it; returns the scale."""
+    vals = _finite(values)
+    set_scale = ax.set_yscale if axis == "y" else ax.set_xscale
+    if scale != "auto":
+        if scale == "log" and (vals.size == 0 or np.any(vals <= 0)):
+            scale = "symlog" if vals.size else "linear"
+        if scale == "symlog":
+            set_scale("symlog", linthresh=_linthresh(vals))
+        else:
+            set_scale(scale)
+        return scale
+    if vals.size == 0:
+        return "linear"
+    mags = np.abs(vals[vals != 0])
+    if mags.size == 0:
+        return "linear"
+    span = mags.max() / mags.min()
+    if np.all(vals > 0):
+        if span > LOG_SPAN:
+            set_scale("log")
+            return "log"
+        return "linear"
+    if np.any(vals < 0) and np.any(vals > 0) and span > 100:
+        set_scale("symlog", linthresh=_linthresh(vals))
+        return "symlog"
+    if np.all(vals <= 0) and span > LOG_SPAN:
+        set_scale("symlog", linthresh=_linthresh(vals))
+        return "symlog"
+    return "linear"
+
+
+def _linthresh(vals: np.ndarray) -> float:
+    mags = np.abs(vals[np.isfinite(vals) & (vals != 0)])
+    if mags.size == 0:
+        return 1.0
+    lo = max(float(mags.min()), float(mags.max()) * 1e-4)
+    return 10.0 ** math.floor(math.log10(lo))
+
+
+def _set_step_axis(ax: Any, xs: np.ndarray, labels: Optional[list[str]], xlabel: str = "training step") -> None:
+    ax.set_xlabel(xlabel)
+    if labels is not None:
+        if len(labels) <= 20:
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, rotation=30 if max((len(s) for s in labels), default=0) > 4 else 0)
+    if xs.size == 1:
+        ax.set_xlim(xs[0] - 1, xs[0] + 1)
+    ax.grid(True, alpha=0.3)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35",
+            wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _marker(n: int) -> str:
+    return "o" if n <= 40 else ""
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    f = _to_float(x)
+    if math.isnan(f):
+        if isinstance(x, str):
+            return x
+        if isinstance(x, (list, tuple, np.ndarray)) or hasattr(x, "detach"):
+            arr = _to_array(x)
+            if arr.size <= 6:
+                return "[" + ", ".join(_fmt(v, 3) for v in arr) + "]"
+            return "[" + ", ".join(_fmt(v, 3) for v in arr[:5]) + f", … ({arr.size} values)]"
+        return "n/a" if x is None else str(x)[:60]
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    if f == 0:
+        return "0"
+    if 1e-3 <= abs(f) < 1e5:
+        return f"{f:.{digits}g}"
+    return f"{f:.{max(digits - 1, 1)}e}"
+
+
+# ============================================================================ panel machinery
+@dataclass
+class _Panel:
+    """One axes of a time-series figure: some keys of the per-step dicts, or a custom drawer."""
+    title: str
+    keys: Sequence[tuple[str, str]] = ()          # (key, legend label)
+    ylabel: str = ""
+    scale: str = "auto"
+    ylim: Optional[tuple[float, float]] = None
+    ref: Optional[float] = None                   # horizontal reference line
+    ref_label: Optional[str] = None
+    band: Optional[tuple[str, str, float]] = None  # (center key, std-error key, multiplier)
+    draw: Optional[Callable[[Any, np.ndarray, list, Optional[list]], bool]] = None
+
+    def has_data(self, records: list) -> bool:
+        if self.draw is not None:
+            return True
+        return any(_finite(_series(records, k)).size for k, _ in self.keys)
+
+
+def _draw_series_panel(ax: Any, panel: _Panel, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
+    if panel.draw is not None:
+        ok = panel.draw(ax, xs, records, labels)
+        if ok:
+            _set_step_axis(ax, xs, labels)
+            ax.set_title(panel.title)
+        return ok
+    every: list[float] = []
+    drawn = 0
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+    for i, (key, label) in enumerate(panel.keys):
+        ys = _series(records, key)
+        if not _finite(ys).size:
+            continue
+        ax.plot(xs, ys, marker=_marker(len(xs)), ms=4, lw=1.8, color=colors[i % len(colors)], label=label)
+        every.extend(ys.tolist())
+        drawn += 1
+        if panel.band is not None and panel.band[0] == key:
+            err = _series(records, panel.band[1]) * panel.band[2]
+            if _finite(err).size:
+                lo, hi = ys - err, ys + err
+                ax.fill_between(xs, lo, hi, color=colors[i % len(colors)], alpha=0.2, lw=0,
+                                label=f"± {panel.band[2]:g} standard errors")
+                every.extend(lo.tolist())
+                every.extend(hi.tolist())
+    if not drawn:
+        return False
+    if panel.ref is not None:
+        ax.axhline(panel.ref, color="0.4", lw=1, ls="--", label=panel.ref_label)
+        every.append(panel.ref)
+    _apply_scale(ax, every, "y", panel.scale)
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    ax.set_title(panel.title)
+    ax.set_ylabel(panel.ylabel)
+    _set_step_axis(ax, xs, labels)
+    if drawn > 1 or panel.band is not None or panel.ref_label:
+        ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    return True
+
+
+def _series_figure(history: Mapping, panels: Sequence[_Panel], title: str, empty_text: str,
+                   ncols: int = 2, panel_size: tuple[float, float] = (5.6, 3.6)) -> Figure:
+    keys, xs, labels = _ordered_steps(history)
+    records = [history[k] for k in keys]
+    active = [p for p in panels if p.has_data(records)] if records else []
+    if not active:
+        fig = _new_figure((7, 3.5))
+        ax = fig.add_subplot(1, 1, 1)
+        _empty(ax, empty_text)
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+        return fig
+    ncols = len(active) if len(active) <= 3 else (2 if len(active) == 4 else max(ncols, 3))
+    nrows = math.ceil(len(active) / ncols)
+    fig = _new_figure((panel_size[0] * ncols, panel_size[1] * nrows + 0.6))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    used = 0
+    for panel in active:
+        if _draw_series_panel(axes[used], panel, xs, records, labels):
+            used += 1
+        else:
+            axes[used].clear()
+    for ax in axes[used:]:
+        ax.remove()
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    return fig
+
+
+# ============================================================================ component history
+def _normalize_components(component_history: Any) -> tuple[list[Any], np.ndarray, Optional[list[str]],
+                                                             dict[str, list[Optional[Mapping]]]]:
+    """Bring a component history into ``(step keys, x, tick labels, {component: [metrics per step]})``.
+
+    Accepted: ``{step: {component: metrics}}`` (steps int-like; values may also be full analyze_step results
+    with a ``"components"`` entry), ``{component: {step: metrics}}``, or one snapshot
+    ``{component: metrics}`` (drawn as a single step).
+    """
+    if component_history is None:
+        return [], np.zeros(0), None, {}
+    if not isinstance(component_history, Mapping):
+        raise TypeError(f"component_history must be a dict, got {type(component_history).__name__}")
+    items = {k: v for k, v in component_history.items() if isinstance(v, Mapping)}
+    if not items:
+        return [], np.zeros(0), None, {}
+    outer_steps = all(_int_like(k) for k in items)
+    if outer_steps:
+        by_step = {}
+        for k, v in items.items():
+            if "components" in v and isinstance(v["components"], Mapping):
+                v = v["components"]
+            by_step[k] = v
+    else:
+        inner_keys = [ik for v in items.values() for ik in v.keys()]
+        if inner_keys and all(_int_like(ik) for ik in inner_keys):
+            by_step = {}
+            for comp, per_step in items.items():
+                for s, m in per_step.items():
+                    by_step.setdefault(s, {})[comp] = m
+            # int-like keys may mix "5" and 5: merge equal integers
+            merged: dict[int, dict] = {}
+            for s, d in by_step.items():
+                merged.setdefault(int(float(s)) if not isinstance(s, str) else int(s), {}).update(d)
+            by_step = merged
+        else:
+            by_step = {0: items}
+    keys, xs, labels = _ordered_steps(by_step)
+    comps: list[str] = []
+    for k in keys:
+        for c, m in by_step[k].items():
+            if isinstance(m, Mapping) and c not in comps:
+                comps.append(str(c))
+    table: dict[str, list[Optional[Mapping]]] = {}
+    for c in comps:
+        row = []
+        for k in keys:
+            m = by_step[k].get(c)
+            row.append(m if isinstance(m, Mapping) and not ("error" in m and len(m) == 1) else None)
+        table[c] = row
+    return keys, xs, labels, table
+
+
+def _comp_value(m: Optional[Mapping], key: str) -> float:
+    if m is None:
+        return float("nan")
+    if key == "trace_per_parameter":
+        t = _to_float(m.get("trace", m.get("hessian_trace_estimate")))
+        n = _to_float(m.get("num_parameters"))
+        return t / n if n and math.isfinite(n) and n > 0 else float("nan")
+    if key == "trace":
+        return _to_float(m.get("trace", m.get("hessian_trace_estimate")))
+    if key == "max_eigenvalue":
+        v = _to_float(m.get("max_eigenvalue"))
+        if math.isnan(v):
+            top = _to_array(m.get("top_eigenvalues"))
+            v = float(top.max()) if top.size else float("nan")
+        return v
+    return _to_float(m.get(key))
+
+
+# ============================================================================ the visualizer
+class HessianVisualizer:
+    """Matplotlib figures and reports of Hessian analyses (API B's ``HessianVisualizer``).
+
+    All methods are static: call them on the class (``HessianVisualizer.plot_eigenvalue_evolution(...)``)
+    or on an instance (``HessianVisualizer().create_comprehensive_report(...)``), as the API document does.
+    Common keyword arguments of every ``plot_*`` method: ``formats`` (``("png",)``; add ``"svg"``/``"pdf"``)
+    and ``dpi``. Every ``plot_*`` returns the figure; the caller may close it.
+    """
+
+    def __init__(self) -> None:
+        _require_mpl()
+
+    # ------------------------------------------------------------------ the document's plots
+    @staticmethod
+    def plot_eigenvalue_evolution(hessian_history: Mapping, save_path: Optional[str] = None,
+                                  model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                                  dpi: int = DPI) -> Figure:
+        """Evolution of the Hessian spectrum over training.
+
+        Panels (each only if its data exist): the top-k eigenvalues ``λ_1 ≥ … ≥ λ_k`` per step (colour =
+        rank), the extreme eigenvalues ``λ_max`` and ``λ_min`` (symlog: signed, spanning decades), the
+        trace estimate ``tr H`` with a ±2 standard-error band, and negative curvature: the number of
+        negative Ritz values found and ``|λ_min| / λ_max``.
+
+        Args:
+            hessian_history: ``{step: results["hessian"]}`` or ``{step: results}``.
+            save_path: directory for ``{model_name}_eigenvalue_evolution.png`` (None: do not write).
+            model_name: used in the title and the file name.
+
+        Returns:
+            The figure.
+        """
+        hist = _section(hessian_history, "hessian")
+
+        def draw_topk(ax: Any, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
+            tops = [np.sort(_to_array(r.get("top_eigenvalues")))[::-1] for r in records]
+            k = max((t.size for t in tops), default=0)
+            if k == 0:
+                return False
+            mat = np.full((len(records), k), np.nan)
+            for i, t in enumerate(tops):
+                mat[i, :t.size] = t
+            import matplotlib.cm as cm
+            import matplotlib.colors as mcolors
+            cmap = matplotlib.colormaps["viridis"]
+            norm = mcolors.Normalize(vmin=1, vmax=max(k, 2))
+            for j in range(k - 1, -1, -1):
+                ax.plot(xs, mat[:, j], color=cmap(norm(j + 1)), lw=2.2 if j == 0 else 1.1,
+                        marker=_marker(len(xs)) if j == 0 else "", ms=3.5,
+                        label="λ₁ (largest)" if j == 0 else None)
+            _apply_scale(ax, mat.ravel(), "y")
+            ax.set_ylabel("eigenvalue λᵢ (loss / param²)")
+            if k > 1:
+                sm = cm.ScalarMappable(norm=norm, cmap=cmap)
+                cb = ax.figure.colorbar(sm, ax=ax, pad=0.01, fraction=0.05)
+                cb.set_label("rank i")
+            ax.legend(loc="best", fontsize=8, framealpha=0.8)
+            return True
+
+        def draw_negative(ax: Any, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
+            neg = _series(records, "negative_count")
+            lmax, lmin = _series(records, "max_eigenvalue"), _series(records, "min_eigenvalue")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where((lmin < 0) & (lmax > 0), np.abs(lmin) / lmax, np.nan)
+            has_neg, has_ratio = _finite(neg).size > 0, _finite(ratio).size > 0
+            if not (has_neg or has_ratio):
+                return False
+            handles = []
+            if has_neg:
+                width = 0.6 * (np.min(np.diff(xs)) if xs.size > 1 else 1.0)
+                handles.append(ax.bar(xs, np.nan_to_num(neg), width=width, color="#9ecae1",
+                                      label="negative eigenvalues found (count)"))
+                ax.set_ylabel("count")
+                ax.yaxis.get_major_locator().set_params(integer=True)
+                ax.set_ylim(0, max(float(np.nanmax(neg)) if _finite(neg).size else 1.0, 1.0) * 1.45)
+            if has_ratio:
+                ax2 = ax.twinx() if has_neg else ax
+                (line,) = ax2.plot(xs, ratio, color="#d62728", marker=_marker(len(xs)), ms=4,
+                                   label="|λ_min| / λ_max")
+                scale = _apply_scale(ax2, ratio, "y")
+                r = _finite(ratio)
+                if scale == "log":
+                    ax2.set_ylim(r.min() / 1.3, r.max() * (r.max() / r.min()) ** 0.45)
+                else:
+                    ax2.set_ylim(0, r.max() * 1.45 if r.max() > 0 else 1.0)
+                ax2.set_ylabel("|λ_min| / λ_max")
+                handles.append(line)
+            # headroom above the data keeps the legend off it
+            ax.legend(handles=handles, loc="upper center", fontsize=8, framealpha=0.85, ncols=len(handles))
+            return True
+
+        panels = [
+            _Panel("Top-k eigenvalues", draw=draw_topk),
+            _Panel("Extreme eigenvalues", keys=[("max_eigenvalue", "λ_max"), ("min_eigenvalue", "λ_min")],
+                   ylabel="eigenvalue (loss / param²)", ref=0.0),
+            _Panel("Hessian trace", keys=[("hessian_trace_estimate", "tr H (estimate)")],
+                   ylabel="tr H (loss / param²)", band=("hessian_trace_estimate", "hessian_trace_std_error", 2.0)),
+            _Panel("Negative curvature", draw=draw_negative),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: Hessian eigenvalue evolution",
+                             "no Hessian eigenvalue data in this history")
+        _save(fig, save_path, model_name, "eigenvalue_evolution", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_complexity_metrics(hessian_history: Mapping, save_path: Optional[str] = None,
+                                model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                                dpi: int = DPI) -> Figure:
+        """Complexity of the spectrum over training (``HessianMetrics`` of the top-k eigenvalues).
+
+        Panels: condition number ``max|λ| / min|λ|`` (log), effective ranks (``effective_rank_95``: the
+        number of eigenvalues holding 95% of ``Σ|λ|``; ``effective_rank_entropy = exp(H(p))``,
+        ``p_i = |λ_i| / Σ|λ|``), ``complexity_score = tr H / effective_rank_entropy``, the decay rate of the
+        sorted magnitudes, and the spread (std, skewness) of the eigenvalues.
+
+        Args:
+            hessian_history: ``{step: results["hessian"]}`` or ``{step: results}``.
+            save_path: directory for ``{model_name}_complexity_metrics.png`` (None: do not write).
+            model_name: used in the title and the file name.
+        """
+        hist = _section(hessian_history, "hessian")
+        panels = [
+            _Panel("Condition number", keys=[("condition_number", "max|λ| / min|λ| (top-k)")],
+                   ylabel="condition number (ratio)", scale="log"),
+            _Panel("Effective rank", keys=[("effective_rank_95", "95% of Σ|λ|"),
+                                           ("effective_rank_entropy", "entropy exp(H(p))")],
+                   ylabel="effective rank (eigenvalues)"),
+            _Panel("Complexity score", keys=[("complexity_score", "tr H / entropy rank")],
+                   ylabel="complexity score (loss / param²)"),
+            _Panel("Eigenvalue decay", keys=[("eigenvalue_decay_rate", "decay rate of sorted |λ|")],
+                   ylabel="decay rate (log-units / rank)"),
+            _Panel("Eigenvalue spread", keys=[("eigenvalue_std", "std of λ (loss / param²)"),
+                                              ("eigenvalue_skew", "skewness (dimensionless)")],
+                   ylabel="value"),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: Hessian complexity metrics",
+                             "no complexity metrics in this history", ncols=3, panel_size=(4.8, 3.4))
+        _save(fig, save_path, model_name, "complexity_metrics", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_component_comparison(component_history: Mapping, save_path: Optional[str] = None,
+                                  model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                                  dpi: int = DPI) -> Figure:
+        """Curvature per component (attention, FFN, embeddings, …) over training.
+
+        Accepts ``{step: {component: metrics}}`` (what ``{s: r["components"] for s, r in history.items()}``
+        gives), ``{component: {step: metrics}}``, a history of full results, or a single snapshot
+        ``{component: metrics}``. Steps are recognised as int or int-like keys.
+
+        Panels: ``λ_max`` of each component's Hessian block, its trace ``tr H_c``, the mean curvature per
+        parameter ``tr H_c / n_c``, and a bar chart of ``λ_max`` at the last step. Colours are fixed per
+        component (``COMPONENT_COLORS``).
+        """
+        keys, xs, labels, table = _normalize_components(component_history)
+        title = f"{model_name}: curvature by component"
+        specs = [("max_eigenvalue", "Largest eigenvalue of each block", "λ_max (loss / param²)"),
+                 ("trace", "Trace of each block", "tr H_c (loss / param²)"),
+                 ("trace_per_parameter", "Mean curvature per parameter", "tr H_c / n_c (loss / param²)")]
+        active = [s for s in specs
+                  if any(np.isfinite(_comp_value(m, s[0])) for row in table.values() for m in row)]
+        last_vals = {c: _comp_value(row[-1], "max_eigenvalue") for c, row in table.items()} if keys else {}
+        last_vals = {c: v for c, v in last_vals.items() if np.isfinite(v)}
+        n_axes = len(active) + (1 if last_vals else 0)
+        if n_axes == 0:
+            fig = _new_figure((7, 3.5))
+            _empty(fig.add_subplot(1, 1, 1), "no component data in this history")
+            fig.suptitle(title, fontsize=13, fontweight="bold")
+            _save(fig, save_path, model_name, "component_comparison", formats, dpi)
+            return fig
+        ncols = 2 if n_axes > 1 else 1
+        nrows = math.ceil(n_axes / ncols)
+        fig = _new_figure((5.4 * ncols + 1.8, 3.6 * nrows + 0.6))
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        handles: dict[str, Any] = {}
+        for ax, (key, ptitle, ylabel) in zip(axes, active):
+            every = []
+            for comp, row in table.items():
+                ys = np.array([_comp_value(m, key) for m in row])
+                if not _finite(ys).size:
+                    continue
+                (h,) = ax.plot(xs, ys, marker=_marker(len(xs)), ms=4, lw=1.8, color=component_color(comp),
+                               label=comp)
+                handles.setdefault(comp, h)
+                every.extend(ys.tolist())
+            _apply_scale(ax, every, "y")
+            ax.set_title(ptitle)
+            ax.set_ylabel(ylabel)
+            _set_step_axis(ax, xs, labels)
+        used = len(active)
+        if last_vals:
+            ax = axes[used]
+            used += 1
+            names = sorted(last_vals, key=lambda c: last_vals[c])
+            vals = [last_vals[c] for c in names]
+            bars = ax.barh(names, vals, color=[component_color(c) for c in names])
+            for c, b in zip(names, bars):
+                handles.setdefault(c, b)
+            _apply_scale(ax, vals, "x")
+            last = labels[-1] if labels else _fmt(xs[-1])
+            ax.set_title(f"λ_max by component (step {last})")
+            ax.set_xlabel("λ_max (loss / param²)")
+            ax.grid(True, axis="x", alpha=0.3)
+        for ax in axes[used:]:
+            ax.remove()
+        if handles:
+            fig.legend(list(handles.values()), list(handles.keys()), loc="outside right upper",
+                       title="component", fontsize=9)
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+        _save(fig, save_path, model_name, "component_comparison", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_gradient_alignment(alignment_history: Mapping, save_path: Optional[str] = None,
+                                model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                                dpi: int = DPI) -> Figure:
+        """Gradient–curvature alignment over training.
+
+        Panels: the cosine between ``g`` and ``Hg`` (``grad_Hg_alignment``) and the eigenvalue-weighted
+        alignment, both in [-1, 1]; the Rayleigh quotient ``gᵀHg / gᵀg`` (``grad_Hg_ratio``, curvature seen
+        by the gradient, symlog); the fraction of ``‖g‖²`` in the top-k eigenspace
+        (``top_k_gradient_fraction``, in [0, 1]).
+        """
+        hist = _section(alignment_history, "alignment")
+        panels = [
+            _Panel("Alignment of g and Hg", keys=[("grad_Hg_alignment", "cos∠(g, Hg)"),
+                                                  ("weighted_alignment", "eigenvalue-weighted alignment")],
+                   ylabel="alignment (cosine)", ref=0.0),
+            _Panel("Curvature along the gradient", keys=[("grad_Hg_ratio", "gᵀHg / gᵀg")],
+                   ylabel="gᵀHg / gᵀg (loss / param²)", ref=0.0),
+            _Panel("Gradient in the top-k eigenspace", keys=[("top_k_gradient_fraction", "‖P_k g‖² / ‖g‖²")],
+                   ylabel="fraction of ‖g‖²", ylim=(-0.02, 1.02)),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: gradient–Hessian alignment",
+                             "no gradient-alignment data in this history")
+        _save(fig, save_path, model_name, "gradient_alignment", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_memorization_metrics(memorization_history: Mapping, save_path: Optional[str] = None,
+                                  model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                                  dpi: int = DPI) -> Figure:
+        """Train/validation landscape divergence over training (memorization signals).
+
+        Panels: the divergence score; ``trace_ratio = tr H_train / tr H_val`` (log axis, reference line at
+        1: equal curvature); the overlaps of the eigenvalue distributions and of the top eigenspaces (both
+        in [0, 1]; 1 = identical).
+        """
+        hist = _section(memorization_history, "train_val_divergence")
+        panels = [
+            _Panel("Landscape divergence score", keys=[("train_val_landscape_divergence_score", "divergence")],
+                   ylabel="divergence score (dimensionless)"),
+            _Panel("Trace ratio train / validation", keys=[("trace_ratio", "tr H_train / tr H_val")],
+                   ylabel="trace ratio", ref=1.0, ref_label="equal curvature"),
+            _Panel("Spectral overlap", keys=[("eigenvalue_distribution_overlap", "eigenvalue distributions"),
+                                             ("eigenspace_overlap", "top eigenspaces")],
+                   ylabel="overlap (0 = disjoint, 1 = identical)", ylim=(-0.02, 1.02)),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: train/validation landscape divergence",
+                             "no train/validation divergence data in this history")
+        _save(fig, save_path, model_name, "memorization_metrics", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_sharpness(sharpness_history: Mapping, save_path: Optional[str] = None, model_name: str = "model",
+                       *, formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> Figure:
+        """Sharpness over training: ``max_sharpness``, ``mean_sharpness`` and the spectral norm ``‖H‖₂``."""
+        hist = _section(sharpness_history, "sharpness")
+        panels = [
+            _Panel("Sharpness", keys=[("max_sharpness", "max sharpness"), ("mean_sharpness", "mean sharpness"),
+                                      ("spectral_norm", "spectral norm ‖H‖₂")],
+                   ylabel="sharpness (loss / param²)"),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: sharpness", "no sharpness data in this history",
+                             ncols=1, panel_size=(7.5, 4.0))
+        _save(fig, save_path, model_name, "sharpness", formats, dpi)
+        return fig
+
+    # ------------------------------------------------------------------ beyond the document
+    @staticmethod
+    def plot_training_curves(training_history: Mapping, save_path: Optional[str] = None,
+                             model_name: str = "model", *, formats: Union[str, Sequence[str]] = ("png",),
+                             dpi: int = DPI) -> Figure:
+        """Loss and accuracy over training, to read the curvature figures against.
+
+        Args:
+            training_history: ``{step: {"train_loss", "val_loss", "train_accuracy", "val_accuracy"}}`` (any
+                subset of the keys).
+        """
+        hist = _section(training_history, "training")
+        panels = [
+            _Panel("Loss", keys=[("train_loss", "training"), ("val_loss", "validation")], ylabel="loss"),
+            _Panel("Accuracy", keys=[("train_accuracy", "training"), ("val_accuracy", "validation")],
+                   ylabel="accuracy (fraction correct)", ylim=(-0.02, 1.02)),
+        ]
+        fig = _series_figure(hist, panels, f"{model_name}: training curves", "no training metrics given")
+        _save(fig, save_path, model_name, "training_curves", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_spectral_density(density: Any, save_path: Optional[str] = None, model_name: str = "model", *,
+                              step: Any = None, floor: float = 1e-8,
+                              formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> Figure:
+        """Spectral density of the Hessian from stochastic Lanczos quadrature, density on a log axis.
+
+        ``φ(λ) ≈ (1/p) Σ_probes Σ_j w_j 𝒩(λ; θ_j, σ²)`` (Ghorbani et al. 2019): a smoothed eigenvalue
+        histogram normalised to integrate to 1. The log axis shows both the bulk near zero and the outliers;
+        densities below ``floor · max φ`` are clipped. The Ritz nodes ``θ_j`` are marked along the bottom.
+
+        Args:
+            density: a ``DensityResult`` (``grid``, ``density``, ``nodes``, ``weights``), a dict with those
+                keys, or a pair ``(grid, density)``.
+            step: optional training step shown in the title.
+        """
+        grid, dens, nodes = _density_arrays(density)
+        title = f"{model_name}: Hessian spectral density" + (f" (step {step})" if step is not None else "")
+        fig = _new_figure((8.5, 4.6))
+        ax = fig.add_subplot(1, 1, 1)
+        ok = grid.size > 1 and dens.size == grid.size and _finite(dens).size > 0
+        if not ok:
+            _empty(ax, "no spectral density data")
+        else:
+            top = float(np.nanmax(dens))
+            lo = max(top * floor, np.finfo(float).tiny)
+            shown = np.clip(dens, lo, None)
+            ax.fill_between(grid, lo, shown, color="#1f77b4", alpha=0.25, lw=0)
+            ax.plot(grid, shown, color="#1f77b4", lw=1.6, label="density φ(λ) (SLQ)")
+            ax.set_yscale("log")
+            ax.set_ylim(lo, top * 3)
+            if nodes.size:
+                nodes = nodes[np.isfinite(nodes)]
+                ax.plot(nodes, np.full(nodes.size, lo * 1.6), "|", color="#d62728", ms=9, alpha=0.6,
+                        label="Ritz nodes θⱼ")
+            ax.axvline(0.0, color="0.4", lw=1, ls="--")
+            ax.set_xlabel("eigenvalue λ (loss / param²)")
+            ax.set_ylabel("density φ(λ) (1 / eigenvalue unit)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="upper right", fontsize=9, framealpha=0.85)
+        ax.set_title(title, fontsize=12, fontweight="bold")
+        _save(fig, save_path, model_name, "spectral_density", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_top_spectrum(eigen: Any, save_path: Optional[str] = None, model_name: str = "model", *,
+                          residuals: Any = None, step: Any = None,
+                          formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> Figure:
+        """The top-k Ritz values with error bars ``±‖H v − θ v‖`` (Ritz residual norms).
+
+        For a symmetric ``H`` each Ritz value ``θ`` has an eigenvalue within ``‖H v − θ v‖`` (``v`` unit),
+        so the bars bound the error of each point.
+
+        Args:
+            eigen: an ``EigenResult`` (eigenvalues ascending, residuals), a dict of results (its
+                ``top_eigenvalues``), or a sequence of eigenvalues (any order).
+            residuals: residual norms matching ``eigen`` when it is a plain sequence.
+            step: optional training step shown in the title.
+        """
+        vals, res = _eigen_arrays(eigen, residuals)
+        title = f"{model_name}: top-{vals.size} Hessian eigenvalues" + (f" (step {step})" if step is not None else "")
+        fig = _new_figure((8.0, 4.4))
+        ax = fig.add_subplot(1, 1, 1)
+        if vals.size == 0:
+            _empty(ax, "no eigenvalues")
+        else:
+            order = np.argsort(vals)[::-1]
+            vals = vals[order]
+            res = res[order] if res is not None else None
+            ranks = np.arange(1, vals.size + 1)
+            colors = np.where(vals >= 0, "#1f77b4", "#d62728")
+            if res is not None:
+                ax.errorbar(ranks, vals, yerr=res, fmt="none", ecolor="0.2", elinewidth=1.2, capsize=4,
+                            label="± Ritz residual ‖Hv − θv‖")
+            ax.scatter(ranks, vals, c=list(colors), s=36, zorder=3, label="Ritz value θᵢ")
+            ax.plot(ranks, vals, color="0.6", lw=0.8, zorder=2)
+            every = list(vals) + (list(vals + res) + list(vals - res) if res is not None else [])
+            _apply_scale(ax, every, "y")
+            if np.any(vals < 0):
+                ax.axhline(0.0, color="0.4", lw=1, ls="--")
+            ax.set_xlabel("rank i (1 = largest)")
+            ax.set_ylabel("eigenvalue θᵢ (loss / param²)")
+            ax.set_xticks(ranks if ranks.size <= 25 else ranks[:: max(1, ranks.size // 20)])
+            ax.grid(True, alpha=0.3)
+            if res is not None:
+                ax.text(0.99, 0.97, f"max residual {_fmt(np.nanmax(res), 3)}", transform=ax.transAxes,
+                        ha="right", va="top", fontsize=8, color="0.3")
+            ax.legend(loc="lower left", fontsize=9, framealpha=0.85)
+        ax.set_title(title, fontsize=12, fontweight="bold")
+        _save(fig, save_path, model_name, "top_spectrum", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_component_bars(components: Mapping, save_path: Optional[str] = None, model_name: str = "model", *,
+                            step: Any = None, formats: Union[str, Sequence[str]] = ("png",),
+                            dpi: int = DPI) -> Figure:
+        """Per-component trace and top eigenvalues at one step, as horizontal bars.
+
+        Left: ``tr H_c`` of each component block (error bars ``±2`` standard errors when the metrics carry
+        ``trace_std_error``). Right: ``λ_max`` of each block, with its other top eigenvalues as dots.
+        Labels give the number of parameters ``n_c``.
+
+        Args:
+            components: ``{component: metrics}`` (one step), or a component history in either key order
+                (the last step is drawn).
+            step: the step shown in the title (default: the history's last step).
+        """
+        keys, xs, labels, table = _normalize_components(components)
+        if keys and step is None and len(keys) > 1:
+            step = labels[-1] if labels else int(xs[-1])
+        snap = {c: row[-1] for c, row in table.items() if row and row[-1] is not None}
+        title = f"{model_name}: curvature by component" + (f" (step {step})" if step is not None else "")
+        traces = {c: _comp_value(m, "trace") for c, m in snap.items()}
+        lmax = {c: _comp_value(m, "max_eigenvalue") for c, m in snap.items()}
+        has_t = any(np.isfinite(v) for v in traces.values())
+        has_l = any(np.isfinite(v) for v in lmax.values())
+        n = max(len(snap), 1)
+        fig = _new_figure((11.5 if has_t and has_l else 7.0, 1.2 + 0.45 * n + 0.8))
+        if not (has_t or has_l):
+            _empty(fig.add_subplot(1, 1, 1), "no component data")
+            fig.suptitle(title, fontsize=13, fontweight="bold")
+            _save(fig, save_path, model_name, "component_bars", formats, dpi)
+            return fig
+        axes = fig.subplots(1, int(has_t) + int(has_l), squeeze=False).ravel()
+        names = sorted(snap, key=lambda c: -(lmax[c] if np.isfinite(lmax[c]) else -np.inf))[::-1]
+
+        def ylabels() -> list[str]:
+            out = []
+            for c in names:
+                npar = _to_float(snap[c].get("num_parameters"))
+                out.append(f"{c}\n({int(npar):,} params)" if np.isfinite(npar) else c)
+            return out
+
+        i = 0
+        if has_t:
+            ax = axes[i]
+            i += 1
+            vals = np.array([traces[c] for c in names])
+            err = np.array([2 * _to_float(snap[c].get("trace_std_error")) for c in names])
+            err = err if _finite(err).size else None
+            ax.barh(range(len(names)), np.nan_to_num(vals), xerr=None if err is None else np.nan_to_num(err),
+                    color=[component_color(c) for c in names], capsize=3)
+            _apply_scale(ax, list(vals) + ([] if err is None else list(vals + err)), "x")
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(ylabels(), fontsize=9)
+            ax.set_xlabel("trace tr H_c (loss / param²)" + ("  ± 2 s.e." if err is not None else ""))
+            ax.set_title("Trace of each block")
+            ax.grid(True, axis="x", alpha=0.3)
+        if has_l:
+            ax = axes[i]
+            vals = np.array([lmax[c] for c in names])
+            ax.barh(range(len(names)), np.nan_to_num(vals), color=[component_color(c) for c in names], alpha=0.85)
+            every = list(vals)
+            for j, c in enumerate(names):
+                top = _to_array(snap[c].get("top_eigenvalues"))
+                if top.size > 1:
+                    ax.plot(top[1:], np.full(top.size - 1, j), "o", color="0.15", ms=3.5,
+                            label="other top eigenvalues" if j == 0 else None)
+                    every.extend(top[1:].tolist())
+            _apply_scale(ax, every, "x")
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(ylabels() if not has_t else names, fontsize=9)
+            ax.set_xlabel("eigenvalue (loss / param²)")
+            ax.set_title("Largest eigenvalue λ_max of each block")
+            ax.grid(True, axis="x", alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", fontsize=8, framealpha=0.85)
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+        _save(fig, save_path, model_name, "component_bars", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_loss_landscape_1d(landscape: Any, save_path: Optional[str] = None, model_name: str = "model", *,
+                               step: Any = None, formats: Union[str, Sequence[str]] = ("png",),
+                               dpi: int = DPI) -> Figure:
+        """Loss along one direction ``L(θ + α d)`` (``hessext.landscape.loss_landscape_1d``).
+
+        Also draws the second-order Taylor model ``L(θ) + α gᵀd + ½ α² dᵀHd`` when the result carries the
+        slope and the curvature: along the top eigenvector ``dᵀHd = λ_max``, and the gap between the curves
+        shows where the quadratic picture stops holding.
+        """
+        alphas = _to_array(_get(landscape, "alphas"))
+        losses = _to_array(_get(landscape, "losses"))
+        label = _get(landscape, "label") or "d"
+        fig = _new_figure((7.8, 4.6))
+        ax = fig.add_subplot(1, 1, 1)
+        title = f"{model_name}: loss along {label}" + (f" (step {step})" if step is not None else "")
+        if alphas.size < 2 or losses.size != alphas.size:
+            _empty(ax, "no loss-landscape data")
+        else:
+            ax.plot(alphas, losses, color="#1f77b4", lw=2, marker=_marker(alphas.size), ms=3.5, label=f"loss L(θ + α·{label})")
+            base = _to_float(_get(landscape, "base_loss"))
+            slope = _to_float(_get(landscape, "slope"))
+            curv = _to_float(_get(landscape, "curvature"))
+            if np.isfinite(base) and np.isfinite(curv):
+                s = slope if np.isfinite(slope) else 0.0
+                fine = np.linspace(alphas.min(), alphas.max(), 200)
+                quad = base + s * fine + 0.5 * curv * fine ** 2
+                ax.plot(fine, quad, color="#d62728", lw=1.3, ls="--",
+                        label=f"quadratic model L + α·gᵀd + ½α²·dᵀHd (dᵀHd = {_fmt(curv, 3)})")
+                lo, hi = np.nanmin(losses), np.nanmax(losses)
+                pad = 0.15 * (hi - lo if hi > lo else 1.0)
+                ax.set_ylim(lo - pad, hi + pad)
+            if np.isfinite(base):
+                ax.plot([0.0], [base], "o", color="k", ms=6, zorder=4, label="current parameters θ")
+            ax.set_xlabel(f"α: distance along {label} (parameter-space units)")
+            ax.set_ylabel("loss")
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best", fontsize=9, framealpha=0.85)
+        ax.set_title(title, fontsize=12, fontweight="bold")
+        _save(fig, save_path, model_name, "loss_landscape_1d", formats, dpi)
+        return fig
+
+    @staticmethod
+    def plot_loss_landscape_2d(landscape: Any, save_path: Optional[str] = None, model_name: str = "model", *,
+                               step: Any = None, levels: int = 20,
+                               formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> Figure:
+        """Loss on the plane ``L(θ + α d₁ + β d₂)`` (``hessext.landscape.loss_landscape_2d``) as filled
+        contours, with the current parameters marked at the origin."""
+        alphas = _to_array(_get(landscape, "alphas"))
+        betas = _to_array(_get(landscape, "betas"))
+        losses = _get(landscape, "losses")
+        losses = np.asarray(losses.detach().cpu() if hasattr(losses, "detach") else losses, dtype=float) \
+            if losses is not None else np.zeros((0, 0))
+        labels = _get(landscape, "labels") or ("d₁", "d₂")
+        fig = _new_figure((7.2, 6.0))
+        ax = fig.add_subplot(1, 1, 1)
+        title = f"{model_name}: loss on the plane of {labels[0]}, {labels[1]}" + \
+            (f" (step {step})" if step is not None else "")
+        if alphas.size < 2 or betas.size < 2 or losses.shape != (alphas.size, betas.size) \
+                or not _finite(losses.ravel()).size:
+            _empty(ax, "no 2-D loss-landscape data")
+        else:
+            A, B = np.meshgrid(alphas, betas, indexing="ij")
+            Z = np.where(np.isfinite(losses), losses, np.nan)
+            lo, hi = np.nanmin(Z), np.nanmax(Z)
+            norm = None
+            if lo > 0 and hi / lo > LOG_SPAN:
+                import matplotlib.colors as mcolors
+                norm = mcolors.LogNorm(vmin=lo, vmax=hi)
+                lev = np.geomspace(lo, hi, levels)
+            else:
+                from matplotlib.ticker import MaxNLocator
+                lev = MaxNLocator(levels).tick_values(lo, hi if hi > lo else lo + 1e-12)
+            cs = ax.contourf(A, B, Z, levels=lev, cmap="viridis", norm=norm)
+            ax.contour(A, B, Z, levels=lev[::2], colors="white", linewidths=0.5, alpha=0.6)
+            cb = fig.colorbar(cs, ax=ax, shrink=0.85)
+            cb.set_label("loss")
+            ax.plot([0], [0], marker="*", color="#d62728", ms=14, mec="white", label="current parameters θ")
+            ax.set_xlabel(f"α along {labels[0]} (parameter-space units)")
+            ax.set_ylabel(f"β along {labels[1]} (parameter-space units)")
+            ax.set_aspect("equal" if _aspect_ok(alphas, betas) else "auto")
+            ax.legend(loc="upper right", fontsize=9, framealpha=0.85)
+        ax.set_title(title, fontsize=12, fontweight="bold")
+        _save(fig, save_path, model_name, "loss_landscape_2d", formats, dpi)
+        return fig
+
+    # ------------------------------------------------------------------ text and reports
+    @staticmethod
+    def save_analysis_summary(results: Mapping, save_path: Optional[str] = "./hessian_plots",
+                              model_name: str = "model") -> str:
+        """Write a plain-text summary ``{model_name}_analysis_summary.txt`` and return its text.
+
+        Args:
+            results: one ``analyze_step`` result (its sections are listed metric by metric), a history
+                ``{step: results}`` (the latest step in full, then a table of the key metrics over steps),
+                or a flat dict of metrics.
+            save_path: directory (created); None: only return the text.
+            model_name: used in the header and the file name.
+
+        Returns:
+            The summary text (the file path is ``os.path.join(save_path, f"{model_name}_analysis_summary.txt")``).
+        """
+        if not isinstance(results, Mapping):
+            raise TypeError(f"results must be a dict (one analyze_step result or {{step: results}}), got "
+                            f"{type(results).__name__}")
+        text = _summary_text(results, model_name)
+        if save_path is not None:
+            os.makedirs(save_path, exist_ok=True)
+            path = os.path.join(os.fspath(save_path), f"{_safe_name(model_name)}_analysis_summary.txt")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    @staticmethod
+    def create_comprehensive_report(hessian_history: Optional[Mapping] = None,
+                                    component_history: Optional[Mapping] = None,
+                                    alignment_history: Optional[Mapping] = None,
+                                    memorization_history: Optional[Mapping] = None,
+                                    sharpness_history: Optional[Mapping] = None,
+                                    save_path: str = "./hessian_plots", model_name: str = "model", *,
+                                    history: Optional[Mapping] = None, training_history: Optional[Mapping] = None,
+                                    density: Any = None, eigen: Any = None,
+                                    landscape_1d: Any = None, landscape_2d: Any = None,
+                                    formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI,
+                                    title: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+        """Draw every figure the given data allow, a text summary, and ``index.html`` showing them all.
+
+        All inputs are optional; each figure is drawn only from what is given. ``history`` (a dict
+        ``{step: analyze_step results}``) fills every section history that is not given explicitly.
+        ``density`` (a ``DensityResult``), ``eigen`` (an ``EigenResult`` or eigenvalues), ``landscape_1d``
+        and ``landscape_2d`` (``hessext.landscape`` results) add the corresponding figures.
+
+        About the API document's ``create_comprehensive_report(**landscape_evolution, …)`` with
+        ``landscape_evolution = {epoch: results}``: Python rejects non-string keywords at the call site
+        (``TypeError: keywords must be strings``) before this function runs, so that exact call cannot work
+        in any implementation. Pass ``history=landscape_evolution`` instead. Keyword arguments that do reach
+        ``**extra`` and whose values are analyze_step results (string keys such as ``"3"`` or
+        ``"epoch_3"``) are treated as entries of ``history``; any other unknown keyword is a ``TypeError``.
+
+        Figures are closed after saving (nothing accumulates in pyplot's registry).
+
+        Returns:
+            ``{"figures": {quantity: [paths]}, "summary": path, "index": path}``.
+        """
+        unknown = {}
+        for k, v in extra.items():
+            if isinstance(v, Mapping) and _looks_like_results(v):
+                history = dict(history or {})
+                history.setdefault(k, v)
+            else:
+                unknown[k] = v
+        if unknown:
+            raise TypeError(f"create_comprehensive_report() got unexpected keyword arguments {sorted(unknown)}; "
+                            "pass a {step: results} history as history=...")
+        if history is not None and not isinstance(history, Mapping):
+            raise TypeError(f"history must be a dict {{step: results}}, got {type(history).__name__}")
+        if history:
+            if hessian_history is None:
+                hessian_history = _section(history, "hessian")
+            if component_history is None:
+                component_history = {s: r["components"] for s, r in history.items()
+                                     if isinstance(r, Mapping) and isinstance(r.get("components"), Mapping)}
+            if alignment_history is None:
+                alignment_history = _pick(history, "alignment")
+            if memorization_history is None:
+                memorization_history = _pick(history, "train_val_divergence")
+            if sharpness_history is None:
+                sharpness_history = _pick(history, "sharpness")
+        if not isinstance(save_path, (str, os.PathLike)):
+            raise TypeError(f"save_path must be a str or a path, got {type(save_path).__name__}")
+        os.makedirs(save_path, exist_ok=True)
+        V = HessianVisualizer
+        kw = dict(save_path=save_path, model_name=model_name, formats=formats, dpi=dpi)
+        jobs: list[tuple[str, str, Callable[[], Figure]]] = []
+        th = _section(training_history, "training") if training_history else {}
+        if th:
+            jobs.append(("training_curves", _CAPTIONS["training_curves"],
+                         lambda: V.plot_training_curves(th, **kw)))
+        hh = _section(hessian_history, "hessian") if hessian_history else {}
+        if hh:
+            jobs.append(("eigenvalue_evolution", _CAPTIONS["eigenvalue_evolution"],
+                         lambda: V.plot_eigenvalue_evolution(hh, **kw)))
+            if any(k in r for r in hh.values() for k in ("condition_number", "effective_rank_95",
+                                                        "effective_rank_entropy", "complexity_score")):
+                jobs.append(("complexity_metrics", _CAPTIONS["complexity_metrics"],
+                             lambda: V.plot_complexity_metrics(hh, **kw)))
+        ckeys, _, _, ctable = _normalize_components(component_history) if component_history else ([], 0, 0, {})
+        if ctable:
+            if len(ckeys) > 1:
+                jobs.append(("component_comparison", _CAPTIONS["component_comparison"],
+                             lambda: V.plot_component_comparison(component_history, **kw)))
+            jobs.append(("component_bars", _CAPTIONS["component_bars"],
+                         lambda: V.plot_component_bars(component_history, **kw)))
+        ah = _section(alignment_history, "alignment") if alignment_history else {}
+        if ah:
+            jobs.append(("gradient_alignment", _CAPTIONS["gradient_alignment"],
+                         lambda: V.plot_gradient_alignment(ah, **kw)))
+        mh = _section(memorization_history, "train_val_divergence") if memorization_history else {}
+        if mh:
+            jobs.append(("memorization_metrics", _CAPTIONS["memorization_metrics"],
+                         lambda: V.plot_memorization_metrics(mh, **kw)))
+        sh = _section(sharpness_history, "sharpness") if sharpness_history else {}
+        if sh:
+            jobs.append(("sharpness", _CAPTIONS["sharpness"], lambda: V.plot_sharpness(sh, **kw)))
+        if eigen is not None:
+            jobs.append(("top_spectrum", _CAPTIONS["top_spectrum"], lambda: V.plot_top_spectrum(eigen, **kw)))
+        if density is not None:
+            dens_items = _density_items(density)
+            if len(dens_items) == 1:
+                jobs.append(("spectral_density", _CAPTIONS["spectral_density"],
+                             lambda: V.plot_spectral_density(dens_items[0][1], **kw)))
+            elif dens_items:
+                jobs.append(("spectral_density", _CAPTIONS["spectral_density"],
+                             lambda: _plot_density_series(dens_items, **kw)))
+        if landscape_1d is not None:
+            jobs.append(("loss_landscape_1d", _CAPTIONS["loss_landscape_1d"],
+                         lambda: V.plot_loss_landscape_1d(landscape_1d, **kw)))
+        if landscape_2d is not None:
+            jobs.append(("loss_landscape_2d", _CAPTIONS["loss_landscape_2d"],
+                         lambda: V.plot_loss_landscape_2d(landscape_2d, **kw)))
+
+        figures: dict[str, list[str]] = {}
+        captions: dict[str, str] = {}
+        failures: dict[str, str] = {}
+        for name, caption, make in jobs:
+            try:
+                fig = make()
+            except Exception as exc:  # one bad section must not lose the whole report
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            figures[name] = list(getattr(fig, "hessext_files", []))
+            captions[name] = caption
+            _close(fig)
+
+        summary_source: Mapping = dict(history) if history else _assemble_history(
+            hh, component_history, ah, mh, sh)
+        if th and summary_source and _is_history(summary_source):
+            summary_source = _merge_training(summary_source, th)
+        summary_text = _summary_text(summary_source, model_name) if summary_source else \
+            f"Hessian analysis summary: {model_name}\n\n(no metrics given)\n"
+        if failures:
+            summary_text += "\nFigures that could not be drawn:\n" + "".join(
+                f"  {k}: {v}\n" for k, v in failures.items())
+        summary_path = os.path.join(os.fspath(save_path), f"{_safe_name(model_name)}_analysis_summary.txt")
+        with open(summary_path, "w", encoding="utf-8") as fh:
+            fh.write(summary_text)
+        index_path = os.path.join(os.fspath(save_path), "index.html")
+        page = _index_html(title or f"Hessian analysis report: {model_name}", model_name, save_path, figures,
+                           captions, summary_source, summary_path, failures)
+        with open(index_path, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        return {"figures": figures, "summary": summary_path, "index": index_path, "failures": failures}
+
+
+# ============================================================================ helpers of the extra plots
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _aspect_ok(a: np.ndarray, b: np.ndarray) -> bool:
+    ra, rb = np.ptp(a), np.ptp(b)
+    return ra > 0 and rb > 0 and 0.5 <= ra / rb <= 2.0
+
+
+def _density_arrays(density: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(density, (tuple, list)) and len(density) == 2:
+        return _to_array(density[0]), _to_array(density[1]), np.zeros(0)
+    return _to_array(_get(density, "grid")), _to_array(_get(density, "density")), _to_array(_get(density, "nodes"))
+
+
+def _density_items(density: Any) -> list[tuple[Any, Any]]:
+    """One density, or ``{step: density}``."""
+    if isinstance(density, Mapping) and "grid" not in density and "density" not in density:
+        keys, _, _ = _ordered_steps(density)
+        return [(k, density[k]) for k in keys]
+    return [(None, density)]
+
+
+def _plot_density_series(items: list[tuple[Any, Any]], save_path: Optional[str], model_name: str,
+                         formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> Figure:
+    """Several spectral densities (one per step) overlaid, colour = training time."""
+    fig = _new_figure((8.5, 4.8))
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["plasma"]
+    top = 0.0
+    curves = []
+    for i, (label, d) in enumerate(items):
+        g, dens, _ = _density_arrays(d)
+        if g.size > 1 and dens.size == g.size and _finite(dens).size:
+            curves.append((label, g, dens, cmap(0.1 + 0.8 * i / max(len(items) - 1, 1))))
+            top = max(top, float(np.nanmax(dens)))
+    if not curves:
+        _empty(ax, "no spectral density data")
+    else:
+        lo = top * 1e-8
+        for label, g, dens, c in curves:
+            ax.plot(g, np.clip(dens, lo, None), color=c, lw=1.4, label=f"step {label}")
+        ax.set_yscale("log")
+        ax.set_ylim(lo, top * 3)
+        ax.axvline(0.0, color="0.4", lw=1, ls="--")
+        ax.set_xlabel("eigenvalue λ (loss / param²)")
+        ax.set_ylabel("density φ(λ) (1 / eigenvalue unit)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.85, ncols=1 + len(curves) // 8)
+    ax.set_title(f"{model_name}: Hessian spectral density over training", fontsize=12, fontweight="bold")
+    _save(fig, save_path, model_name, "spectral_density", formats, dpi)
+    return fig
+
+
+def _eigen_arrays(eigen: Any, residuals: Any) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    if isinstance(eigen, Mapping):
+        if "hessian" in eigen and isinstance(eigen["hessian"], Mapping):
+            eigen = eigen["hessian"]
+        vals = _to_array(eigen.get("top_eigenvalues", eigen.get("eigenvalues")))
+        res = eigen.get("residuals") if residuals is None else residuals
+    elif hasattr(eigen, "eigenvalues"):
+        vals = _to_array(eigen.eigenvalues)
+        res = getattr(eigen, "residuals", None) if residuals is None else residuals
+    else:
+        vals = _to_array(eigen)
+        res = residuals
+    res_arr = _to_array(res) if res is not None else None
+    if res_arr is not None and res_arr.size != vals.size:
+        raise ValueError(f"residuals must have one entry per eigenvalue ({vals.size}), got {res_arr.size}")
+    keep = np.isfinite(vals)
+    return vals[keep], (np.abs(res_arr[keep]) if res_arr is not None else None)
+
+
+# ============================================================================ summary text and HTML
+_SECTION_TITLES = {
+    "training": "Training",
+    "hessian": "Hessian spectrum",
+    "components": "Components",
+    "alignment": "Gradient-Hessian alignment",
+    "sharpness": "Sharpness",
+    "train_val_divergence": "Train/validation landscape divergence",
+}
+_KEY_METRICS = [
+    ("training", "train_loss", "train loss"),
+    ("training", "val_loss", "val loss"),
+    ("hessian", "max_eigenvalue", "λ_max"),
+    ("hessian", "min_eigenvalue", "λ_min"),
+    ("hessian", "hessian_trace_estimate", "trace"),
+    ("hessian", "negative_count", "# negative"),
+    ("hessian", "condition_number", "condition number"),
+    ("hessian", "effective_rank_entropy", "effective rank"),
+    ("alignment", "grad_Hg_alignment", "cos(g, Hg)"),
+    ("sharpness", "max_sharpness", "max sharpness"),
+    ("train_val_divergence", "train_val_landscape_divergence_score", "divergence"),
+]
+_CAPTIONS = {
+    "training_curves": "Training and validation loss and accuracy at the analysed steps.",
+    "eigenvalue_evolution": "Top-k eigenvalues, extreme eigenvalues (symlog axis when signed), the trace "
+                            "estimate with a ±2 standard-error band, and the negative curvature found.",
+    "complexity_metrics": "Condition number, effective ranks and complexity score of the top-k spectrum.",
+    "component_comparison": "Curvature of each component's Hessian block over training: λ_max, trace, and "
+                            "trace per parameter. Colours are fixed per component.",
+    "component_bars": "Per-component trace and largest eigenvalues at the last analysed step.",
+    "gradient_alignment": "How the gradient lines up with the curvature: cos(g, Hg), gᵀHg/gᵀg, and the "
+                          "share of the gradient in the top eigenspace.",
+    "memorization_metrics": "Divergence between the training and validation Hessians: a widening gap is a "
+                            "memorization signal.",
+    "sharpness": "Sharpness measures over training.",
+    "top_spectrum": "Top Ritz values with error bars ±‖Hv − θv‖: each bar contains a true eigenvalue.",
+    "spectral_density": "Spectral density from stochastic Lanczos quadrature (log axis): the bulk near zero "
+                        "and the outliers.",
+    "loss_landscape_1d": "Loss along the top eigenvector, with the quadratic model from the gradient and "
+                         "the curvature.",
+    "loss_landscape_2d": "Loss on the plane of the two top eigenvectors.",
+}
+
+
+def _looks_like_results(v: Mapping) -> bool:
+    return any(k in v and isinstance(v[k], Mapping) for k in _SECTION_TITLES)
+
+
+def _pick(history: Mapping, name: str) -> dict:
+    return {s: r[name] for s, r in history.items() if isinstance(r, Mapping) and isinstance(r.get(name), Mapping)}
+
+
+def _assemble_history(hh: Mapping, ch: Any, ah: Mapping, mh: Mapping, sh: Mapping) -> dict:
+    """Rebuild ``{step: results}`` from section histories (for the summary)."""
+    out: dict[Any, dict] = {}
+
+    def key(k: Any) -> Any:
+        return int(float(k)) if _int_like(k) and not isinstance(k, str) else (int(k) if _int_like(k) else k)
+
+    for name, h in (("hessian", hh), ("alignment", ah), ("train_val_divergence", mh), ("sharpness", sh)):
+        for k, v in (h or {}).items():
+            out.setdefault(key(k), {})[name] = v
+    if ch:
+        keys, _, _, table = _normalize_components(ch)
+        for i, k in enumerate(keys):
+            comps = {c: row[i] for c, row in table.items() if row[i] is not None}
+            if comps:
+                out.setdefault(key(k), {})["components"] = comps
+    return out
+
+
+def _step_key(k: Any) -> Any:
+    """Int-like keys as ints, so that "40" and 40 name the same step."""
+    if _int_like(k):
+        return int(k.strip()) if isinstance(k, str) else int(float(k))
+    return k
+
+
+def _merge_training(history: Mapping, training: Mapping) -> dict:
+    """``{step: results}`` with ``results["training"]`` added from ``training`` (new dicts; inputs untouched)."""
+    by_key = {_step_key(k): v for k, v in training.items()}
+    out = {}
+    for s, r in history.items():
+        t = by_key.get(_step_key(s))
+        out[s] = {**r, "training": t} if isinstance(r, Mapping) and isinstance(t, Mapping) else r
+    return out
+
+
+def _is_history(results: Mapping) -> bool:
+    return bool(results) and all(_int_like(k) or (isinstance(v, Mapping) and _looks_like_results(v))
+                                 for k, v in results.items()) \
+        and all(isinstance(v, Mapping) for v in results.values()) and not _looks_like_results(results)
+
+
+def _section_lines(name: str, sec: Mapping, indent: str = "  ") -> list[str]:
+    lines = []
+    if name == "components":
+        rows = [(c, m) for c, m in sec.items() if isinstance(m, Mapping)]
+        if not rows:
+            return [indent + "(none)"]
+        w = max(len(str(c)) for c, _ in rows)
+        lines.append(f"{indent}{'component':<{w}}  {'λ_max':>11}  {'trace':>11}  {'params':>9}")
+        for c, m in rows:
+            if "error" in m and len(m) == 1:
+                lines.append(f"{indent}{c:<{w}}  error: {m['error']}")
+                continue
+            lines.append(f"{indent}{c:<{w}}  {_fmt(_comp_value(m, 'max_eigenvalue')):>11}  "
+                         f"{_fmt(_comp_value(m, 'trace')):>11}  {_fmt(m.get('num_parameters')):>9}")
+        return lines
+    items = [(k, v) for k, v in sec.items() if not isinstance(v, Mapping)]
+    if not items:
+        return [indent + "(none)"]
+    w = max(len(str(k)) for k, _ in items)
+    for k, v in items:
+        lines.append(f"{indent}{str(k):<{w}}  {_fmt(v)}")
+    return lines
+
+
+def _summary_text(results: Mapping, model_name: str) -> str:
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = [f"Hessian analysis summary: {model_name}", f"written {now} by hessext", ""]
+    if _is_history(results):
+        keys, xs, labels = _ordered_steps(results)
+        records = [results[k] for k in keys]
+        out.append(f"{len(keys)} analysed steps: {', '.join(str(k) for k in keys[:12])}"
+                   + (" …" if len(keys) > 12 else ""))
+        out.append("")
+        cols = [(sec, key, label) for sec, key, label in _KEY_METRICS
+                if any(isinstance(r.get(sec), Mapping) and key in r[sec] for r in records)]
+        if cols:
+            out.append("Key metrics over training")
+            head = f"  {'step':>8}" + "".join(f"  {label:>14}" for _, _, label in cols)
+            out.append(head)
+            out.append("  " + "-" * (len(head) - 2))
+            for k, r in zip(keys, records):
+                row = f"  {str(k):>8}"
+                for sec, key, _ in cols:
+                    v = r.get(sec, {}).get(key) if isinstance(r.get(sec), Mapping) else None
+                    row += f"  {_fmt(v):>14}"
+                out.append(row)
+            out.append("")
+        last = records[-1]
+        out.append(f"Latest step ({keys[-1]})")
+        out.extend(_result_lines(last))
+    else:
+        out.extend(_result_lines(results))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _result_lines(results: Mapping) -> list[str]:
+    out = []
+    if "error" in results:
+        out.append(f"  analysis error: {results['error']}")
+    sections = [k for k in results if isinstance(results[k], Mapping)]
+    if not sections:
+        return out + _section_lines("metrics", results)
+    order = [s for s in _SECTION_TITLES if s in sections] + [s for s in sections if s not in _SECTION_TITLES]
+    for s in order:
+        if s == "meta":
+            meta = results[s]
+            t, mv = meta.get("time_s", {}), meta.get("matvecs", {})
+            if isinstance(t, Mapping) and isinstance(mv, Mapping) and ("total" in t or "total" in mv):
+                out.append(f"[cost] {_fmt(t.get('total'))} s, {_fmt(mv.get('total'))} Hessian-vector products")
+                out.append("")
+            continue
+        out.append(f"[{_SECTION_TITLES.get(s, s)}]")
+        out.extend(_section_lines(s, results[s]))
+        out.append("")
+    scalars = [(k, v) for k, v in results.items() if not isinstance(v, Mapping) and k != "error"]
+    if scalars:
+        out.append("[other]")
+        out.extend(_section_lines("other", dict(scalars)))
+    return out
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}h1{font-size:1.6em;margin-bottom:.2em}.meta{color:#666;margin-top:0}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.3em .6em;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+figure{margin:2em 0;border-top:1px solid #eee;padding-top:1em}figure img{max-width:100%;height:auto}
+figcaption{color:#444;margin-top:.4em}nav a{margin-right:1em}pre{background:#f8f8f8;padding:1em;
+overflow-x:auto;font-size:.85em}.warn{color:#a33}
+"""
+
+
+def _index_html(title: str, model_name: str, save_path: str, figures: Mapping[str, list[str]],
+                captions: Mapping[str, str], history: Mapping, summary_path: str,
+                failures: Mapping[str, str]) -> str:
+    from . import __version__
+    esc = html.escape
+    root = os.path.abspath(save_path)
+
+    def rel(p: str) -> str:
+        return os.path.relpath(os.path.abspath(p), root).replace(os.sep, "/")
+
+    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p class='meta'>model <b>{esc(model_name)}</b> · hessext {esc(__version__)} · "
+             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"]
+    links = [f"<a href='#{esc(n)}'>{esc(n.replace('_', ' '))}</a>" for n in figures]
+    links.append(f"<a href='{esc(rel(summary_path))}'>text summary</a>")
+    for extra in sorted(os.listdir(root)):
+        if extra.endswith(".json"):
+            links.append(f"<a href='{esc(extra)}'>{esc(extra)}</a>")
+    parts.append("<nav>" + " ".join(links) + "</nav>")
+    parts.append(_summary_table_html(history))
+    for name, paths in figures.items():
+        pngs = [p for p in paths if p.lower().endswith((".png", ".jpg", ".jpeg", ".svg"))]
+        if not pngs:
+            continue
+        img = pngs[0]
+        others = " ".join(f"<a href='{esc(rel(p))}'>{esc(os.path.splitext(p)[1][1:])}</a>" for p in paths)
+        parts.append(f"<figure id='{esc(name)}'><a href='{esc(rel(img))}'><img src='{esc(rel(img))}' "
+                     f"alt='{esc(name)}'></a><figcaption><b>{esc(name.replace('_', ' '))}.</b> "
+                     f"{esc(captions.get(name, ''))} <small>[{others}]</small></figcaption></figure>")
+    if failures:
+        parts.append("<h2>Figures that could not be drawn</h2><ul class='warn'>" + "".join(
+            f"<li>{esc(k)}: {esc(v)}</li>" for k, v in failures.items()) + "</ul>")
+    try:
+        with open(summary_path, encoding="utf-8") as fh:
+            parts.append("<h2>Text summary</h2><pre>" + esc(fh.read()) + "</pre>")
+    except OSError:
+        pass
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _summary_table_html(history: Mapping) -> str:
+    esc = html.escape
+    if not history:
+        return "<p>No metrics were given.</p>"
+    if not _is_history(history):
+        history = {"—": history}
+        keys, records = ["—"], [history["—"]]
+    else:
+        keys, _, _ = _ordered_steps(history)
+        records = [history[k] for k in keys]
+    cols = [(sec, key, label) for sec, key, label in _KEY_METRICS
+            if any(isinstance(r.get(sec), Mapping) and key in r[sec] for r in records)]
+    out = []
+    if cols:
+        out.append("<h2>Summary</h2><table><tr><th>step</th>" + "".join(f"<th>{esc(l)}</th>" for _, _, l in cols)
+                   + "</tr>")
+        for k, r in zip(keys, records):
+            out.append(f"<tr><td>{esc(str(k))}</td>" + "".join(
+                f"<td>{esc(_fmt(r.get(sec, {}).get(key)))}</td>" if isinstance(r.get(sec), Mapping)
+                else "<td></td>" for sec, key, _ in cols) + "</tr>")
+        out.append("</table>")
+    comps = records[-1].get("components") if isinstance(records[-1], Mapping) else None
+    if isinstance(comps, Mapping) and comps:
+        out.append(f"<h3>Components at step {esc(str(keys[-1]))}</h3><table><tr><th>component</th>"
+                   "<th>λ_max</th><th>trace</th><th>parameters</th></tr>")
+        for c, m in comps.items():
+            if isinstance(m, Mapping):
+                out.append(f"<tr><td><span style='color:{component_color(str(c))}'>■</span> {esc(str(c))}</td>"
+                           f"<td>{esc(_fmt(_comp_value(m, 'max_eigenvalue')))}</td>"
+                           f"<td>{esc(_fmt(_comp_value(m, 'trace')))}</td>"
+                           f"<td>{esc(_fmt(m.get('num_parameters')))}</td></tr>")
+        out.append("</table>")
+    return "\n".join(out) if out else "<p>No key metrics in the given results.</p>"
+
+
+# Module-level aliases of the extra plots.
+plot_spectral_density = HessianVisualizer.plot_spectral_density
+plot_top_spectrum = HessianVisualizer.plot_top_spectrum
+plot_component_bars = HessianVisualizer.plot_component_bars
+plot_loss_landscape_1d = HessianVisualizer.plot_loss_landscape_1d
+plot_loss_landscape_2d = HessianVisualizer.plot_loss_landscape_2d

@@ -1,0 +1,372 @@
+"""Data-parallel Hessian analysis: 2 processes over gloo on localhost against one process on all the data.
+
+One spawn of two ranks (module-scoped fixture) runs every distributed check and writes its results to a
+temporary file per rank; the tests below compare them with a single-process run on the concatenated data
+and with the dense float64 Hessian. A second, separate group with a 2 s timeout checks that a rank that
+skips a collective makes the other fail with an error instead of hanging.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _models import dense_hessian, mlp_batch, tiny_mlp  # noqa: E402
+
+from hessext.distributed import DistributedHessianOperator, init_from_env, shard  # noqa: E402
+from hessext.hvp import HessianOperator  # noqa: E402
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+GROUP_TIMEOUT_S = 30.0     # main group: generous, only bounds a failure of the test itself
+SHORT_TIMEOUT_S = 2.0      # the group used for the timeout check
+SPAWN_LIMIT_S = 120.0      # hard bound on the whole spawn (killed after this)
+LOSS = nn.MSELoss()
+# Uneven shards: rank 0 gets the batches of 8 and 5 samples, rank 1 the batch of 7.
+SIZES = [(1, 8), (2, 5), (3, 7)]
+BLOCKS = {"first": ["0.weight", "0.bias"], "second": ["2.weight", "2.bias"]}
+
+
+def _data() -> list:
+    return [mlp_batch(seed=s, n=n) for s, n in SIZES]
+
+
+def _analyse(op: HessianOperator) -> dict:
+    """Everything the algorithms return, run identically in the workers and in the single process."""
+    from hessext.density import spectral_density
+    from hessext.lanczos import lanczos
+    from hessext.trace import estimate_trace, hutchpp
+
+    out: dict = {}
+    top = lanczos(op, k=3, which="LA", tol=1e-10, seed=0)
+    out["top"], out["top_vecs"] = top.eigenvalues, top.eigenvectors
+    out["top_residuals"] = top.residuals
+    out["min"] = lanczos(op, k=1, which="SA", tol=1e-10, seed=1).eigenvalues
+    out["trace"] = torch.tensor(hutchpp(op, 30, seed=3).estimate, dtype=torch.float64)
+    blocks = {k: op.layout.indices(v) for k, v in BLOCKS.items()}
+    bt = estimate_trace(op, 24, method="hutchinson", seed=5, blocks=blocks)
+    out["block_traces"] = torch.tensor([bt.block_estimates[k] for k in BLOCKS], dtype=torch.float64)
+    dens = spectral_density(op, num_probes=2, num_iter=8, seed=7)
+    out["density"] = dens.density
+    loss, grad = op.loss_and_grad()
+    out["loss"], out["grad"] = torch.tensor(loss, dtype=torch.float64), grad
+    return out
+
+
+def _model_state(model: nn.Module) -> dict:
+    return {
+        "params": {k: p.detach().clone() for k, p in model.named_parameters()},
+        "buffers": {k: b.detach().clone() for k, b in model.named_buffers()},
+        "grads": {k: p.grad for k, p in model.named_parameters()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": [m.training for m in model.modules()],
+    }
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return (a["grads"] == b["grads"] and a["requires_grad"] == b["requires_grad"]
+            and a["training"] == b["training"]
+            and all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+            and all(torch.equal(a["buffers"][k], b["buffers"][k]) for k in a["buffers"]))
+
+
+def _error(fn) -> tuple[str | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        return type(e).__name__, str(e), time.perf_counter() - t0
+    return None, None, time.perf_counter() - t0
+
+
+def _checks(rank: int, event) -> dict:
+    res: dict = {}
+    model = tiny_mlp()
+    model.train()  # a non-default flag that must survive
+    before = _model_state(model)
+    mine = shard(_data(), rank, WORLD)
+    res["num_local_batches"] = len(mine)
+
+    op = DistributedHessianOperator(model, LOSS, mine, dtype=torch.float64)
+    res["dense64"] = op.to_dense()
+    res["f64"] = _analyse(op)
+    # one all-reduce per matmat block, whatever its width
+    k0 = op.num_allreduces
+    op.matmat(torch.ones(op.n, 5, dtype=torch.float64))
+    res["allreduces_per_block"] = op.num_allreduces - k0
+
+    op32 = DistributedHessianOperator(model, LOSS, mine)
+    res["f32"] = _analyse(op32)
+    # float32 products summed across ranks in float64
+    op32r = DistributedHessianOperator(model, LOSS, mine, reduce_dtype=torch.float64)
+    res["f32_reduce64_dense"] = op32r.to_dense()
+
+    # a DDP-wrapped copy: its .module is analysed, nothing is synchronised or written
+    ddp_model = copy.deepcopy(model)
+    ddp = nn.parallel.DistributedDataParallel(ddp_model)
+    ddp_before = _model_state(ddp_model)
+    opd = DistributedHessianOperator(ddp, LOSS, mine, params=["module.0.weight", "module.2.weight"],
+                                     dtype=torch.float64)
+    res["ddp_names"] = opd.layout.names
+    res["ddp_dense"] = opd.to_dense()
+    res["ddp_top"] = _analyse(opd)["top"]
+    res["ddp_untouched"] = _same_state(ddp_before, _model_state(ddp_model))
+
+    # layout mismatch: rank 1 analyses a subset
+    res["mismatch"] = _error(lambda: DistributedHessianOperator(
+        model, LOSS, mine, params=["0.weight", "2.weight"] if rank == 1 else None))
+    # dtype mismatch of the operator
+    res["dtype_mismatch"] = _error(lambda: DistributedHessianOperator(
+        model, LOSS, mine, dtype=torch.float64 if rank == 0 else torch.float32))
+
+    # failure on one rank (NaN data on rank 1) -> an error on every rank, no waiting for the timeout
+    bad = mine if rank == 0 else [(mine[0][0] * float("nan"), mine[0][1])]
+    opb = DistributedHessianOperator(model, LOSS, bad, dtype=torch.float64)
+    res["nan_matvec"] = _error(lambda: opb.matvec(torch.ones(opb.n, dtype=torch.float64)))
+    res["nan_grad"] = _error(opb.loss_and_grad)
+    # the group still works afterwards
+    res["after_failure"] = op.matvec(torch.ones(op.n, dtype=torch.float64))
+
+    res["untouched"] = _same_state(before, _model_state(model))
+
+    # timeout: rank 0 skips the collective that rank 1 enters; rank 1 must fail after ~SHORT_TIMEOUT_S
+    short = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
+    opt = DistributedHessianOperator(model, LOSS, mine, process_group=short)
+    if rank == 1:
+        res["timeout"] = _error(lambda: opt.matvec(torch.ones(opt.n)))
+        event.set()
+    else:
+        event.wait(SPAWN_LIMIT_S)
+    return res
+
+
+def _worker(rank: int, port: int, out_dir: str, event) -> None:
+    torch.set_num_threads(1)
+    res: dict = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                                timeout=timedelta(seconds=GROUP_TIMEOUT_S))
+        res = _checks(rank, event)
+    except BaseException:  # noqa: BLE001  report, do not hang the parent
+        res["fatal"] = traceback.format_exc()
+        event.set()
+    finally:
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    out_dir = str(tmp_path_factory.mktemp("dist"))
+    ctx = mp.get_context("spawn")
+    event = ctx.Event()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, out_dir, event), daemon=True) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + SPAWN_LIMIT_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    if hung:
+        pytest.fail(f"ranks {hung} did not finish within {SPAWN_LIMIT_S} s")
+    results = []
+    for r in range(WORLD):
+        path = os.path.join(out_dir, f"rank{r}.pt")
+        assert os.path.exists(path), f"rank {r} wrote no result (exit code {procs[r].exitcode})"
+        res = torch.load(path, weights_only=False)
+        if "fatal" in res:
+            pytest.fail(f"rank {r} failed:\n{res['fatal']}")
+        results.append(res)
+    return results
+
+
+@pytest.fixture(scope="module")
+def single() -> dict:
+    """One process, all the data: the reference every rank must reproduce."""
+    model = tiny_mlp()
+    return {
+        "f64": _analyse(HessianOperator(model, LOSS, _data(), dtype=torch.float64)),
+        "f32": _analyse(HessianOperator(model, LOSS, _data())),
+        "dense": dense_hessian(model, LOSS, _data()),
+    }
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
+    return float((a.double() - b.double()).abs().max()) / scale
+
+
+# ---------------------------------------------------------------------------------------- equality
+def test_shards_are_uneven(ranks):
+    assert [r["num_local_batches"] for r in ranks] == [2, 1]
+
+
+def test_operator_is_the_full_data_hessian(ranks, single):
+    H = single["dense"]
+    scale = float(H.abs().max())
+    for r in ranks:
+        assert _rel(r["dense64"], H, scale) < 1e-10
+        assert _rel(r["f32_reduce64_dense"], H, scale) < 1e-5
+
+
+@pytest.mark.parametrize("precision,tol", [("f64", 1e-10), ("f32", 1e-5)], ids=["float64", "float32"])
+def test_matches_single_process(ranks, single, precision, tol):
+    ref = single[precision]
+    lam = torch.linalg.eigvalsh(single["dense"])
+    scale = float(lam.abs().max())  # relative to the spectral norm
+    for r in ranks:
+        got = r[precision]
+        assert _rel(got["top"], ref["top"], scale) < tol
+        assert _rel(got["min"], ref["min"], scale) < tol
+        assert _rel(got["trace"], ref["trace"], max(abs(float(ref["trace"])), scale)) < tol
+        assert _rel(got["block_traces"], ref["block_traces"], scale) < tol
+        assert _rel(got["density"], ref["density"], float(ref["density"].abs().max())) < 100 * tol
+        assert _rel(got["grad"], ref["grad"], float(ref["grad"].abs().max())) < tol
+        assert abs(float(got["loss"] - ref["loss"])) / abs(float(ref["loss"])) < tol
+    # and the distributed float64 answer is the dense truth
+    got = ranks[0]["f64"]
+    assert _rel(got["top"], lam[-3:], scale) < 1e-8
+    assert _rel(got["min"], lam[:1], scale) < 1e-8
+
+
+def test_block_traces_are_the_dense_diagonal_blocks(ranks, single):
+    H = single["dense"]
+    layout = HessianOperator(tiny_mlp(), LOSS, _data()).layout
+    exact = torch.stack([H.diagonal()[layout.indices(v)].sum() for v in BLOCKS.values()])
+    est = ranks[0]["f64"]["block_traces"]
+    # Hutchinson with 24 probes: unbiased, not exact; within a generous band of the truth.
+    assert torch.allclose(est, exact, rtol=0.5, atol=0.5 * float(exact.abs().max()))
+
+
+def test_bitwise_identical_on_every_rank(ranks):
+    a, b = ranks
+    for precision in ("f64", "f32"):
+        for key, va in a[precision].items():
+            assert torch.equal(va, b[precision][key]), f"{precision}/{key} differs across ranks"
+    assert torch.equal(a["dense64"], b["dense64"])
+    assert torch.equal(a["ddp_top"], b["ddp_top"])
+
+
+def test_one_allreduce_per_block(ranks):
+    assert all(r["allreduces_per_block"] == 1 for r in ranks)
+
+
+# ---------------------------------------------------------------------------------------- DDP
+def test_ddp_wrapped_model(ranks, single):
+    H = single["dense"]
+    layout = HessianOperator(tiny_mlp(), LOSS, _data()).layout
+    idx = layout.indices(["0.weight", "2.weight"])
+    sub = H[idx][:, idx]
+    lam = torch.linalg.eigvalsh(sub)
+    for r in ranks:
+        assert r["ddp_names"] == ["0.weight", "2.weight"]
+        assert _rel(r["ddp_dense"], sub, float(sub.abs().max())) < 1e-10
+        assert _rel(r["ddp_top"], lam[-3:], float(lam.abs().max())) < 1e-8
+        assert r["ddp_untouched"]
+
+
+# ---------------------------------------------------------------------------------------- failures
+def test_layout_mismatch_raises_on_every_rank(ranks):
+    for r in ranks:
+        kind, msg, _ = r["mismatch"]
+        assert kind == "RuntimeError"
+        assert "parameter layout differs across ranks" in msg
+        assert "rank 0 has n=44" in msg and "rank 1 has n=36" in msg
+        assert "0.bias" in msg
+    assert ranks[0]["mismatch"][1] == ranks[1]["mismatch"][1]
+    for r in ranks:
+        kind, msg, _ = r["dtype_mismatch"]
+        assert kind == "RuntimeError" and "torch.float64" in msg and "torch.float32" in msg
+
+
+def test_failure_on_one_rank_raises_on_every_rank(ranks):
+    for key in ("nan_matvec", "nan_grad"):
+        kind0, msg0, secs0 = ranks[0][key]
+        kind1, msg1, _ = ranks[1][key]
+        assert kind1 == "LossNotFiniteError"
+        assert kind0 == "RuntimeError" and "1 other rank(s) failed" in msg0
+        assert secs0 < GROUP_TIMEOUT_S  # told by the failing rank, not by the timeout
+    H = ranks[0]["dense64"]
+    for r in ranks:
+        assert torch.allclose(r["after_failure"], H.sum(1), rtol=1e-12, atol=1e-12)
+
+
+def test_hanging_rank_ends_in_timeout_error(ranks):
+    kind, msg, secs = ranks[1]["timeout"]
+    assert kind == "RuntimeError"
+    assert "all-reduce of a Hessian-vector block failed on rank 1 of 2" in msg
+    assert SHORT_TIMEOUT_S * 0.9 <= secs < GROUP_TIMEOUT_S
+
+
+def test_model_untouched(ranks):
+    assert all(r["untouched"] for r in ranks)
+
+
+# ---------------------------------------------------------------------------------------- one process
+def test_without_process_group_is_plain_operator(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not dist.is_initialized()
+    model = tiny_mlp()
+    op = DistributedHessianOperator(model, LOSS, _data(), dtype=torch.float64)
+    ref = HessianOperator(model, LOSS, _data(), dtype=torch.float64)
+    assert (op.rank, op.world_size) == (0, 1)
+    v = torch.randn(op.n, dtype=torch.float64)
+    assert torch.equal(op.matvec(v), ref.matvec(v))
+    assert op.num_allreduces == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="not initialised"):
+        DistributedHessianOperator(model, LOSS, _data())
+
+
+def test_shard_lists_and_batches():
+    data = list(range(5))
+    parts = [shard(data, r, 2) for r in range(2)]
+    assert parts == [[0, 1, 2], [3, 4]]
+    x, y = mlp_batch(n=7)
+    pieces = [shard((x, y), r, 3) for r in range(3)]
+    assert [p[0].shape[0] for p in pieces] == [3, 2, 2]
+    assert torch.equal(torch.cat([p[0] for p in pieces]), x) and torch.equal(torch.cat([p[1] for p in pieces]), y)
+    d = {"input_ids": torch.arange(12).reshape(4, 3), "labels": torch.arange(12).reshape(4, 3), "tag": "t"}
+    assert shard(d, 1, 2)["input_ids"].tolist() == [[6, 7, 8], [9, 10, 11]] and shard(d, 1, 2)["tag"] == "t"
+    with pytest.raises(ValueError, match="world_size"):
+        shard(data, 0, 0)
+    with pytest.raises(ValueError, match="rank"):
+        shard(data, 2, 2)
+    with pytest.raises(ValueError, match="3 batches"):
+        shard([1, 2, 3], 0, 4)
+    with pytest.raises(TypeError, match="data"):
+        shard(3.0, 0, 1)
+
+
+def test_init_from_env_validates(monkeypatch):
+    with pytest.raises(TypeError, match="timeout"):
+        init_from_env(timeout=5)
+    with pytest.raises(ValueError, match="backend"):
+        init_from_env(backend="tcp")
+    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_from_env()
