@@ -8,6 +8,7 @@ Install with ``pip install --no-build-isolation -e .`` after torch (``make insta
   skips CUDA. ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0+PTX"``) picks the architectures (default: sm_80 and
   sm_90, plus PTX for 9.0). The CUDA part links against a CPU-only torch wheel too (no GPU needed to build).
 - ``HESSEXT_NVCC_FLAGS`` / ``HESSEXT_CXX_FLAGS``: extra flags (``tools/cuda_check.py`` adds ``-Xptxas -v``).
+- ``HESSEXT_NO_BUILD_INFO=1``: do not (re)write ``hessext/_build_info.py`` (for out-of-tree check builds).
 
 The configuration is written to ``hessext/_build_info.py`` (generated, git-ignored) for ``python -m hessext
 info``.
@@ -90,7 +91,9 @@ def _extensions(info: dict) -> tuple[list, dict]:
     csrc = ROOT / "csrc"
     sources = ["csrc/hessext.cpp"] + sorted(str(p.relative_to(ROOT)) for p in (csrc / "cpu").glob("*.cpp"))
     common = ["-O3", f"-DTORCH_TARGET_VERSION={TARGET_VERSION}"]
-    cxx = common + ["-std=c++17", f"-DPy_LIMITED_API={LIMITED_API}", "-fvisibility=hidden", "-ffp-contract=fast"]
+    # -ffp-contract=fast: FMA in the AVX2 clones of the inner loops (csrc/cpu/isa.h); no effect on baseline.
+    cxx = common + ["-std=c++17", f"-DPy_LIMITED_API={LIMITED_API}", "-fvisibility=hidden",
+                    "-ffp-contract=fast"]
     cxx += shlex.split(os.environ.get("HESSEXT_CXX_FLAGS", ""))
     include_dirs = [str(csrc / "include")]
     info.update(extension=True, torch_built_against=torch.__version__, stable_abi_target=TARGET_VERSION,
@@ -125,7 +128,8 @@ def _extensions(info: dict) -> tuple[list, dict]:
 def main() -> None:
     info: dict = {"extension": False, "cuda": False, "cuda_archs": [], "cxx_flags": [], "nvcc_flags": []}
     ext_modules, _ = _extensions(info)
-    _write_build_info(info)
+    if not _flag("HESSEXT_NO_BUILD_INFO"):  # tools/cuda_check.py builds elsewhere and must not touch it
+        _write_build_info(info)
     cmdclass = {}
     if ext_modules:
         from torch.utils.cpp_extension import BuildExtension

@@ -4,7 +4,14 @@ This module is both the fallback that serves ``torch.ops.hessext.*`` when the co
 and the oracle the tests compare the compiled kernels against. It must reproduce the compiled kernels'
 numbers: bitwise for ``rademacher_``, to rounding for ``reorthogonalize``.
 
-The probe hash is the one in ``csrc/include/hessext/hash.h``; keep the two in step.
+The probe hash is the one in ``csrc/include/hessext/hash.h``; keep the two in step. For a 64-bit seed s and
+a counter c >= 0 (both split into 32-bit words)::
+
+    k1 = fmix32(lo(s) ^ 0x9E3779B9),   k2 = fmix32(hi(s) ^ k1 ^ 0x85EBCA6B)
+    hash(s, c) = fmix32((fmix32(lo(c) ^ k1) + (hi(c) ^ k2)) mod 2^32)
+    value(s, c) = +1 if hash(s, c) < 2^31 else -1
+
+with ``fmix32`` MurmurHash3's 32-bit finaliser.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
 C1 = 0x85EBCA6B
 C2 = 0xC2B2AE35
+INT64_MAX = (1 << 63) - 1
 
 
 def fmix32_int(x: int) -> int:
@@ -54,14 +62,32 @@ def rademacher_bits(counters: Tensor, seed: int) -> Tensor:
     return h >> 31
 
 
-def rademacher_(out: Tensor, seed: int, offset: int) -> None:
-    """Fill ``out`` ([n] or [n, m]) with +-1; element (i, j) uses counter offset + j*n + i."""
+def check_rademacher_args(out: Tensor, offset: int) -> None:
+    """Validate ``rademacher_``'s arguments; errors name the argument and what was received."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"rademacher_: out must be a Tensor, got {type(out).__name__}")
     if out.dim() not in (1, 2):
-        raise ValueError(f"rademacher_: out must be 1-D [n] or 2-D [n, m], got {out.dim()}-D {tuple(out.shape)}")
-    if not out.is_floating_point():
+        raise ValueError(
+            f"rademacher_: out must be 1-D [n] or 2-D [n, m], got {out.dim()}-D {tuple(out.shape)}"
+        )
+    if out.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"rademacher_: out must be float32 or float64, got {out.dtype}")
     if offset < 0:
         raise ValueError(f"rademacher_: offset must be >= 0, got {offset}")
+    if offset > INT64_MAX - out.numel():
+        raise ValueError(f"rademacher_: offset + out.numel() must be < 2**63, got offset={offset} "
+                         f"and {out.numel()} elements")
+
+
+def rademacher_(out: Tensor, seed: int, offset: int) -> None:
+    """Fill ``out`` ([n] or [n, m]) with ±1 in place; element (i, j) uses counter offset + j*n + i.
+
+    Args:
+        out: [n] or [n, m], float32 or float64, any strides (written through ``copy_``).
+        seed: any int; only its low 64 bits matter.
+        offset: first counter, >= 0.
+    """
+    check_rademacher_args(out, offset)
     n = out.shape[0]
     m = out.shape[1] if out.dim() == 2 else 1
     counters = offset + torch.arange(n * m, dtype=torch.int64, device=out.device)
@@ -72,12 +98,17 @@ def rademacher_(out: Tensor, seed: int, offset: int) -> None:
 
 
 def reorthogonalize(w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, Tensor, Tensor]:
-    """Classical Gram-Schmidt against the rows of ``basis``, applied ``passes`` times (CGS2 by default)."""
+    """Classical Gram-Schmidt against the rows of ``basis``, applied ``passes`` times (CGS2 by default).
+
+    With B = basis [k, n] (orthonormal rows) and w⁽⁰⁾ = w, pass p computes h⁽ᵖ⁾ = B w⁽ᵖ⁻¹⁾ and
+    w⁽ᵖ⁾ = w⁽ᵖ⁻¹⁾ - Bᵀ h⁽ᵖ⁾. Returns (w⁽ᵖᵃˢˢᵉˢ⁾, Σ_p h⁽ᵖ⁾, ‖w⁽ᵖᵃˢˢᵉˢ⁾‖₂ as a 0-dim tensor). This reference
+    makes two GEMVs per pass (4 sweeps over B for CGS2); the compiled kernels fuse them into 3.
+    """
     check_reorthogonalize_args(w, basis, passes)
     k = basis.shape[0]
     coeffs = torch.zeros(k, dtype=w.dtype, device=w.device)
-    out = w.clone()
-    if k > 0:
+    out = w.clone(memory_format=torch.contiguous_format)
+    if k > 0 and w.shape[0] > 0:
         for _ in range(passes):
             h = basis.mv(out)
             out = out - basis.t().mv(h)
@@ -86,10 +117,17 @@ def reorthogonalize(w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, 
 
 
 def check_reorthogonalize_args(w: Tensor, basis: Tensor, passes: int) -> None:
+    """Validate ``reorthogonalize``'s arguments; errors name the argument and what was received."""
+    if not isinstance(w, Tensor):
+        raise TypeError(f"reorthogonalize: w must be a Tensor, got {type(w).__name__}")
+    if not isinstance(basis, Tensor):
+        raise TypeError(f"reorthogonalize: basis must be a Tensor, got {type(basis).__name__}")
     if w.dim() != 1:
         raise ValueError(f"reorthogonalize: w must be 1-D [n], got {w.dim()}-D {tuple(w.shape)}")
     if basis.dim() != 2:
-        raise ValueError(f"reorthogonalize: basis must be 2-D [k, n], got {basis.dim()}-D {tuple(basis.shape)}")
+        raise ValueError(
+            f"reorthogonalize: basis must be 2-D [k, n], got {basis.dim()}-D {tuple(basis.shape)}"
+        )
     if basis.shape[1] != w.shape[0]:
         raise ValueError(
             f"reorthogonalize: basis must be [k, n] with n = len(w) = {w.shape[0]}, got {tuple(basis.shape)}"
@@ -99,6 +137,7 @@ def check_reorthogonalize_args(w: Tensor, basis: Tensor, passes: int) -> None:
     if basis.dtype != w.dtype:
         raise TypeError(f"reorthogonalize: basis dtype {basis.dtype} differs from w dtype {w.dtype}")
     if basis.device != w.device:
-        raise ValueError(f"reorthogonalize: basis is on {basis.device} but w is on {w.device}")
+        raise ValueError(f"reorthogonalize: basis and w must be on the same device, got basis on "
+                         f"{basis.device} and w on {w.device}")
     if passes not in (1, 2):
         raise ValueError(f"reorthogonalize: passes must be 1 or 2, got {passes}")

@@ -10,7 +10,8 @@ Accepted ``data``:
 
 Batch kinds and their loss:
 
-- ``(inputs, targets)`` (a 2-tuple or 2-list whose first element is a tensor) → ``loss_fn(model(inputs), targets)``;
+- ``(inputs, targets)`` (a 2-tuple or 2-list whose first element is a tensor) →
+  ``loss_fn(model(inputs), targets)``;
 - a bare tensor ``X`` → ``loss_fn(model(X))`` (API A's contract: the loss function sees only the output);
 - a dict with ``input_ids`` and ``labels`` (optional ``attention_mask``, ``decoder_input_ids``), for
   ``model_type`` ∈ {"decoder_only", "encoder_only", "encoder_decoder"} (None means "decoder_only"):
@@ -95,8 +96,8 @@ def normalize_data(data: Any, num_batches: int | None = None, *, custom: bool = 
         if custom:
             batches = [data]
         else:
-            raise TypeError(f"data must be a tensor, an (inputs, targets) pair, a dict, a list of batches or an "
-                            f"iterable of batches, got {type(data).__name__}")
+            raise TypeError(f"data must be a tensor, an (inputs, targets) pair, a dict, a list of batches or "
+                            f"an iterable of batches, got {type(data).__name__}")
     else:
         it = iter(data)
         batches = list(it if num_batches is None else itertools.islice(it, num_batches))
@@ -109,8 +110,8 @@ def normalize_data(data: Any, num_batches: int | None = None, *, custom: bool = 
         raise ValueError("data is empty: there is no batch to analyse")
     for i, b in enumerate(batches):
         if not custom and not is_batch(b):
-            raise TypeError(f"batch {i} is a {type(b).__name__}; expected a tensor, an (inputs, targets) pair "
-                            "or a dict with 'input_ids' and 'labels' (or pass batch_loss=)")
+            raise TypeError(f"batch {i} is a {type(b).__name__}; expected a tensor, an (inputs, targets) "
+                            "pair or a dict with 'input_ids' and 'labels' (or pass batch_loss=)")
         if not custom and batch_size(b) == 0:
             raise ValueError(f"batch {i} is empty (0 samples)")
     return batches
@@ -175,15 +176,16 @@ def check_loss(loss: Any, index: int) -> Tensor:
     if not isinstance(loss, Tensor):
         raise TypeError(f"the loss of batch {index} must be a Tensor, got {type(loss).__name__}")
     if loss.numel() != 1:
-        raise ValueError(f"the loss must be a scalar, got a tensor of shape {list(loss.shape)} on batch {index} "
-                         "(use reduction='mean' or 'sum')")
+        raise ValueError(f"the loss must be a scalar, got a tensor of shape {list(loss.shape)} on batch "
+                         f"{index} (use reduction='mean' or 'sum')")
     if not loss.is_floating_point():
         raise TypeError(f"the loss of batch {index} must be floating point, got {loss.dtype}")
     return loss.reshape(())
 
 
 def check_loss_finite(loss: Tensor, index: int) -> float:
-    """``float(loss)``; :class:`LossNotFiniteError` (a RuntimeError) ``"loss is nan on batch 3"`` if not finite."""
+    """``float(loss)``; raises :class:`LossNotFiniteError` (a RuntimeError), ``"loss is nan on batch 3"``,
+    if it is not finite."""
     v = float(loss.detach())
     if not math.isfinite(v):
         raise LossNotFiniteError(f"loss is {v} on batch {index}")
@@ -247,7 +249,8 @@ def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = 
             res = batch_loss(model_call, batch)
             if isinstance(res, (tuple, list)):
                 if len(res) != 2:
-                    raise ValueError(f"batch_loss must return (loss, weight), got a sequence of length {len(res)}")
+                    raise ValueError(f"batch_loss must return (loss, weight), got a sequence of length "
+                                     f"{len(res)}")
                 loss, weight = res
             else:
                 loss, weight = res, 1.0

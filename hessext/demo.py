@@ -1,4 +1,4 @@
-"""``python -m hessext demo``: train a small transformer and write a Hessian report, in about a minute on a CPU.
+"""``python -m hessext demo``: train a small transformer and write a Hessian report, in about a minute.
 
 The task ships with the package (no download): **running sum modulo p**. A sequence ``x_1 … x_L`` of
 digits in ``[0, p)`` is the input and the label at position ``t`` is ``(x_1 + … + x_t) mod p``. The
@@ -185,7 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "val_accuracy": va_acc}
                 bar.set_postfix_str(f"analysing Hessian at step {step}")
                 t0 = time.perf_counter()
-                res = analyzer.analyze_step(model, loss_fn, h_train, h_val, model_type="decoder_only", step=step)
+                res = analyzer.analyze_step(model, loss_fn, h_train, h_val, model_type="decoder_only",
+                                            step=step)
                 analysis_time += time.perf_counter() - t0
                 if "error" in res:
                     bar.write(f"step {step}: analysis error: {res['error']}")
@@ -225,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hs = last.get("hessian", {})
     _log(f"done in {total:.1f} s (Hessian analyses {analysis_time:.1f} s). Final step: train loss "
          f"{training[max(training)]['train_loss']:.3f}, val loss {training[max(training)]['val_loss']:.3f}, "
-         f"λ_max {hs.get('max_eigenvalue', float('nan')):.4g}, tr H {hs.get('hessian_trace_estimate', float('nan')):.4g}",
+         f"λ_max {hs.get('max_eigenvalue', float('nan')):.4g}, "
+         f"tr H {hs.get('hessian_trace_estimate', float('nan')):.4g}",
          not show)
     print(os.path.abspath(report["index"]))
     return 0

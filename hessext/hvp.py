@@ -192,9 +192,10 @@ class HessianOperator(LinearOperator):
         self._weights: dict[int, float] = {}
         self._finite_checked: set[int] = set()
         if not eval_mode:
-            warnings.warn("eval_mode=False: the model is analysed in train mode; with dropout the Hessian depends "
-                          "on random masks and matvecs are stochastic (fixed within a cached graph, redrawn when "
-                          "a graph is rebuilt); BatchNorm uses batch statistics", UserWarning, stacklevel=2)
+            warnings.warn("eval_mode=False: the model is analysed in train mode; with dropout the Hessian "
+                          "depends on random masks and matvecs are stochastic (fixed within a cached graph, "
+                          "redrawn when a graph is rebuilt); BatchNorm uses batch statistics", UserWarning,
+                          stacklevel=2)
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -220,7 +221,8 @@ class HessianOperator(LinearOperator):
                 out.append(by_id[id(p)])
             return out
         kinds = sorted({type(p).__name__ for p in items})
-        raise TypeError(f"params must be None, a list of names or a list of the model's Parameters, got {kinds}")
+        raise TypeError(f"params must be None, a list of names or a list of the model's Parameters, "
+                        f"got {kinds}")
 
     # ------------------------------------------------------------------ evaluation
     def _state(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -330,8 +332,8 @@ class HessianOperator(LinearOperator):
         if e is None:
             return
         self.batched = False
-        warnings.warn(f"batched HVP failed on this model ({type(e).__name__}: {str(e)[:200]}); looping over the "
-                      "columns from now on", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"batched HVP failed on this model ({type(e).__name__}: {str(e)[:200]}); looping over "
+                      "the columns from now on", RuntimeWarning, stacklevel=4)
 
     def _batch_hvp(self, mode: str, i: int, Vs: list[Tensor], use_cache: bool) -> tuple[list[Tensor], float]:
         if mode == "double_backward":
@@ -363,7 +365,8 @@ class HessianOperator(LinearOperator):
             self._mode_used = mode
             if errors:
                 self.fallback_reason = f"double_backward failed: {errors['double_backward']}"
-                warnings.warn(f"mode='auto': double backward failed on this model, using forward-over-reverse "
+                warnings.warn(f"mode='auto': double backward failed on this model, using "
+                              "forward-over-reverse "
                               f"({str(errors['double_backward'])[:200]})", RuntimeWarning, stacklevel=4)
             return mode
         msg = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in errors.items())

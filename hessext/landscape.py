@@ -234,7 +234,8 @@ def loss_landscape_1d(model: nn.Module, loss_fn: Any, batch: Any, direction: Any
         loss_fn: the criterion (see :mod:`hessext.data`).
         batch: one batch or a list of batches (the loss is their batch-size weighted mean).
         direction: a flat ``[n]`` tensor in ParamLayout order (e.g. a row of ``EigenResult.eigenvectors``),
-            a list of per-parameter tensors, a dict name → tensor, or an ``EigenResult`` (its top eigenvector).
+            a list of per-parameter tensors, a dict name → tensor, or an ``EigenResult`` (its top
+            eigenvector).
         radius: ``r`` (> 0).
         num_points: number of α values (>= 2; odd numbers include α = 0 exactly).
         params: the analysed parameters (names or Parameters; None: all trainable ones), as in
@@ -276,7 +277,7 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: An
                       num_points: int = 21, *, params: Any = None, model_type: Optional[str] = None,
                       batch_loss: Optional[Callable] = None, normalize: bool = True, eval_mode: bool = True,
                       labels: Optional[Sequence[str]] = None) -> Landscape2D:
-    """Loss on a plane, ``ℓ(α, β) = L(θ + α d₁ + β d₂)`` on a ``num_points × num_points`` grid of ``[-r, r]²``.
+    """Loss on a plane, ``ℓ(α, β) = L(θ + α d₁ + β d₂)`` on a ``num_points²`` grid of ``[-r, r]²``.
 
     ``d₂`` is made orthogonal to ``d₁`` (Gram–Schmidt; eigenvectors of a symmetric H already are) and both
     are scaled to unit norm when ``normalize`` is True.
@@ -296,7 +297,8 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: An
         directions, labels = vecs, labels or names
     if isinstance(directions, Tensor):
         if directions.dim() != 2 or directions.shape[0] != 2:
-            raise ValueError(f"directions must be a [2, n] tensor or a pair, got shape {tuple(directions.shape)}")
+            raise ValueError(f"directions must be a [2, n] tensor or a pair, got shape "
+                             f"{tuple(directions.shape)}")
         pair = [directions[0], directions[1]]
     elif isinstance(directions, (list, tuple)) and len(directions) == 2:
         pair = list(directions)

@@ -5,7 +5,8 @@ Every operator and algorithm in hessext works on flat vectors ``v ∈ R^n`` with
     v = concat(vec(p_1), vec(p_2), ..., vec(p_P)),    n = Σ_i numel(p_i),
 
 parameters in the order of ``model.named_parameters()`` (shared parameters once), each flattened in
-row-major (C) order. Parameter ``i`` occupies the half-open index range ``[offsets[i], offsets[i] + numels[i])``.
+row-major (C) order. Parameter ``i`` occupies the half-open index range
+``[offsets[i], offsets[i] + numels[i])``.
 
 Index sets for a subset of the parameters (components such as "the attention weights", or the query third
 of a packed ``in_proj_weight``) are described by a *spec*: a sequence whose items are
@@ -14,7 +15,8 @@ of a packed ``in_proj_weight``) are described by a *spec*: a sequence whose item
 - ``("name", rows)``: the rows ``rows`` (a ``slice`` or an ``int``) of the parameter along dim 0. In row-major
   order these are contiguous: rows ``r0:r1`` of a ``[R, *rest]`` parameter are the flat range
   ``[off + r0·r, off + r1·r)`` with ``r = numel(rest)``. For ``in_proj_weight`` of shape ``[3d, d]``,
-  ``("…in_proj_weight", slice(0, d))`` is the query block, ``slice(d, 2d)`` the key, ``slice(2d, 3d)`` the value.
+  ``("…in_proj_weight", slice(0, d))`` is the query block, ``slice(d, 2d)`` the key and
+  ``slice(2d, 3d)`` the value.
 
 ``indices(spec)`` returns the flat indices of the spec, in the order of the spec; ``ranges(spec)`` the same
 set as a list of half-open ``(start, stop)`` ranges (adjacent ranges merged).
@@ -73,7 +75,8 @@ class ParamLayout:
         names = list(names)
         shapes = [torch.Size(s) for s in shapes]
         if len(names) != len(shapes):
-            raise ValueError(f"names and shapes must have the same length, got {len(names)} and {len(shapes)}")
+            raise ValueError(f"names and shapes must have the same length, got {len(names)} and "
+                             f"{len(shapes)}")
         if len(set(names)) != len(names):
             dup = sorted({k for k in names if names.count(k) > 1})
             raise ValueError(f"names must be unique, got duplicates {dup}")
@@ -102,7 +105,8 @@ class ParamLayout:
         for item in pairs:
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
                     and isinstance(item[1], Tensor)):
-                raise TypeError(f"named must yield (str, Tensor) pairs, got {type(item).__name__}: {item!r:.80}")
+                raise TypeError(f"named must yield (str, Tensor) pairs, got {type(item).__name__}: "
+                                f"{item!r:.80}")
         return cls([k for k, _ in pairs], [t.shape for _, t in pairs], [t.dtype for _, t in pairs])
 
     @classmethod
@@ -171,7 +175,8 @@ class ParamLayout:
             return self._index[name]
         except KeyError:
             hint = close_names(name, self.names)
-            raise ValueError(f"{name!r} is not in the layout" + (f"; close names: {hint}" if hint else "")) from None
+            more = f"; close names: {hint}" if hint else ""
+            raise ValueError(f"{name!r} is not in the layout{more}") from None
 
     def range_of(self, name: str) -> tuple[int, int]:
         """Half-open flat range ``(start, stop)`` of parameter ``name``."""
@@ -330,7 +335,8 @@ class ParamLayout:
                 raise ValueError(f"the index spec selects overlapping ranges [{a0}, {b0}) and [{a1}, {b1})")
         return out
 
-    def indices(self, spec: SliceSpec | Iterable[SliceSpec], device: torch.device | str | None = None) -> Tensor:
+    def indices(self, spec: SliceSpec | Iterable[SliceSpec],
+                device: torch.device | str | None = None) -> Tensor:
         """Flat indices (int64) of a spec, in spec order; see the module docstring for the spec format."""
         rs = self.ranges(spec)
         return torch.cat([torch.arange(a, b, dtype=torch.long, device=device) for a, b in rs])

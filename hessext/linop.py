@@ -132,7 +132,8 @@ class LinearOperator:
         """The principal sub-operator on an index subset: ``(A_SS) x = (A P x)[S]``.
 
         Args:
-            indices: a LongTensor / sequence of ints (unique, in ``[0, n)``), a boolean mask ``[n]``, or a slice.
+            indices: a LongTensor / sequence of ints (unique, in ``[0, n)``), a boolean mask ``[n]``, or a
+                slice.
                 The order of ``indices`` is the coordinate order of the sub-operator.
         """
         return RestrictedOperator(self, indices)

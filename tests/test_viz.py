@@ -45,13 +45,16 @@ def synth_history(steps=(0, 10, 20, 30), k=6, seed=0):
                         "condition_number": 10.0 ** (1 + 0.7 * i), "effective_rank_95": 3 + i % 2,
                         "effective_rank_entropy": 2.5 + 0.3 * i, "complexity_score": 10.0 + 3 * i},
             "components": {c: {"max_eigenvalue": (j + 1) * 10.0 ** (j - 1) * (1 + 0.2 * i),
-                               "top_eigenvalues": [(j + 1) * 10.0 ** (j - 1) * (1 + 0.2 * i) * f for f in (1, .5)],
+                               "top_eigenvalues": [(j + 1) * 10.0 ** (j - 1) * (1 + 0.2 * i) * f
+                                                   for f in (1, .5)],
                                "trace": 20.0 * (j + 1) * (1 + 0.1 * i), "num_parameters": 1000 * (j + 1)}
                            for j, c in enumerate(COMPS)},
             "alignment": {"grad_Hg_alignment": math.tanh(0.3 * i), "weighted_alignment": 0.2 + 0.05 * i,
                           "grad_Hg_ratio": 3.0 * (i + 1), "top_k_gradient_fraction": 0.1 * i},
-            "sharpness": {"max_sharpness": 10.0 + i, "mean_sharpness": 2.0 + 0.5 * i, "spectral_norm": float(top[0])},
-            "train_val_divergence": {"train_val_landscape_divergence_score": 0.05 * i, "trace_ratio": 1 + 0.3 * i,
+            "sharpness": {"max_sharpness": 10.0 + i, "mean_sharpness": 2.0 + 0.5 * i,
+                          "spectral_norm": float(top[0])},
+            "train_val_divergence": {"train_val_landscape_divergence_score": 0.05 * i,
+                                     "trace_ratio": 1 + 0.3 * i,
                                      "eigenvalue_distribution_overlap": 1 - 0.1 * i,
                                      "eigenspace_overlap": 0.9 - 0.1 * i},
         }
@@ -84,8 +87,8 @@ def _cases(hist):
         "complexity_metrics": lambda **kw: V.plot_complexity_metrics(section(hist, "hessian"), **kw),
         "component_comparison": lambda **kw: V.plot_component_comparison(section(hist, "components"), **kw),
         "gradient_alignment": lambda **kw: V.plot_gradient_alignment(section(hist, "alignment"), **kw),
-        "memorization_metrics": lambda **kw: V.plot_memorization_metrics(section(hist, "train_val_divergence"),
-                                                                         **kw),
+        "memorization_metrics": lambda **kw: V.plot_memorization_metrics(
+            section(hist, "train_val_divergence"), **kw),
         "sharpness": lambda **kw: V.plot_sharpness(section(hist, "sharpness"), **kw),
         "component_bars": lambda **kw: V.plot_component_bars(hist[30]["components"], **kw),
         "top_spectrum": lambda **kw: V.plot_top_spectrum(hist[30]["hessian"]["top_eigenvalues"],
@@ -141,14 +144,16 @@ def test_formats_png_svg_pdf(tmp_path, hist):
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     assert (tmp_path / "m_gradient_alignment.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="formats"):
-        HessianVisualizer.plot_gradient_alignment(section(hist, "alignment"), str(tmp_path), "m", formats=("bmp",))
+        HessianVisualizer.plot_gradient_alignment(section(hist, "alignment"), str(tmp_path), "m",
+                                                  formats=("bmp",))
 
 
 def test_full_results_history_is_unwrapped(hist):
     """The document passes {step: full results} to the individual plots: each picks its own section."""
     full = HessianVisualizer.plot_eigenvalue_evolution(hist, None, "m")
     part = HessianVisualizer.plot_eigenvalue_evolution(section(hist, "hessian"), None, "m")
-    lines = lambda f: [tuple(np.asarray(l.get_ydata(), float)) for ax in f.axes for l in ax.get_lines()]  # noqa: E731
+    def lines(f):
+        return [tuple(np.asarray(ln.get_ydata(), float)) for ax in f.axes for ln in ax.get_lines()]
     assert lines(full) == lines(part) and len(lines(full)) > 4
 
 
@@ -167,7 +172,7 @@ def test_missing_keys_drop_panels_without_crashing(tmp_path):
     fig = HessianVisualizer.plot_eigenvalue_evolution(sparse, str(tmp_path), "m", dpi=DPI)
     titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titled == ["Extreme eigenvalues", "Negative curvature"]  # |λ_min|/λ_max exists at step 5 only
-    line = [l for l in fig.axes[0].get_lines() if l.get_label() == "λ_max"][0]
+    line = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "λ_max"][0]
     assert list(line.get_xdata()) == [0, 5, 15]  # int-like "5" sorted numerically; the error step dropped
     assert_png(tmp_path / "m_eigenvalue_evolution.png")
     for fn in (HessianVisualizer.plot_gradient_alignment, HessianVisualizer.plot_memorization_metrics,
@@ -192,10 +197,10 @@ def test_bad_history_type():
         HessianVisualizer.plot_component_comparison("attention", None, "m")
 
 
-# ----------------------------------------------------------------------------- component key orders and colours
+# ----------------------------------------------------------------------------- component key orders, colours
 def _component_lines(fig):
-    return {(ax.get_title(), l.get_label()): (tuple(l.get_xdata()), tuple(np.round(l.get_ydata(), 12)))
-            for ax in fig.axes for l in ax.get_lines() if not l.get_label().startswith("_")}
+    return {(ax.get_title(), ln.get_label()): (tuple(ln.get_xdata()), tuple(np.round(ln.get_ydata(), 12)))
+            for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")}
 
 
 def test_component_comparison_accepts_both_key_orders(tmp_path, hist):
@@ -217,8 +222,8 @@ def test_component_comparison_accepts_both_key_orders(tmp_path, hist):
 
 def test_component_snapshot_and_fixed_colours(hist):
     fig = HessianVisualizer.plot_component_comparison(hist[30]["components"], None, "m")  # one step
-    colors = {l.get_label(): matplotlib.colors.to_hex(l.get_color()) for ax in fig.axes for l in ax.get_lines()
-              if not l.get_label().startswith("_")}
+    colors = {ln.get_label(): matplotlib.colors.to_hex(ln.get_color())
+              for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")}
     assert colors == {c: COMPONENT_COLORS[c] for c in COMPS}
     assert component_color("my_custom_block") == component_color("my_custom_block")
     assert component_color("my_custom_block") not in (COMPONENT_COLORS["ffn"], COMPONENT_COLORS["attention"])
@@ -250,7 +255,8 @@ def test_top_spectrum_from_eigenresult_like_object():
 
 
 def test_spectral_density_is_on_a_log_axis():
-    fig = HessianVisualizer.plot_spectral_density((np.linspace(0, 1, 50), np.exp(-np.linspace(0, 1, 50))), None, "m")
+    grid = np.linspace(0, 1, 50)
+    fig = HessianVisualizer.plot_spectral_density((grid, np.exp(-grid)), None, "m")
     assert fig.axes[0].get_yscale() == "log"
 
 
@@ -311,7 +317,8 @@ def test_report_keyword_forms_of_the_document(tmp_path, hist):
         HessianVisualizer.create_comprehensive_report(**{0: hist[0]}, save_path=str(tmp_path))
     # String keys do reach **extra and are taken as history entries.
     two = {"0": {"hessian": hist[0]["hessian"]}, "10": {"hessian": hist[10]["hessian"]}}
-    report = HessianVisualizer.create_comprehensive_report(**two, save_path=str(tmp_path), model_name="kw", dpi=DPI)
+    report = HessianVisualizer.create_comprehensive_report(**two, save_path=str(tmp_path), model_name="kw",
+                                                           dpi=DPI)
     assert "eigenvalue_evolution" in report["figures"]
     with pytest.raises(TypeError, match="unexpected keyword"):
         HessianVisualizer.create_comprehensive_report(save_path=str(tmp_path), colour="red")
@@ -319,13 +326,14 @@ def test_report_keyword_forms_of_the_document(tmp_path, hist):
 
 # ----------------------------------------------------------------------------- backend policy
 def test_backend_is_never_forced(tmp_path):
-    """Without pyplot: bare Agg figures, no pyplot import, rcParams backend untouched. With a backend chosen by
-    the user: it is kept, figures go through pyplot, and the report closes what it made."""
+    """Without pyplot: bare Agg figures, no pyplot import, rcParams backend untouched. With a backend
+    chosen by the user: it is kept, figures go through pyplot, and the report closes what it made."""
     code = textwrap.dedent(f"""
         import sys, matplotlib
         before = dict.__getitem__(matplotlib.rcParams, "backend")
         from hessext.viz import HessianVisualizer as V
-        fig = V.plot_sharpness({{0: {{"max_sharpness": 1.0}}, 1: {{"max_sharpness": 2.0}}}}, r"{tmp_path}", "a")
+        h = {{0: {{"max_sharpness": 1.0}}, 1: {{"max_sharpness": 2.0}}}}
+        fig = V.plot_sharpness(h, r"{tmp_path}", "a")
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         assert dict.__getitem__(matplotlib.rcParams, "backend") is before, "backend changed"
         assert fig.canvas.manager is None
@@ -391,8 +399,8 @@ def test_landscape_1d_matches_direct_evaluation_and_dense_hessian():
     f = _flat_loss(model, X, Y, ce)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     u = d / d.norm()
-    for a, l in zip(res.alphas, res.losses):
-        assert l == pytest.approx(float(f(theta + a * u)), rel=1e-12, abs=1e-12)
+    for a, val in zip(res.alphas, res.losses):
+        assert val == pytest.approx(float(f(theta + a * u)), rel=1e-12, abs=1e-12)
     H = dense_hessian(model, ce, [(X, Y)])
     grad = torch.func.grad(f)(theta)
     assert res.slope == pytest.approx(float(grad @ u), rel=1e-9, abs=1e-12)
@@ -412,7 +420,8 @@ def test_landscape_along_eigenvector_has_eigenvalue_curvature():
         eigenvalues = evals[-3:]
         eigenvectors = evecs[:, -3:].T.contiguous()  # rows, ascending like EigenResult
 
-    res = loss_landscape_1d(model, ce, (X, Y), EigenLike(), radius=suggest_radius(evals[-1], 1.0), num_points=5)
+    res = loss_landscape_1d(model, ce, (X, Y), EigenLike(), radius=suggest_radius(evals[-1], 1.0),
+                            num_points=5)
     assert res.curvature == pytest.approx(float(evals[-1]), rel=1e-8)
     assert res.label.startswith("v₁")
     res2 = loss_landscape_2d(model, ce, (X, Y), EigenLike(), radius=0.3, num_points=5)
@@ -427,14 +436,16 @@ def test_landscape_along_eigenvector_has_eigenvalue_curvature():
 def test_landscape_2d_orthogonalises_and_never_touches_a_transformer():
     from hessext.models import TransformerFactory
     torch.manual_seed(0)
-    model = TransformerFactory.create_decoder_only_transformer(vocab_size=7, d_model=8, num_heads=2, num_layers=1,
-                                                               d_ff=8, max_seq_length=5, dropout=0.1)
+    model = TransformerFactory.create_decoder_only_transformer(vocab_size=7, d_model=8, num_heads=2,
+                                                               num_layers=1, d_ff=8, max_seq_length=5,
+                                                               dropout=0.1)
     model.train()
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     grads = [p.grad for p in model.parameters()]
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(0, 7, (3, 5), generator=g), "labels": torch.randint(0, 7, (3, 5), generator=g)}
+    batch = {"input_ids": torch.randint(0, 7, (3, 5), generator=g),
+             "labels": torch.randint(0, 7, (3, 5), generator=g)}
     n = sum(p.numel() for p in model.parameters())
     d1 = torch.randn(n, generator=g)
     d2 = d1 + 0.5 * torch.randn(n, generator=g)  # far from orthogonal
@@ -442,7 +453,8 @@ def test_landscape_2d_orthogonalises_and_never_touches_a_transformer():
     res = loss_landscape_2d(model, torch.nn.CrossEntropyLoss(), batch, torch.stack([d1, d2]), radius=0.2,
                             num_points=3, model_type="decoder_only")
     _assert_same(model, snap)
-    assert all(p.grad is gr and torch.equal(gr, torch.ones_like(gr)) for p, gr in zip(model.parameters(), grads))
+    for p, gr in zip(model.parameters(), grads):
+        assert p.grad is gr and torch.equal(gr, torch.ones_like(gr))
     assert res.cos_angle > 0.5 and np.all(np.isfinite(res.losses))
     with pytest.raises(ValueError, match="parallel"):
         loss_landscape_2d(model, None, batch, [d1, 2 * d1], model_type="decoder_only")
@@ -488,13 +500,14 @@ def test_plots_of_a_real_tiny_analysis(tmp_path):
     from hessext.analyzer import HessianAnalyzer, HessianConfig
     from hessext.models import TransformerFactory
     torch.manual_seed(0)
-    model = TransformerFactory.create_decoder_only_transformer(vocab_size=7, d_model=8, num_heads=2, num_layers=1,
-                                                               d_ff=8, max_seq_length=5)
+    model = TransformerFactory.create_decoder_only_transformer(vocab_size=7, d_model=8, num_heads=2,
+                                                               num_layers=1, d_ff=8, max_seq_length=5)
     g = torch.Generator().manual_seed(1)
     mk = lambda: {"input_ids": torch.randint(0, 7, (4, 5), generator=g),  # noqa: E731
                   "labels": torch.randint(0, 7, (4, 5), generator=g)}
     train, val = mk(), mk()
-    analyzer = HessianAnalyzer(HessianConfig(n_components=4, trace_probes=4, component_list=["attention", "ffn"]))
+    analyzer = HessianAnalyzer(HessianConfig(n_components=4, trace_probes=4,
+                                             component_list=["attention", "ffn"]))
     ce = torch.nn.CrossEntropyLoss()
     history = {}
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -505,8 +518,8 @@ def test_plots_of_a_real_tiny_analysis(tmp_path):
         loss.backward()
         opt.step()
     assert all("error" not in r for r in history.values()), [r.get("error") for r in history.values()]
-    report = HessianVisualizer.create_comprehensive_report(history=history, save_path=str(tmp_path), model_name="real",
-                                                           dpi=DPI)
+    report = HessianVisualizer.create_comprehensive_report(history=history, save_path=str(tmp_path),
+                                                           model_name="real", dpi=DPI)
     assert report["failures"] == {}
     assert {"eigenvalue_evolution", "component_comparison", "gradient_alignment",
             "memorization_metrics", "sharpness"} <= set(report["figures"])
@@ -518,5 +531,5 @@ def test_plots_of_a_real_tiny_analysis(tmp_path):
     # the plotted λ_max is the analysis' λ_max
     fig = HessianVisualizer.plot_eigenvalue_evolution(history, None, "real")
     ax = [a for a in fig.axes if a.get_title() == "Extreme eigenvalues"][0]
-    line = [l for l in ax.get_lines() if l.get_label() == "λ_max"][0]
+    line = [ln for ln in ax.get_lines() if ln.get_label() == "λ_max"][0]
     assert list(line.get_ydata()) == pytest.approx([history[s]["hessian"]["max_eigenvalue"] for s in (0, 1)])

@@ -1,10 +1,9 @@
 // CPU kernel of hessext::rademacher_: out[i, j] = ±1 from hash(seed, offset + j*n + i) (hessext/hash.h).
 //
-// The element range is walked in counter order and cut into chunks for torch::stable::parallel_for. Inside
-// a chunk, runs of counters that are consecutive and whose destination is contiguous (a 1-D tensor, or a
-// column of a column-major block) go through a loop on uint32 lanes with the high word of the counter held
-// fixed, which the compiler vectorises (baseline and AVX2 builds of that loop, isa.h); anything else (row-major blocks, strided views) takes the general
-// per-element path with 64-bit counters. Both produce the same bits.
+// Counters of a column are consecutive, so the hash runs over uint32 lanes with the counter's high word
+// held fixed, a loop the compiler vectorises (baseline and AVX2 builds, isa.h). Rows are cut into blocks
+// for torch::stable::parallel_for; every layout (1-D, row- or column-major blocks, strided views) gives the
+// same bits, a pure function of the element's counter.
 #include "hessext/checks.h"
 #include "hessext/hash.h"
 #include "isa.h"
@@ -33,50 +32,42 @@ namespace {
 
 using torch::stable::Tensor;
 
-// dst[i * dst_stride] = value(c0 + i * c_stride), general path.
-template <typename T>
-void fill_strided(T* dst, int64_t dst_stride, uint64_t c0, uint64_t c_stride, int64_t len, ProbeKeys keys) {
-  for (int64_t i = 0; i < len; ++i)
-    dst[i * dst_stride] = rademacher_value<T>(c0 + static_cast<uint64_t>(i) * c_stride, keys);
-}
+constexpr int64_t kRowBlock = 2048;
 
-// The tensor as `outer` runs of `inner` elements; run r, element e sits at data + r*run_stride +
-// e*elem_stride and has counter offset + r*run_counter + e*elem_counter.
-struct Layout {
-  int64_t outer, inner;
-  int64_t run_stride, elem_stride;
-  uint64_t run_counter, elem_counter;
-};
-
+// out[i, j] (at data + i*s0 + j*s1; a 1-D tensor is m = 1) = value(offset + j*n + i). The rows are cut into
+// blocks of kRowBlock, one parallel task each; in a block, column j is a run of consecutive counters,
+// hashed by the vectorised loop straight into out (unit row stride) or into a buffer and scattered (any
+// other stride). A block of a row-major [n, m] tensor stays in cache while its columns are filled.
 template <typename T>
-void fill_layout(T* data, const Layout& L, uint64_t offset, ProbeKeys keys) {
-  const int64_t total = L.outer * L.inner;
-  const bool fast = L.elem_stride == 1 && L.elem_counter == 1;
+void fill(T* data, int64_t n, int64_t m, int64_t s0, int64_t s1, uint64_t offset, ProbeKeys keys) {
   auto consecutive = &isa_base::fill_consecutive<T>;
 #if HESSEXT_HAVE_AVX2_CLONES
   if (cpu_use_avx2()) consecutive = &isa_avx2::fill_consecutive<T>;
 #endif
+  const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   auto work = [&](int64_t begin, int64_t end) {
-    int64_t f = begin;
-    while (f < end) {
-      const int64_t r = f / L.inner;
-      const int64_t e = f - r * L.inner;
-      const int64_t len = std::min(end - f, L.inner - e);
-      T* dst = data + r * L.run_stride + e * L.elem_stride;
-      const uint64_t c = offset + static_cast<uint64_t>(r) * L.run_counter + static_cast<uint64_t>(e) * L.elem_counter;
-      if (fast) {
-        consecutive(dst, c, len, keys);
-      } else {
-        fill_strided<T>(dst, L.elem_stride, c, L.elem_counter, len, keys);
+    T buf[kRowBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i0 = b * kRowBlock;
+      const int64_t len = std::min(kRowBlock, n - i0);
+      for (int64_t j = 0; j < m; ++j) {
+        const uint64_t c = offset + static_cast<uint64_t>(j) * static_cast<uint64_t>(n) + i0;
+        T* dst = data + i0 * s0 + j * s1;
+        if (s0 == 1) {
+          consecutive(dst, c, len, keys);
+        } else {
+          consecutive(buf, c, len, keys);
+          for (int64_t i = 0; i < len; ++i) dst[i * s0] = buf[i];
+        }
       }
-      f += len;
     }
   };
-  constexpr int64_t kGrain = int64_t{1} << 16;
-  if (total <= kGrain) {
-    work(0, total);
+  // ~64K elements per task at least: below that a fork/join costs more than the work.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (kRowBlock * m));
+  if (blocks <= grain) {
+    work(0, blocks);
   } else {
-    torch::stable::parallel_for(0, total, kGrain, work);
+    torch::stable::parallel_for(0, blocks, grain, work);
   }
 }
 
@@ -86,20 +77,12 @@ void rademacher_cpu(Tensor out, int64_t seed, int64_t offset) {
   const int64_t n = out.size(0);
   const int64_t m = out.dim() == 2 ? out.size(1) : 1;
   if (n == 0 || m == 0) return;
-  Layout L;
-  if (out.dim() == 1) {
-    L = {1, n, 0, out.stride(0), 0, 1};
-  } else if (out.stride(0) == 1 || m == 1) {
-    // column-major (or a single column): each column is a run of consecutive counters
-    L = {m, n, out.stride(1), out.stride(0), static_cast<uint64_t>(n), 1};
-  } else {
-    // row-major or strided: rows as runs, the counter steps by n along a row
-    L = {n, m, out.stride(0), out.stride(1), 1, static_cast<uint64_t>(n)};
-  }
+  const int64_t s0 = out.stride(0);
+  const int64_t s1 = out.dim() == 2 ? out.stride(1) : 0;
   if (out.scalar_type() == ScalarType::Float) {
-    fill_layout<float>(out.mutable_data_ptr<float>(), L, static_cast<uint64_t>(offset), keys);
+    fill<float>(out.mutable_data_ptr<float>(), n, m, s0, s1, static_cast<uint64_t>(offset), keys);
   } else {
-    fill_layout<double>(out.mutable_data_ptr<double>(), L, static_cast<uint64_t>(offset), keys);
+    fill<double>(out.mutable_data_ptr<double>(), n, m, s0, s1, static_cast<uint64_t>(offset), keys);
   }
 }
 

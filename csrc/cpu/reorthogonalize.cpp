@@ -82,7 +82,8 @@ enum class Sweep { kDot, kFused, kSubNorm };
 // out[0..k) dot products (kDot, kFused), out[k] the squared norm (kSubNorm).
 template <typename T>
 void parallel_sweep(const Plan& p, const Sweeps<T>& fn, Sweep kind, const T* B, int64_t k, int64_t n,
-                    const T* src, T* dst, const T* h, std::vector<double>& partial, std::vector<double>& out) {
+                    const T* src, T* dst, const T* h, std::vector<double>& partial,
+                    std::vector<double>& out) {
   const int64_t stride = k + 1;
   std::fill(partial.begin(), partial.end(), 0.0);
   auto work = [&](int64_t begin, int64_t end) {
@@ -116,6 +117,11 @@ void parallel_sweep(const Plan& p, const Sweeps<T>& fn, Sweep kind, const T* B, 
 template <typename T>
 void reorthogonalize_impl(const T* w, const T* B, int64_t k, int64_t n, int64_t passes, T* out,
                           T* coeffs, T* norm_out) {
+  if (n == 0) {
+    std::fill(coeffs, coeffs + k, T(0));
+    *norm_out = T(0);
+    return;
+  }
   const Plan p = make_plan<T>(k, n);
   const Sweeps<T> fn = pick_sweeps<T>();
   std::vector<double> partial(p.chunks * (k + 1)), h(k + 1), hsum(k, 0.0);

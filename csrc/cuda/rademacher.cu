@@ -40,7 +40,8 @@ __global__ void __launch_bounds__(kThreads) fill_strided(T* __restrict__ dst, in
   for (int64_t f = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; f < total; f += stride) {
     const int64_t r = f / inner;
     const int64_t e = f - r * inner;
-    const uint64_t c = offset + static_cast<uint64_t>(r) * run_counter + static_cast<uint64_t>(e) * elem_counter;
+    const uint64_t c =
+        offset + static_cast<uint64_t>(r) * run_counter + static_cast<uint64_t>(e) * elem_counter;
     dst[r * run_stride + e * elem_stride] = rademacher_value<T>(c, keys);
   }
 }

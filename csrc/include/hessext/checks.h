@@ -31,6 +31,23 @@ inline std::string device_str(const Tensor& t) {
   return os.str();
 }
 
+// The dtype as Python prints it (torch.float32, ...), so messages read the same on every backend.
+inline std::string dtype_str(ScalarType s) {
+  switch (s) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Bool: return "torch.bool";
+    default: return std::string("torch.") + torch::headeronly::toString(s);
+  }
+}
+
 inline bool is_supported_float(ScalarType s) {
   return s == ScalarType::Float || s == ScalarType::Double;
 }
@@ -42,11 +59,12 @@ inline void check_reorthogonalize_args(const Tensor& w, const Tensor& basis, int
   STD_TORCH_CHECK(basis.size(1) == w.size(0), "reorthogonalize: basis must be [k, n] with n = len(w) = ",
                   w.size(0), ", got ", shape_str(basis));
   STD_TORCH_CHECK(is_supported_float(w.scalar_type()), "reorthogonalize: w must be float32 or float64, got ",
-                  torch::headeronly::toString(w.scalar_type()));
+                  dtype_str(w.scalar_type()));
   STD_TORCH_CHECK(basis.scalar_type() == w.scalar_type(), "reorthogonalize: basis dtype ",
-                  torch::headeronly::toString(basis.scalar_type()), " differs from w dtype ",
-                  torch::headeronly::toString(w.scalar_type()));
-  STD_TORCH_CHECK(basis.device() == w.device(), "reorthogonalize: basis and w must be on the same device, got basis on ",
+                  dtype_str(basis.scalar_type()), " differs from w dtype ",
+                  dtype_str(w.scalar_type()));
+  STD_TORCH_CHECK(basis.device() == w.device(),
+                  "reorthogonalize: basis and w must be on the same device, got basis on ",
                   device_str(basis), " and w on ", device_str(w));
   STD_TORCH_CHECK(passes == 1 || passes == 2, "reorthogonalize: passes must be 1 or 2, got ", passes);
 }
@@ -55,8 +73,11 @@ inline void check_rademacher_args(const Tensor& out, int64_t offset) {
   STD_TORCH_CHECK(out.dim() == 1 || out.dim() == 2, "rademacher_: out must be 1-D [n] or 2-D [n, m], got ",
                   out.dim(), "-D ", shape_str(out));
   STD_TORCH_CHECK(is_supported_float(out.scalar_type()), "rademacher_: out must be float32 or float64, got ",
-                  torch::headeronly::toString(out.scalar_type()));
+                  dtype_str(out.scalar_type()));
   STD_TORCH_CHECK(offset >= 0, "rademacher_: offset must be >= 0, got ", offset);
+  STD_TORCH_CHECK(offset <= INT64_MAX - out.numel(),
+                  "rademacher_: offset + out.numel() must be < 2**63, got offset=", offset, " and ",
+                  out.numel(), " elements");
 }
 
 }  // namespace hessext

@@ -1,0 +1,478 @@
+"""The hessext kernels on every available backend against the pure-PyTorch reference.
+
+Implementations under test ("impl"):
+- ``ops-cpu``: ``torch.ops.hessext.*`` on CPU tensors: the compiled C++ kernel, or the Python reference
+  registered as the op when ``_C`` is absent / ``HESSEXT_FORCE_PYTHON=1`` (CI runs this file both ways);
+- ``reference``: ``hessext._reference`` called directly (the oracle itself, checked against an independent
+  integer implementation of the hash and against float64 linear algebra);
+- ``ops-cuda``: the op on CUDA tensors (skipped without a GPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import hessext
+from hessext import _backend, _reference, ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_CUDA = torch.cuda.is_available() and _backend.CUDA_KERNELS
+
+IMPLS = [
+    pytest.param("ops-cpu", id="ops-cpu"),
+    pytest.param("reference", id="reference"),
+    pytest.param("ops-cuda", id="ops-cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")),
+]
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+
+
+def _device(impl: str) -> str:
+    return "cuda" if impl == "ops-cuda" else "cpu"
+
+
+def _rademacher_impl(impl: str, out: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    if impl == "reference":
+        _reference.rademacher_(out, seed, offset)
+    else:
+        torch.ops.hessext.rademacher_(out, ops._as_int64(seed), offset)
+    return out
+
+
+def _reorth_impl(impl: str, w: torch.Tensor, basis: torch.Tensor, passes: int = 2):
+    if impl == "reference":
+        return _reference.reorthogonalize(w, basis, passes)
+    return torch.ops.hessext.reorthogonalize(w, basis, passes)
+
+
+def _orthonormal_rows(k: int, n: int, dtype: torch.dtype, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
+    return q.T.contiguous().to(dtype=dtype, device=device)
+
+
+def _randn(n: int, dtype: torch.dtype, seed: int = 1, device: str = "cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backend selection
+# --------------------------------------------------------------------------------------------------------
+
+def test_backend_matches_environment():
+    forced = os.environ.get("HESSEXT_FORCE_PYTHON", "") not in ("", "0")
+    assert hessext.BACKEND in ("cuda", "cpu", "python")
+    if forced:
+        assert hessext.BACKEND == "python" and not _backend.COMPILED
+    else:
+        assert (hessext.BACKEND == "python") == (not _backend.COMPILED)
+    info = _backend.info()
+    assert info["backend"] == hessext.BACKEND and info["torch_version"] == torch.__version__
+
+
+def _run_python(code: str, env_extra: dict[str, str] | None = None) -> str:
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_fallback_when_extension_fails_to_load():
+    """A `_C` that raises on import (e.g. a CUDA build without libcudart) leaves hessext importable and
+    served by the Python kernels under the same op names."""
+    out = _run_python("""
+        import sys, importlib.abc
+        class Broken(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "hessext._C":
+                    raise ImportError("libcudart.so.13: cannot open shared object file (simulated)")
+        sys.meta_path.insert(0, Broken())
+        import torch, hessext
+        from hessext import _backend, ops, _reference
+        assert hessext.BACKEND == "python", hessext.BACKEND
+        assert "simulated" in _backend.LOAD_ERROR
+        x = ops.rademacher(100, seed=3)
+        ref = torch.empty(100); _reference.rademacher_(ref, 3, 0)
+        assert torch.equal(x, ref)
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+@pytest.mark.skipif(not _backend.COMPILED, reason="compiled extension not loaded")
+def test_compiled_baseline_isa_matches_reference():
+    """The CPU inner loops exist for the baseline ISA and for AVX2; CI machines pick AVX2, so run the
+    baseline loops once in a subprocess."""
+    out = _run_python("""
+        import torch, hessext
+        from hessext import _reference
+        assert hessext.BACKEND != "python"
+        for dt, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+            q, _ = torch.linalg.qr(torch.randn(3001, 37, dtype=torch.float64))
+            B = q.T.contiguous().to(dt); w = torch.randn(3001, dtype=dt)
+            a = torch.ops.hessext.reorthogonalize(w, B, 2); b = _reference.reorthogonalize(w, B, 2)
+            for x, y in zip(a, b):
+                assert (x - y).abs().max() <= tol * w.norm(), (dt, (x - y).abs().max())
+            o = torch.empty(5000, 3, dtype=dt); torch.ops.hessext.rademacher_(o, 9, 2**32 - 77)
+            r = torch.empty_like(o); _reference.rademacher_(r, 9, 2**32 - 77)
+            assert torch.equal(o, r)
+        print("ok")
+    """, {"HESSEXT_CPU_ISA": "baseline"})
+    assert out.strip().endswith("ok")
+
+
+# --------------------------------------------------------------------------------------------------------
+# rademacher_
+# --------------------------------------------------------------------------------------------------------
+
+def _hash_int(seed: int, counter: int) -> int:
+    """Independent integer transcription of the hash in csrc/include/hessext/hash.h."""
+    def fmix(x: int) -> int:
+        x &= 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    s = seed % (1 << 64)
+    k1 = fmix((s & 0xFFFFFFFF) ^ 0x9E3779B9)
+    k2 = fmix((s >> 32) ^ k1 ^ 0x85EBCA6B)
+    return fmix((fmix((counter & 0xFFFFFFFF) ^ k1) + ((counter >> 32) ^ k2)) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("seed", [0, 1, -1, 2**63 - 1, 123456789012345])
+def test_reference_hash_matches_integer_transcription(seed):
+    counters = [0, 1, 2, 1000, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 12345, 2**62 + 7]
+    bits = _reference.rademacher_bits(torch.tensor(counters, dtype=torch.int64), ops._as_int64(seed))
+    assert bits.tolist() == [_hash_int(seed, c) >> 31 for c in counters]
+
+
+SHAPES = [
+    pytest.param((1,), id="n1"),
+    pytest.param((1000,), id="1d"),
+    pytest.param((70_001,), id="1d-parallel"),
+    pytest.param((37, 5), id="2d-rowmajor"),
+    pytest.param((1, 4), id="2d-onerow"),
+    pytest.param((4099, 3), id="2d-rowmajor-blocks"),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed,offset", [(0, 0), (-5, 7), (2**64 - 3, 2**32 - 1000), (17, 3 * 2**32 + 5)])
+def test_rademacher_bitwise(impl, dtype, shape, seed, offset):
+    out = torch.full(shape, 7.0, dtype=dtype, device=_device(impl))
+    _rademacher_impl(impl, out, seed, offset)
+    n = shape[0]
+    m = shape[1] if len(shape) == 2 else 1
+    # expected values from the integer transcription on a sample of elements (all of them when small)
+    idx = sorted(set(range(min(n * m, 40))) | set(range(0, n * m, max(1, n * m // 60))) | {n * m - 1})
+    flat_t = out.t().reshape(-1) if len(shape) == 2 else out  # column-major: flat index = j*n + i
+    got = flat_t.cpu()
+    for f in idx:
+        expect = -1.0 if _hash_int(seed, offset + f) >> 31 else 1.0
+        assert got[f].item() == expect, (f, got[f].item())
+    # and the whole tensor against the reference
+    ref = torch.empty(shape, dtype=dtype)
+    _reference.rademacher_(ref, ops._as_int64(seed), offset)
+    assert torch.equal(out.cpu(), ref)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rademacher_layouts_and_splits(impl, dtype):
+    dev = _device(impl)
+    n, m, seed, off = 3001, 4, 99, 2**32 - 5000
+    full = torch.empty(n, m, dtype=dtype, device=dev)
+    _rademacher_impl(impl, full, seed, off)
+    # column-major storage, a strided view, and each column as a 1-D vector give the same values
+    colmajor = torch.empty(m, n, dtype=dtype, device=dev).t()
+    _rademacher_impl(impl, colmajor, seed, off)
+    assert torch.equal(colmajor, full)
+    big = torch.zeros(2 * n, 3 * m, dtype=dtype, device=dev)
+    view = big[::2, ::3]
+    _rademacher_impl(impl, view, seed, off)
+    assert torch.equal(view, full)
+    assert torch.count_nonzero(big).item() == n * m  # nothing written outside the view
+    for j in range(m):
+        col = torch.empty(n, dtype=dtype, device=dev)
+        _rademacher_impl(impl, col, seed, off + j * n)
+        assert torch.equal(col, full[:, j])
+    # any split of a 1-D range reproduces the whole (as ranks of a distributed run would)
+    whole = torch.empty(n * m, dtype=dtype, device=dev)
+    _rademacher_impl(impl, whole, seed, off)
+    assert torch.equal(whole, full.t().reshape(-1))
+    cuts = [0, 1, 2, 1000, 2**12 + 3, 9000, n * m]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        piece = torch.empty(b - a, dtype=dtype, device=dev)
+        _rademacher_impl(impl, piece, seed, off + a)
+        assert torch.equal(piece, whole[a:b])
+    # strided 1-D destination
+    strided = torch.zeros(2 * n, dtype=dtype, device=dev)[::2]
+    _rademacher_impl(impl, strided, seed, off)
+    assert torch.equal(strided, whole[:n])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rademacher_empty(impl):
+    for shape in [(0,), (0, 3), (5, 0)]:
+        out = torch.empty(shape, device=_device(impl))
+        _rademacher_impl(impl, out, 1, 0)
+        assert out.shape == shape
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rademacher_moments(impl):
+    """Mean, lag correlations, correlation between columns, seeds and high counter words: each within 5σ
+    of zero (σ = 1/√N for an average of N independent ±1 products)."""
+    dev = _device(impl)
+    n = 1 << 17
+    five_sigma = 5.0 / math.sqrt(n)
+
+    def draw(seed: int, offset: int, m: int | None = None) -> torch.Tensor:
+        out = torch.empty((n,) if m is None else (n, m), dtype=torch.float64, device=dev)
+        return _rademacher_impl(impl, out, seed, offset).cpu()
+
+    x = draw(2024, 0)
+    assert set(x.unique().tolist()) == {-1.0, 1.0}
+    assert abs(x.mean().item()) < five_sigma
+    for lag in (1, 2, 3, 7, 32, 1024):
+        assert abs((x[:-lag] * x[lag:]).mean().item()) < 5.0 / math.sqrt(n - lag), lag
+    block = draw(2024, 5, m=4)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert abs((block[:, i] * block[:, j]).mean().item()) < five_sigma
+    for other in (draw(2025, 0), draw(2024 + 2**32, 0), draw(-2024, 0), draw(2024, 2**32)):
+        assert abs((x * other).mean().item()) < five_sigma
+    # bits of the hash beyond the one used: its top bit is fair for consecutive counters (checked above);
+    # the 4 pairwise patterns of neighbours appear equally often
+    pairs = (x[:-1] > 0).long() * 2 + (x[1:] > 0).long()
+    counts = torch.bincount(pairs, minlength=4).double()
+    expected = (n - 1) / 4
+    assert ((counts - expected).abs() < 5 * math.sqrt(expected * 0.75)).all(), counts
+
+
+def test_rademacher_wrappers():
+    x = ops.rademacher(1000, seed=5, offset=10)
+    y = ops.rademacher(1000, seed=5 + 2**64, offset=10)  # only the seed's low 64 bits matter
+    assert torch.equal(x, y) and x.dtype == torch.float32 and x.is_contiguous()
+    b = ops.rademacher(100, 3, seed=5, offset=10, dtype=torch.float64)
+    assert b.shape == (100, 3) and b.dtype == torch.float64 and b.is_contiguous()
+    assert torch.equal(b[:, 0].float(), x[:100])
+    z = torch.empty(50)
+    assert ops.rademacher_(z, seed=1) is z
+    with pytest.raises(ValueError, match="n and m must be >= 0"):
+        ops.rademacher(-1, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# reorthogonalize
+# --------------------------------------------------------------------------------------------------------
+
+TOL = {torch.float32: 2e-6, torch.float64: 1e-13}       # agreement with the reference, relative to ‖w‖
+ORTH = {torch.float32: 1e-6, torch.float64: 1e-13}      # ‖B w'‖ / ‖w‖
+
+
+def _check_against_reference(impl, w, basis, passes):
+    out, coeffs, norm = _reorth_impl(impl, w, basis, passes)
+    r_out, r_coeffs, r_norm = _reference.reorthogonalize(w.cpu(), basis.cpu(), passes)
+    scale = max(w.norm().item(), 1e-300)
+    tol = TOL[w.dtype] * scale
+    assert out.shape == w.shape and coeffs.shape == (basis.shape[0],) and norm.shape == ()
+    assert out.dtype == coeffs.dtype == norm.dtype == w.dtype
+    assert out.device == coeffs.device == norm.device == w.device
+    assert (out.cpu() - r_out).abs().max().item() <= tol if w.numel() else True
+    if basis.shape[0]:
+        assert (coeffs.cpu() - r_coeffs).abs().max().item() <= tol
+    assert abs(norm.item() - r_norm.item()) <= tol
+    assert abs(norm.item() - out.double().norm().item()) <= tol
+    return out, coeffs, norm
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 7), (8, 1000), (33, 5000), (5, 70_001), (130, 2000)])
+@pytest.mark.parametrize("passes", [1, 2])
+def test_reorthogonalize_matches_reference(impl, dtype, k, n, passes):
+    dev = _device(impl)
+    basis = _orthonormal_rows(k, n, dtype, seed=k + n, device=dev)
+    w = _randn(n, dtype, seed=n, device=dev)
+    w_before = w.clone()
+    out, coeffs, norm = _check_against_reference(impl, w, basis, passes)
+    assert torch.equal(w, w_before)  # w is not modified
+    # w_out = w - Bᵀ coeffs
+    recon = (w.double() - basis.double().T @ coeffs.double()).cpu()
+    assert (out.double().cpu() - recon).abs().max().item() <= TOL[dtype] * w.norm().item() * 10
+    if passes == 2:
+        assert (basis.double() @ out.double()).norm().item() <= ORTH[dtype] * w.norm().item()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 0.0], ids=["near-1e-3", "near-1e-6", "in-span"])
+def test_reorthogonalize_nearly_dependent(impl, dtype, eps):
+    """w = Bᵀc + eps·noise: one CGS pass loses orthogonality in floating point, CGS2 restores it."""
+    dev = _device(impl)
+    k, n = 24, 3000
+    basis = _orthonormal_rows(k, n, dtype, seed=7, device=dev)
+    c = _randn(k, torch.float64, seed=8)
+    w64 = basis.double().cpu().T @ c + eps * _randn(n, torch.float64, seed=9)
+    w = w64.to(dtype=dtype, device=dev)
+    out, coeffs, norm = _reorth_impl(impl, w, basis, 2)
+    wn = w.double().norm().item()
+    assert (basis.double() @ out.double()).norm().item() <= ORTH[dtype] * wn
+    exact = basis.double().cpu() @ w64  # the projection coefficients of w, = c + eps·B·noise
+    assert (coeffs.double().cpu() - exact).abs().max().item() <= 10 * TOL[dtype] * wn
+    if eps == 0.0:
+        # in the span: what is left is rounding, and the returned norm says so
+        assert norm.item() <= 100 * ORTH[dtype] * wn
+    else:
+        expected = math.sqrt(max(w64.norm().item() ** 2 - (basis.double().cpu() @ w64).norm().item() ** 2, 0))
+        assert abs(norm.item() - expected) <= 0.05 * expected + 10 * ORTH[dtype] * wn
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reorthogonalize_edge_cases(impl, dtype):
+    dev = _device(impl)
+    # k = 0: a copy of w and its norm
+    w = _randn(513, dtype, device=dev)
+    out, coeffs, norm = _check_against_reference(impl, w, torch.empty(0, 513, dtype=dtype, device=dev), 2)
+    assert torch.equal(out, w) and coeffs.shape == (0,)
+    assert out.data_ptr() != w.data_ptr()
+    # n = 1: the only unit vector is ±e1, so w_out = 0 and coeffs = ±w
+    w1 = torch.tensor([3.5], dtype=dtype, device=dev)
+    for s in (1.0, -1.0):
+        out, coeffs, norm = _check_against_reference(impl, w1, torch.tensor([[s]], dtype=dtype, device=dev), 2)
+        assert out.item() == 0.0 and coeffs.item() == s * 3.5 and norm.item() == 0.0
+    out, coeffs, norm = _check_against_reference(impl, w1, torch.empty(0, 1, dtype=dtype, device=dev), 1)
+    assert out.item() == 3.5 and norm.item() == 3.5
+    # w = 0
+    z = torch.zeros(100, dtype=dtype, device=dev)
+    out, coeffs, norm = _reorth_impl(impl, z, _orthonormal_rows(4, 100, dtype, device=dev))
+    assert out.abs().max().item() == 0.0 and coeffs.abs().max().item() == 0.0 and norm.item() == 0.0
+    # n = 0
+    out, coeffs, norm = _reorth_impl(impl, torch.empty(0, dtype=dtype, device=dev),
+                                     torch.empty(3, 0, dtype=dtype, device=dev))
+    assert out.shape == (0,) and coeffs.tolist() == [0.0, 0.0, 0.0] and norm.item() == 0.0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reorthogonalize_non_contiguous(impl, dtype):
+    dev = _device(impl)
+    k, n = 9, 2501
+    basis = _orthonormal_rows(k, n, dtype, device=dev)
+    w = _randn(n, dtype, device=dev)
+    expected = _reorth_impl(impl, w, basis)
+    w_strided = torch.zeros(2 * n, dtype=dtype, device=dev)
+    w_strided[::2] = w
+    basis_colmajor = basis.T.contiguous().T          # [k, n] with strides (1, k)
+    basis_slice = torch.zeros(k + 3, 2 * n, dtype=dtype, device=dev)
+    basis_slice[1:k + 1, ::2] = basis
+    for ww, bb in [(w_strided[::2], basis), (w, basis_colmajor), (w_strided[::2], basis_slice[1:k + 1, ::2])]:
+        assert not (ww.is_contiguous() and bb.is_contiguous())
+        got = _reorth_impl(impl, ww, bb)
+        for g, e in zip(got, expected):
+            assert (g - e).abs().max().item() <= TOL[dtype] * w.norm().item()
+    # a basis that is a prefix view of a larger one (Lanczos's basis[:j]) is contiguous: same numbers
+    big = _orthonormal_rows(20, n, dtype, device=dev)
+    got = _reorth_impl(impl, w, big[:k])
+    ref = _reference.reorthogonalize(w.cpu(), big[:k].contiguous().cpu())
+    assert (got[0].cpu() - ref[0]).abs().max().item() <= TOL[dtype] * w.norm().item()
+
+
+def test_reorthogonalize_wrapper_contract():
+    basis = _orthonormal_rows(5, 300, torch.float64)
+    w = _randn(300, torch.float64)
+    out, coeffs, norm = ops.reorthogonalize(w, basis)
+    assert (out - (w - basis.T @ coeffs)).abs().max().item() < 1e-13
+    o1, c1, n1 = ops.reorthogonalize(w, basis, passes=1)
+    assert (c1 - basis @ w).abs().max().item() < 1e-12
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad input: every backend raises, naming the argument and what it received
+# --------------------------------------------------------------------------------------------------------
+
+BAD_REORTH = [
+    ("w-rank", lambda: (torch.zeros(3, 4), torch.zeros(2, 4), 2), r"w must be 1-D \[n\], got 2-D .*3, 4"),
+    ("basis-rank", lambda: (torch.zeros(4), torch.zeros(4), 2), r"basis must be 2-D \[k, n\], got 1-D .*4"),
+    ("mismatched-n", lambda: (torch.zeros(4), torch.zeros(2, 5), 2), r"n = len\(w\) = 4, got .*2, 5"),
+    ("int-dtype", lambda: (torch.zeros(4, dtype=torch.int64), torch.zeros(2, 4, dtype=torch.int64), 2),
+     r"w must be float32 or float64, got torch.int64"),
+    ("dtype-mismatch", lambda: (torch.zeros(4), torch.zeros(2, 4, dtype=torch.float64), 2),
+     r"basis dtype torch.float64 differs from w dtype torch.float32"),
+    ("mixed-devices", lambda: (torch.zeros(4), torch.zeros(2, 4, device="meta"), 2),
+     r"same device, got basis on meta.* and w on cpu"),
+    ("passes", lambda: (torch.zeros(4), torch.zeros(2, 4), 3), r"passes must be 1 or 2, got 3"),
+]
+
+
+@pytest.mark.parametrize("case,make,match", BAD_REORTH, ids=[c[0] for c in BAD_REORTH])
+def test_reorthogonalize_bad_input(case, make, match):
+    w, basis, passes = make()
+    with pytest.raises((ValueError, TypeError), match=match):
+        ops.reorthogonalize(w, basis, passes)
+    with pytest.raises((ValueError, TypeError), match=match):
+        _reference.reorthogonalize(w, basis, passes)
+    # the registered op itself (the compiled kernel raises RuntimeError from STD_TORCH_CHECK)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        torch.ops.hessext.reorthogonalize(w, basis, passes)
+
+
+BAD_RADEMACHER = [
+    ("rank", lambda: (torch.zeros(2, 3, 4), 0), r"out must be 1-D \[n\] or 2-D \[n, m\], got 3-D .*2, 3, 4"),
+    ("scalar", lambda: (torch.zeros(()), 0), r"got 0-D"),
+    ("int-dtype", lambda: (torch.zeros(5, dtype=torch.int32), 0), r"float32 or float64, got torch.int32"),
+    ("negative-offset", lambda: (torch.zeros(5), -1), r"offset must be >= 0, got -1"),
+    ("offset-overflow", lambda: (torch.zeros(5), 2**63 - 3), r"offset \+ out.numel\(\) must be < 2\*\*63"),
+]
+
+
+@pytest.mark.parametrize("case,make,match", BAD_RADEMACHER, ids=[c[0] for c in BAD_RADEMACHER])
+def test_rademacher_bad_input(case, make, match):
+    out, offset = make()
+    with pytest.raises((ValueError, TypeError), match=match):
+        ops.rademacher_(out, 0, offset)
+    with pytest.raises((ValueError, TypeError), match=match):
+        _reference.rademacher_(out, 0, offset)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        torch.ops.hessext.rademacher_(out, 0, offset)
+
+
+# --------------------------------------------------------------------------------------------------------
+# opcheck (schema, fake/meta kernels, autograd registration, AOT dispatch) and meta tensors
+# --------------------------------------------------------------------------------------------------------
+
+OPCHECK_DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+@pytest.mark.parametrize("device", OPCHECK_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck(device, dtype):
+    basis = _orthonormal_rows(6, 200, dtype, device=device)
+    w = _randn(200, dtype, device=device)
+    for passes in (1, 2):
+        opcheck(torch.ops.hessext.reorthogonalize.default, (w, basis, passes))
+    opcheck(torch.ops.hessext.reorthogonalize.default, (w, basis[:0], 2))
+    opcheck(torch.ops.hessext.rademacher_.default, (torch.empty(300, dtype=dtype, device=device), 7, 11))
+    opcheck(torch.ops.hessext.rademacher_.default, (torch.empty(40, 3, dtype=dtype, device=device), -2, 0))
+
+
+def test_meta_tensors():
+    out, coeffs, norm = torch.ops.hessext.reorthogonalize(torch.empty(10, device="meta"),
+                                                          torch.empty(3, 10, device="meta"), 2)
+    assert out.shape == (10,) and coeffs.shape == (3,) and norm.shape == () and out.device.type == "meta"
+    torch.ops.hessext.rademacher_(torch.empty(4, 2, device="meta"), 1, 0)
