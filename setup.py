@@ -80,8 +80,14 @@ def _extensions(info: dict) -> tuple[list, dict]:
     if _flag("HESSEXT_NO_EXT"):
         info["extension"] = False
         return [], {}
-    import torch
-    import torch.utils.cpp_extension as cpp
+    try:
+        import torch
+        import torch.utils.cpp_extension as cpp
+    except ImportError:
+        print("hessext setup: torch is not importable here, installing without the compiled extension "
+              "(install torch first, then `pip install --no-build-isolation -e .` builds it)", file=sys.stderr)
+        info["extension"] = False
+        return [], {}
 
     cuda_home = None if _flag("HESSEXT_NO_CUDA") else _find_cuda_home()
     if _flag("FORCE_CUDA") and cuda_home is None:

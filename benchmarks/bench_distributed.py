@@ -91,7 +91,8 @@ def _worker(rank: int, port: int, hidden: int, batch: int, reps: int, out: str) 
     comm = {"t": 0.0}
 
     class Timed(DistributedHessianOperator):
-        def _collective(self, fn, what):  # time spent inside the all-reduce (incl. waiting for the other rank)
+        # time spent inside the all-reduce (including the wait for the other rank)
+        def _collective(self, fn, what):
             t0 = time.perf_counter()
             try:
                 return super()._collective(fn, what)
@@ -167,11 +168,15 @@ def main() -> None:
                                 text=True, timeout=10).stdout.strip()
     except Exception:  # noqa: BLE001
         commit = "unknown"
-    print(f"# Distributed HVP (gloo, localhost, 1 thread per process) — {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    print(f"# Distributed HVP (gloo, localhost, 1 thread per process) — {cpu}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, commit {commit}")
-    print(f"MLP 64-{args.hidden}-{args.hidden}-10, n = {n} parameters, {NUM_BATCHES} batches x {args.batch} samples")
-    print(f"check: ||Hv(2 ranks) - Hv(1 process)|| / ||Hv|| = {err:.2e}; bitwise equal on both ranks: {bitwise}\n")
-    print("| processes | time per HVP (ms) | in all-reduce (ms) | all-reduce share | speed-up | HVP / gradient |")
+    print(f"MLP 64-{args.hidden}-{args.hidden}-10, n = {n} parameters, "
+          f"{NUM_BATCHES} batches x {args.batch} samples")
+    print(f"check: ||Hv(2 ranks) - Hv(1 process)|| / ||Hv|| = {err:.2e}; "
+          f"bitwise equal on both ranks: {bitwise}\n")
+    print("| processes | time per HVP (ms) | in all-reduce (ms) | all-reduce share | speed-up "
+          "| HVP / gradient |")
     print("|---|---|---|---|---|---|")
     print(f"| 1 | {1e3 * one['t_hvp']:.2f} | 0 | 0% | 1.00 | {one['t_hvp'] / one['t_grad']:.2f} |")
     print(f"| 2 | {1e3 * t2:.2f} | {1e3 * c2:.2f} | {100 * c2 / t2:.0f}% | {one['t_hvp'] / t2:.2f} | "

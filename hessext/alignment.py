@@ -232,13 +232,13 @@ def compute_hessian_gradient_alignment(model: Any, loss_fn: Any, data_batch: Any
     given — the top ``n_components`` Ritz pairs, then :func:`gradient_alignment`.
     """
     from .analyzer import make_operator
-    from .lanczos import lanczos
+    from .components import _extremes
 
     H = make_operator(model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device)
     loss, g = H.loss_and_grad()
     Hg = H @ g
     if eigenvalues is None or eigenvectors is None:
-        res = lanczos(H, k=min(n_components, H.n), which="LA", tol=tol)
+        res, _ = _extremes(H, min(n_components, H.n), 0, tol, 0)
         eigenvalues, eigenvectors = res.eigenvalues, res.eigenvectors
     lam = torch.as_tensor(np.asarray(eigenvalues, dtype=np.float64)) if not isinstance(eigenvalues, Tensor) \
         else eigenvalues

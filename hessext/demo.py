@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="steps between Hessian analyses (default: steps/6)")
     p.add_argument("--top-k", type=int, default=8, help="top eigenvalues per analysis (default: 8)")
     p.add_argument("--formats", default="png", help="figure formats, comma separated (e.g. png,svg)")
+    p.add_argument("--dpi", type=int, default=130, help="resolution of raster figures (default: 130)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads during the demo (default: 1, fastest for models this small; "
+                        "0: leave torch's setting); restored on exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the final spectrum, spectral density and loss-landscape figures")
@@ -126,8 +130,26 @@ def _log(msg: str, quiet: bool = False) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; ``argv`` are the arguments after ``demo`` (default: ``sys.argv[1:]``)."""
     args = _parser().parse_args(None if argv is None else list(argv))
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be >= 0, got {args.threads}")
+    from ._state import restore_rng_state, rng_state
+
+    threads, rng = torch.get_num_threads(), rng_state()
+    if args.threads:
+        # Tiny matrices: thread fan-out costs more than it saves, and oversubscribed cores make it far worse.
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:  # leave the caller's process as it was (main() may be called in-process)
+        torch.set_num_threads(threads)
+        restore_rng_state(rng)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise SystemExit(f"--steps must be >= 1, got {args.steps}")
+    if args.dpi < 10:
+        raise SystemExit(f"--dpi must be >= 10, got {args.dpi}")
     if args.top_k < 1:
         raise SystemExit(f"--top-k must be >= 1, got {args.top_k}")
     every = args.analyze_every if args.analyze_every is not None else max(1, args.steps // 6)
@@ -218,7 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(_json_safe(payload), fh, indent=1, allow_nan=False)
     report = HessianVisualizer.create_comprehensive_report(
         history=history, training_history=training, save_path=args.out, model_name=model_name,
-        formats=formats, title=f"hessext demo: {model_name} on running sum mod {MODULUS}", **extras)
+        formats=formats, dpi=args.dpi, title=f"hessext demo: {model_name} on running sum mod {MODULUS}",
+        **extras)
     for name, err in report["failures"].items():
         _log(f"figure {name} failed: {err}")
     total = time.perf_counter() - t_start
@@ -276,7 +299,7 @@ def _final_extras(model: nn.Module, loss_fn: nn.Module, batch: dict, args: argpa
                                                     num_points=9 if small else 31, model_type="decoder_only")
             bar.update(1)
             out["landscape_2d"] = loss_landscape_2d(model, loss_fn, batch, eig, radius=radius,
-                                                    num_points=5 if small else 17, model_type="decoder_only")
+                                                    num_points=5 if small else 21, model_type="decoder_only")
             bar.update(1)
         except Exception as e:  # noqa: BLE001
             _log(f"loss landscape skipped: {type(e).__name__}: {e}")

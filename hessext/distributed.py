@@ -38,8 +38,8 @@ Requirements (checked where they can be):
 Timeouts: a rank that dies or hangs makes the others fail in the next collective after the process
 group's timeout. Pass ``timeout=`` to :func:`torch.distributed.init_process_group` (or use
 :func:`init_from_env`, or a dedicated group from ``dist.new_group(timeout=...)`` as ``process_group``).
-Gloo collectives honour it directly; NCCL honours it through its watchdog (``TORCH_NCCL_ASYNC_ERROR_HANDLING``,
-on by default), which aborts the communicator and the process.
+Gloo collectives honour it directly; NCCL honours it through its watchdog
+(``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default), which aborts the communicator and the process.
 """
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ class DistributedHessianOperator(HessianOperator):
 
     Each ``matmat`` costs one HVP pass over the local shard and **one** all-reduce of ``n·m + 2`` numbers
     (the local weighted sum, the local weight and a failure flag, packed); :meth:`loss_and_grad` likewise.
-    Every rank gets bitwise the same result, so any hessext algorithm run on every rank with the same arguments returns the
-    same numbers everywhere without further communication.
+    Every rank gets bitwise the same result, so any hessext algorithm run on every rank with the same
+    arguments returns the same numbers everywhere without further communication.
 
     Args:
         model: the model on this rank; a ``DistributedDataParallel`` wrapper is unwrapped (its ``.module``
@@ -176,9 +176,20 @@ class DistributedHessianOperator(HessianOperator):
         self.reduce_dtype = reduce_dtype
         self.num_allreduces = 0
         self._collective_done = True
-        super().__init__(inner, loss_fn, data, params, **kwargs)
-        if self._distributed and check_layout:
-            self._check_layout()
+        if not (self._distributed and check_layout):
+            super().__init__(inner, loss_fn, data, params, **kwargs)
+            return
+        try:
+            super().__init__(inner, loss_fn, data, params, **kwargs)
+        except Exception as exc:
+            # The other ranks are about to wait in the layout check: join it with a failure marker so that
+            # they raise at once, then raise this rank's own error.
+            try:
+                self._check_layout(failure=f"{type(exc).__name__}: {exc}")
+            except RuntimeError:
+                pass  # the collective failed too: this rank's own error is what matters
+            raise
+        self._check_layout()
 
     # ------------------------------------------------------------------ construction-time check
     def _comm_device(self) -> torch.device:
@@ -186,31 +197,46 @@ class DistributedHessianOperator(HessianOperator):
         dev = getattr(self, "_comm_dev", None)
         if dev is None:
             backend = str(dist.get_backend(self.process_group)).lower()
+            own = getattr(self, "device", None)
             if backend == "nccl":
-                dev = (self.device if self.device.type == "cuda"
-                       else torch.device("cuda", torch.cuda.current_device()))
+                dev = own if own is not None and own.type == "cuda" else torch.device(
+                    "cuda", torch.cuda.current_device())
             else:
                 dev = torch.device("cpu")
             self._comm_dev = dev
         return dev
 
-    def _check_layout(self) -> None:
+    def _check_layout(self, failure: str | None = None) -> None:
         """Compare the layout fingerprint (names, shapes, dtypes of the analysed parameters, and the
-        operator dtype) across ranks; raise the same ``RuntimeError`` on every rank if any differs."""
-        mine = _describe_layout(self.layout, self.dtype)
-        digest = bytes.fromhex(mine["fingerprint"]) + str(self.dtype).encode().ljust(32, b" ")[:32]
-        dev = self._comm_device()
-        local = torch.tensor(list(digest), dtype=torch.uint8, device=dev)
+        operator dtype) across ranks; raise the same ``RuntimeError`` on every rank if any differs.
+
+        Args:
+            failure: this rank could not build its operator (the error text): take part in the collectives
+                with a marker that no layout matches, and let the caller raise its own error.
+        """
+        if failure is None:
+            mine = _describe_layout(self.layout, self.dtype)
+            digest = bytes.fromhex(mine["fingerprint"]) + str(self.dtype).encode().ljust(32, b" ")[:32]
+        else:
+            mine = {"failure": failure}
+            digest = b"\xff" * 64
+        local = torch.tensor(list(digest), dtype=torch.uint8, device=self._comm_device())
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         self._collective(lambda: dist.all_gather(gathered, local, group=self.process_group),
                          "all-gather of the parameter layout fingerprint")
-        if all(torch.equal(g, gathered[0]) for g in gathered):
+        if all(torch.equal(g, gathered[0]) for g in gathered) and failure is None:
             return
         # Every rank saw the same gathered digests, so every rank takes this branch: the second collective
         # is matched on all ranks.
         layouts: list[Any] = [None] * self.world_size
         self._collective(lambda: dist.all_gather_object(layouts, mine, group=self.process_group),
                          "all-gather of the parameter layouts")
+        if failure is not None:
+            return
+        failed = [f"rank {r}: {lay['failure']}" for r, lay in enumerate(layouts) if "failure" in lay]
+        if failed:
+            raise RuntimeError("another rank failed to build its DistributedHessianOperator ("
+                               + "; ".join(failed) + f"); rank {self.rank} stops too")
         ref = layouts[0]
         parts = []
         for r, lay in enumerate(layouts):
@@ -315,15 +341,20 @@ class DistributedHessianOperator(HessianOperator):
 
     # ------------------------------------------------------------------ diagnostics
     def check_parameters_in_sync(self, rtol: float = 0.0) -> float:
-        """Largest relative deviation of this rank's analysed parameters from rank 0's (0.0 when in sync).
+        """Relative deviation ``‖θ_r − θ_0‖ / ‖θ_0‖`` of this rank's analysed parameters from rank 0's.
 
-        Costs one broadcast of n numbers. Every rank gets the same answer only for its own deviation; use it
-        on every rank (it is a collective).
+        A collective (call it on every rank): one broadcast of n float64 numbers and one all-reduce of one
+        number, so that every rank raises or none does.
 
         Args:
-            rtol: raise ``RuntimeError`` if the deviation exceeds this (``0.0`` → must be bitwise equal;
-                pass ``float('inf')`` to only measure).
+            rtol: raise ``RuntimeError`` on every rank if any rank deviates by more than this (``0.0``: the
+                parameters must be bitwise equal; ``float('inf')``: only measure).
+
+        Returns:
+            This rank's deviation (0.0 when in sync).
         """
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
+            raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
         model = self.model
         named = dict(model.named_parameters())
         flat = torch.cat([named[k].detach().reshape(-1).to(torch.float64) for k in self.layout.names])
@@ -372,7 +403,8 @@ def init_from_env(backend: str | None = None, timeout: timedelta = timedelta(min
     if timeout.total_seconds() <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
     if backend is not None and backend not in ("gloo", "nccl", "mpi", "ucc", "xccl"):
-        raise ValueError(f"backend must be 'gloo', 'nccl' (or another torch backend) or None, got {backend!r}")
+        raise ValueError(f"backend must be 'gloo', 'nccl' (or another torch backend) or None, "
+                         f"got {backend!r}")
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this PyTorch build")
     if dist.is_initialized():
@@ -431,7 +463,10 @@ def shard(data: Any, rank: int, world_size: int) -> Any:
         return slice(start, start + sizes[rank])
 
     if is_batch(data):
-        vals = list(data.values()) if isinstance(data, Mapping) else ([data] if isinstance(data, Tensor) else data)
+        if isinstance(data, Mapping):
+            vals = list(data.values())
+        else:
+            vals = [data] if isinstance(data, Tensor) else list(data)
         sizes = sorted({v.shape[0] for v in vals if isinstance(v, Tensor) and v.dim() > 0})
         if len(sizes) != 1:
             raise ValueError(f"data is one batch whose tensors must share dim 0, got dim-0 sizes {sizes}")
@@ -450,8 +485,9 @@ def shard(data: Any, rank: int, world_size: int) -> Any:
         return type(data)(cut(v) for v in data)
     if isinstance(data, (list, tuple)):
         if len(data) < world_size:
-            raise ValueError(f"cannot shard {len(data)} batches over world_size={world_size} ranks: every rank "
-                             "needs at least one batch (split one batch by samples instead: shard(batch, ...))")
+            raise ValueError(f"cannot shard {len(data)} batches over world_size={world_size} ranks: every "
+                             "rank needs at least one batch (split one batch by samples instead: "
+                             "shard(batch, ...))")
         return data[chunk(len(data))]
     raise TypeError(f"data must be one batch (Tensor, dict, (inputs, targets)) or a list of batches, got "
                     f"{type(data).__name__}")

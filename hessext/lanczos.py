@@ -112,7 +112,7 @@ def _lanczos_steps(op: LinearOperator, V: Tensor, alpha: Tensor, beta: Tensor, f
 
 
 def _tnorm_host(a: np.ndarray, b: np.ndarray) -> float:
-    """``max_i |α_i| + |β_i| + |β_{i−1}|`` for the tridiagonal with diagonal a [j] and off-diagonal b [j−1]."""
+    """``max_i |α_i| + |β_i| + |β_{i−1}|`` of the tridiagonal with diagonal a [j], off-diagonal b [j−1]."""
     if a.size == 0:
         return 0.0
     bb = np.abs(np.concatenate([[0.0], b, [0.0]]))
@@ -252,9 +252,9 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
             a, b, fl = host[0].numpy(), host[1].numpy().copy(), host[2].numpy() > 0.5
             if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
                 bad = int(np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))[0])
-                raise RuntimeError(f"lanczos: non-finite value (NaN/Inf) in the tridiagonal at Lanczos step {bad}: "
-                                   "the operator returned NaN/Inf (check the model's loss and its Hessian-vector "
-                                   "products)")
+                raise RuntimeError(f"lanczos: non-finite value (NaN/Inf) in the tridiagonal at Lanczos step "
+                                   f"{bad}: the operator returned NaN/Inf (check the model's loss and its "
+                                   "Hessian-vector products)")
             hits = np.flatnonzero(fl[block_start:j])
             broke = hits.size > 0
             if broke:
@@ -314,7 +314,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     scale = np.maximum(np.abs(theta[widx]), eps * tn_host)
     res = res_all[widx]
     if exhausted:
-        res = np.minimum(res, eps * tn_host)     # the Krylov space is the whole space: pairs exact to roundoff
+        res = np.minimum(res, eps * tn_host)     # the basis spans the whole space: pairs exact to roundoff
     rel = np.where(scale > 0, res / np.where(scale > 0, scale, 1.0), 0.0)
     Vj = V[0, :j]
     Y = None
@@ -329,8 +329,8 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
         rel = (res_t / torch.from_numpy(np.where(scale > 0, scale, 1.0))).numpy()
         residual_kind = "true"
     ortho = _orthogonality_loss(Vj, Y)
-    return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, rel=rel, ok=exhausted or not pending,
-                exhausted=exhausted, iterations=j, num_matvecs=op.num_matvecs - start_matvecs,
+    return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, rel=rel,
+                ok=exhausted or not pending, exhausted=exhausted, iterations=j, num_matvecs=op.num_matvecs - start_matvecs,
                 breakdown=breakdown_any, ortho=ortho, residual_kind=residual_kind)
 
 
@@ -416,9 +416,9 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
     Returns:
         :class:`~hessext.results.EigenResult`: ``min(k, iterations)`` pairs, eigenvalues ascending (float64,
         CPU), Ritz vectors ``[k, n]`` as rows, residual norms (``residual_kind``), ``converged`` (False when
-        ``max_iter`` was reached before ``tol``), ``breakdown``, ``orthogonality_loss`` (``max |QQᵀ − I|`` of the
-        basis by one GEMM when ``j²n ≤ 4·10⁹``, else of its newest row against all rows; maxed with that of the
-        Ritz vectors), ``num_matvecs`` (all products, including discarded steps and residuals).
+        ``max_iter`` was reached before ``tol``), ``breakdown``, ``orthogonality_loss`` (``max |QQᵀ − I|``
+        of the basis by one GEMM when ``j²n ≤ 4·10⁹``, else of its newest row against all rows; maxed with
+        that of the Ritz vectors), ``num_matvecs`` (all products, including discarded steps and residuals).
 
     Raises:
         ValueError: k < 1 or k > n, unknown ``which``, non-positive ``tol``/``max_iter``/``check_every``,
@@ -456,8 +456,8 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs from ONE Krylov space.
 
     Same algorithm and keyword arguments as :func:`lanczos` (``max_iter``, ``tol``, ``seed``, ``v0``,
-    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``); the run stops when both ends have
-    converged. Both results report the matvecs and iterations of the shared run; each has its own
+    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``); the run stops when both ends
+    have converged. Both results report the matvecs and iterations of the shared run; each has its own
     ``converged`` flag (its pairs met ``tol``). Either count may be 0 (an empty result), not both.
 
     Returns:

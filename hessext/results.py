@@ -36,7 +36,7 @@ class EigenResult:
             ``residual_kind``: ``"estimate"`` — the free Lanczos estimate ``|β_m s_{m,i}|``, equal to the true
             residual in exact arithmetic and agreeing with it down to roundoff (≈ ε‖A‖) with full
             reorthogonalisation; ``"true"`` — computed with one extra block product (k matvecs).
-            For a symmetric ``A`` there is an eigenvalue of ``A`` within ``residuals[i]`` of ``eigenvalues[i]``.
+            For a symmetric ``A`` some eigenvalue of ``A`` lies within ``residuals[i]`` of ``eigenvalues[i]``.
         num_matvecs: matrix-vector products spent (including any residual computation).
         iterations: Lanczos steps kept (size of the Krylov basis used).
         converged: all requested pairs met the tolerance (see :func:`hessext.lanczos.lanczos`).
@@ -160,7 +160,7 @@ class TraceResult:
 
 @dataclass(frozen=True)
 class DensityResult:
-    """A smoothed spectral density from stochastic Lanczos quadrature (:func:`hessext.density.spectral_density`).
+    """A smoothed spectral density by stochastic Lanczos quadrature (:func:`hessext.density.spectral_density`).
 
     ``density[g]`` is ``φ(grid[g])`` with ``φ(λ) = (1/p) Σ_c Σ_i weights[c, i] 𝒩(λ; nodes[c, i], σ²)``.
     Unused quadrature slots (a probe whose Krylov space became invariant early) have weight 0.

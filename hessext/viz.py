@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
     _MPL_ERROR = exc
 
 __all__ = ["HessianVisualizer", "COMPONENT_COLORS", "component_color", "USE_PYPLOT",
-           "plot_spectral_density", "plot_top_spectrum", "plot_component_bars",
+           "plot_spectral_density", "plot_top_spectrum", "plot_component_bars", "plot_training_curves",
            "plot_loss_landscape_1d", "plot_loss_landscape_2d"]
 
 #: ``None``: use pyplot only if it is already imported; ``True``/``False``: always/never.
@@ -247,8 +247,18 @@ def _section(history: Optional[Mapping], name: str) -> dict:
     return out
 
 
+def _lookup(r: Any, key: str) -> Any:
+    """``r[key]``; ``key`` may list alternative names separated by ``|`` (the first present wins)."""
+    if not isinstance(r, Mapping):
+        return None
+    for k in key.split("|"):
+        if k in r:
+            return r[k]
+    return None
+
+
 def _series(records: Sequence[Mapping], key: str) -> np.ndarray:
-    return np.array([_to_float(r.get(key)) if isinstance(r, Mapping) else np.nan for r in records])
+    return np.array([_to_float(_lookup(r, key)) for r in records])
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -358,9 +368,44 @@ class _Panel:
     draw: Optional[Callable[[Any, np.ndarray, list, Optional[list]], bool]] = None
 
     def has_data(self, records: list) -> bool:
-        if self.draw is not None:
-            return True
+        if self.draw is not None:  # ``keys`` then only name the entries the drawer needs (any one suffices)
+            return not self.keys or any(_lookup(r, k) is not None for k, _ in self.keys for r in records)
         return any(_finite(_series(records, k)).size for k, _ in self.keys)
+
+
+def _draw_rank_lines(key: str, ylabel: str, first_label: str, ylim: Optional[tuple[float, float]] = None,
+                     sort_desc: bool = False) -> Callable[..., bool]:
+    """A panel drawer for a per-step list (``key``) indexed by eigenvalue rank: one line per rank, colour =
+    rank (viridis), the first rank bold."""
+
+    def draw(ax: Any, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
+        rows = [_to_array(_lookup(r, key)) for r in records]
+        if sort_desc:
+            rows = [np.sort(row)[::-1] for row in rows]
+        k = max((row.size for row in rows), default=0)
+        if k == 0:
+            return False
+        mat = np.full((len(records), k), np.nan)
+        for i, row in enumerate(rows):
+            mat[i, :row.size] = row
+        import matplotlib.cm as cm
+        import matplotlib.colors as mcolors
+        cmap = matplotlib.colormaps["viridis"]
+        norm = mcolors.Normalize(vmin=1, vmax=max(k, 2))
+        for j in range(k - 1, -1, -1):
+            ax.plot(xs, mat[:, j], color=cmap(norm(j + 1)), lw=2.2 if j == 0 else 1.1,
+                    marker=_marker(len(xs)) if j == 0 else "", ms=3.5, label=first_label if j == 0 else None)
+        if ylim is None:
+            _apply_scale(ax, mat.ravel(), "y")
+        else:
+            ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel)
+        if k > 1:
+            cb = ax.figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01, fraction=0.05)
+            cb.set_label("rank i")
+        ax.legend(loc="best", fontsize=8, framealpha=0.8)
+        return True
+    return draw
 
 
 def _draw_series_panel(ax: Any, panel: _Panel, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
@@ -377,7 +422,9 @@ def _draw_series_panel(ax: Any, panel: _Panel, xs: np.ndarray, records: list, la
         ys = _series(records, key)
         if not _finite(ys).size:
             continue
-        ax.plot(xs, ys, marker=_marker(len(xs)), ms=4, lw=1.8, color=colors[i % len(colors)], label=label)
+        # alternate solid / dashed so that coinciding series stay visible
+        ax.plot(xs, ys, marker=_marker(len(xs)), ms=4, lw=1.8, color=colors[i % len(colors)], label=label,
+                ls="-" if drawn % 2 == 0 else "--")
         every.extend(ys.tolist())
         drawn += 1
         if panel.band is not None and panel.band[0] == key:
@@ -427,6 +474,8 @@ def _series_figure(history: Mapping, panels: Sequence[_Panel], title: str, empty
             axes[used].clear()
     for ax in axes[used:]:
         ax.remove()
+    if used == 0:  # custom panels found nothing to draw after all
+        _empty(fig.add_subplot(1, 1, 1), empty_text)
     fig.suptitle(title, fontsize=13, fontweight="bold")
     return fig
 
@@ -488,11 +537,11 @@ def _comp_value(m: Optional[Mapping], key: str) -> float:
     if m is None:
         return float("nan")
     if key == "trace_per_parameter":
-        t = _to_float(m.get("trace", m.get("hessian_trace_estimate")))
+        t = _to_float(_lookup(m, "trace|trace_estimate|hessian_trace_estimate"))
         n = _to_float(m.get("num_parameters"))
         return t / n if n and math.isfinite(n) and n > 0 else float("nan")
     if key == "trace":
-        return _to_float(m.get("trace", m.get("hessian_trace_estimate")))
+        return _to_float(_lookup(m, "trace|trace_estimate|hessian_trace_estimate"))
     if key == "max_eigenvalue":
         v = _to_float(m.get("max_eigenvalue"))
         if math.isnan(v):
@@ -537,31 +586,6 @@ class HessianVisualizer:
         """
         hist = _section(hessian_history, "hessian")
 
-        def draw_topk(ax: Any, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
-            tops = [np.sort(_to_array(r.get("top_eigenvalues")))[::-1] for r in records]
-            k = max((t.size for t in tops), default=0)
-            if k == 0:
-                return False
-            mat = np.full((len(records), k), np.nan)
-            for i, t in enumerate(tops):
-                mat[i, :t.size] = t
-            import matplotlib.cm as cm
-            import matplotlib.colors as mcolors
-            cmap = matplotlib.colormaps["viridis"]
-            norm = mcolors.Normalize(vmin=1, vmax=max(k, 2))
-            for j in range(k - 1, -1, -1):
-                ax.plot(xs, mat[:, j], color=cmap(norm(j + 1)), lw=2.2 if j == 0 else 1.1,
-                        marker=_marker(len(xs)) if j == 0 else "", ms=3.5,
-                        label="λ₁ (largest)" if j == 0 else None)
-            _apply_scale(ax, mat.ravel(), "y")
-            ax.set_ylabel("eigenvalue λᵢ (loss / param²)")
-            if k > 1:
-                sm = cm.ScalarMappable(norm=norm, cmap=cmap)
-                cb = ax.figure.colorbar(sm, ax=ax, pad=0.01, fraction=0.05)
-                cb.set_label("rank i")
-            ax.legend(loc="best", fontsize=8, framealpha=0.8)
-            return True
-
         def draw_negative(ax: Any, xs: np.ndarray, records: list, labels: Optional[list]) -> bool:
             neg = _series(records, "negative_count")
             lmax, lmin = _series(records, "max_eigenvalue"), _series(records, "min_eigenvalue")
@@ -595,13 +619,15 @@ class HessianVisualizer:
             return True
 
         panels = [
-            _Panel("Top-k eigenvalues", draw=draw_topk),
+            _Panel("Top-k eigenvalues", keys=[("top_eigenvalues", "")], draw=_draw_rank_lines(
+                "top_eigenvalues", "eigenvalue λᵢ (loss / param²)", "λ₁ (largest)", sort_desc=True)),
             _Panel("Extreme eigenvalues", keys=[("max_eigenvalue", "λ_max"), ("min_eigenvalue", "λ_min")],
                    ylabel="eigenvalue (loss / param²)", ref=0.0),
             _Panel("Hessian trace", keys=[("hessian_trace_estimate", "tr H (estimate)")],
                    ylabel="tr H (loss / param²)",
                    band=("hessian_trace_estimate", "hessian_trace_std_error", 2.0)),
-            _Panel("Negative curvature", draw=draw_negative),
+            _Panel("Negative curvature", keys=[("negative_count", ""), ("min_eigenvalue", "")],
+                   draw=draw_negative),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: Hessian eigenvalue evolution",
                              "no Hessian eigenvalue data in this history")
@@ -627,7 +653,7 @@ class HessianVisualizer:
         hist = _section(hessian_history, "hessian")
         panels = [
             _Panel("Condition number", keys=[("condition_number", "max|λ| / min|λ| (top-k)")],
-                   ylabel="condition number (ratio)", scale="log"),
+                   ylabel="condition number (ratio)"),
             _Panel("Effective rank", keys=[("effective_rank_95", "95% of Σ|λ|"),
                                            ("effective_rank_entropy", "entropy exp(H(p))")],
                    ylabel="effective rank (eigenvalues)"),
@@ -722,20 +748,26 @@ class HessianVisualizer:
                                 dpi: int = DPI) -> Figure:
         """Gradient–curvature alignment over training.
 
-        Panels: the cosine between ``g`` and ``Hg`` (``grad_Hg_alignment``) and the eigenvalue-weighted
-        alignment, both in [-1, 1]; the Rayleigh quotient ``gᵀHg / gᵀg`` (``grad_Hg_ratio``, curvature seen
-        by the gradient, symlog); the fraction of ``‖g‖²`` in the top-k eigenspace
-        (``top_k_gradient_fraction``, in [0, 1]).
+        Panels: ``grad_Hg_alignment = |cos∠(g, Hg)|`` and the eigenvalue-weighted alignment
+        ``Σ_i w_i |cos∠(g, v_i)|`` (``w_i = |λ_i| / Σ|λ|``); the curvature seen by the gradient, the Rayleigh
+        quotient ``gᵀHg / gᵀg`` (``rayleigh_quotient``) and ``‖Hg‖ / ‖g‖`` (``grad_Hg_ratio``); the fraction
+        of ``‖g‖²`` in the top-k eigenspace (``top_k_gradient_fraction`` or ``top_subspace_fraction``);
+        and ``|cos∠(g, v_i)|`` per top eigenvector (``eigenvector_alignments``, colour = rank).
         """
         hist = _section(alignment_history, "alignment")
         panels = [
-            _Panel("Alignment of g and Hg", keys=[("grad_Hg_alignment", "cos∠(g, Hg)"),
-                                                  ("weighted_alignment", "eigenvalue-weighted alignment")],
-                   ylabel="alignment (cosine)", ref=0.0),
-            _Panel("Curvature along the gradient", keys=[("grad_Hg_ratio", "gᵀHg / gᵀg")],
-                   ylabel="gᵀHg / gᵀg (loss / param²)", ref=0.0),
-            _Panel("Gradient in the top-k eigenspace", keys=[("top_k_gradient_fraction", "‖P_k g‖² / ‖g‖²")],
+            _Panel("Alignment of g and Hg", keys=[("grad_Hg_alignment", "|cos∠(g, Hg)|"),
+                                                  ("weighted_alignment", "Σ wᵢ |cos∠(g, vᵢ)|")],
+                   ylabel="alignment (|cosine|)", ref=0.0),
+            _Panel("Curvature seen by the gradient", keys=[("rayleigh_quotient", "gᵀHg / gᵀg"),
+                                                           ("grad_Hg_ratio", "‖Hg‖ / ‖g‖")],
+                   ylabel="curvature (loss / param²)", ref=0.0),
+            _Panel("Gradient in the top-k eigenspace",
+                   keys=[("top_k_gradient_fraction|top_subspace_fraction", "‖P_k g‖² / ‖g‖²")],
                    ylabel="fraction of ‖g‖²", ylim=(-0.02, 1.02)),
+            _Panel("Gradient vs each top eigenvector", keys=[("eigenvector_alignments", "")],
+                   draw=_draw_rank_lines("eigenvector_alignments", "|cos∠(g, vᵢ)|", "λ₁ (largest)",
+                                         ylim=(-0.02, 1.02))),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: gradient–Hessian alignment",
                              "no gradient-alignment data in this history")
@@ -757,8 +789,13 @@ class HessianVisualizer:
             _Panel("Landscape divergence score",
                    keys=[("train_val_landscape_divergence_score", "divergence")],
                    ylabel="divergence score (dimensionless)"),
-            _Panel("Trace ratio train / validation", keys=[("trace_ratio", "tr H_train / tr H_val")],
-                   ylabel="trace ratio", ref=1.0, ref_label="equal curvature"),
+            _Panel("Ratios train / validation", keys=[("trace_ratio", "tr H_train / tr H_val"),
+                                                      ("max_eigenvalue_ratio", "λ_max train / val")],
+                   ylabel="ratio", ref=1.0, ref_label="equal curvature"),
+            _Panel("Curvature on train and validation data",
+                   keys=[("train_max_eigenvalue", "λ_max train"), ("val_max_eigenvalue", "λ_max validation"),
+                         ("train_trace", "tr H train"), ("val_trace", "tr H validation")],
+                   ylabel="curvature (loss / param²)"),
             _Panel("Spectral overlap", keys=[("eigenvalue_distribution_overlap", "eigenvalue distributions"),
                                              ("eigenspace_overlap", "top eigenspaces")],
                    ylabel="overlap (0 = disjoint, 1 = identical)", ylim=(-0.02, 1.02)),
@@ -774,10 +811,12 @@ class HessianVisualizer:
         """Sharpness over training: ``max_sharpness``, ``mean_sharpness`` and the spectral norm ``‖H‖₂``."""
         hist = _section(sharpness_history, "sharpness")
         panels = [
-            _Panel("Sharpness", keys=[("max_sharpness", "max sharpness"),
-                                      ("mean_sharpness", "mean sharpness"),
-                                      ("spectral_norm", "spectral norm ‖H‖₂")],
-                   ylabel="sharpness (loss / param²)"),
+            _Panel("Sharpness", keys=[("max_sharpness", "max sharpness λ_max"),
+                                      ("spectral_norm", "spectral norm ‖H‖₂"),
+                                      ("top_k_mean_sharpness", "mean of the top-k eigenvalues"),
+                                      ("mean_sharpness", "mean sharpness tr H / n")],
+                   ylabel="sharpness (loss / param²)",
+                   band=("mean_sharpness", "mean_sharpness_std_error", 2.0)),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: sharpness", "no sharpness data in this history",
                              ncols=1, panel_size=(7.5, 4.0))
@@ -944,7 +983,8 @@ class HessianVisualizer:
             ax = axes[i]
             i += 1
             vals = np.array([traces[c] for c in names])
-            err = np.array([2 * _to_float(snap[c].get("trace_std_error")) for c in names])
+            err = np.array([2 * _to_float(_lookup(snap[c], "trace_std_error|hessian_trace_std_error"))
+                            for c in names])
             err = err if _finite(err).size else None
             ax.barh(range(len(names)), np.nan_to_num(vals), xerr=None if err is None else np.nan_to_num(err),
                     color=[component_color(c) for c in names], capsize=3)
@@ -991,6 +1031,7 @@ class HessianVisualizer:
         alphas = _to_array(_get(landscape, "alphas"))
         losses = _to_array(_get(landscape, "losses"))
         label = _get(landscape, "label") or "d"
+        symbol = str(label).split(" (")[0]
         fig = _new_figure((7.8, 4.6))
         ax = fig.add_subplot(1, 1, 1)
         title = f"{model_name}: loss along {label}" + (f" (step {step})" if step is not None else "")
@@ -998,7 +1039,7 @@ class HessianVisualizer:
             _empty(ax, "no loss-landscape data")
         else:
             ax.plot(alphas, losses, color="#1f77b4", lw=2, marker=_marker(alphas.size), ms=3.5,
-                    label=f"loss L(θ + α·{label})")
+                    label=f"loss L(θ + α·{symbol})")
             base = _to_float(_get(landscape, "base_loss"))
             slope = _to_float(_get(landscape, "slope"))
             curv = _to_float(_get(landscape, "curvature"))
@@ -1007,7 +1048,8 @@ class HessianVisualizer:
                 fine = np.linspace(alphas.min(), alphas.max(), 200)
                 quad = base + s * fine + 0.5 * curv * fine ** 2
                 ax.plot(fine, quad, color="#d62728", lw=1.3, ls="--",
-                        label=f"quadratic model L + α·gᵀd + ½α²·dᵀHd (dᵀHd = {_fmt(curv, 3)})")
+                        label=f"quadratic model L + α·gᵀ{symbol} + ½α²·{symbol}ᵀH{symbol} "
+                              f"({symbol}ᵀH{symbol} = {_fmt(curv, 3)})")
                 lo, hi = np.nanmin(losses), np.nanmax(losses)
                 pad = 0.15 * (hi - lo if hi > lo else 1.0)
                 ax.set_ylim(lo - pad, hi + pad)
@@ -1060,7 +1102,7 @@ class HessianVisualizer:
             ax.set_xlabel(f"α along {labels[0]} (parameter-space units)")
             ax.set_ylabel(f"β along {labels[1]} (parameter-space units)")
             ax.set_aspect("equal" if _aspect_ok(alphas, betas) else "auto")
-            ax.legend(loc="upper right", fontsize=9, framealpha=0.85)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=9, frameon=False)
         ax.set_title(title, fontsize=12, fontweight="bold")
         _save(fig, save_path, model_name, "loss_landscape_2d", formats, dpi)
         return fig
@@ -1586,5 +1628,6 @@ def _summary_table_html(history: Mapping) -> str:
 plot_spectral_density = HessianVisualizer.plot_spectral_density
 plot_top_spectrum = HessianVisualizer.plot_top_spectrum
 plot_component_bars = HessianVisualizer.plot_component_bars
+plot_training_curves = HessianVisualizer.plot_training_curves
 plot_loss_landscape_1d = HessianVisualizer.plot_loss_landscape_1d
 plot_loss_landscape_2d = HessianVisualizer.plot_loss_landscape_2d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace as dataclasses_replace
 import json
 import math
 import os
@@ -37,7 +38,7 @@ def dict_batch(seed=1, n=3):
 
 
 def exact_config(**kw):
-    base = dict(n_components=3, n_bottom=2, tolerance=1e-10, trace_probes=200,
+    base = dict(n_components=3, n_bottom=2, tolerance=1e-10, trace_probes=64,
                 component_list=["attention", "ffn"])
     base.update(kw)
     return HessianConfig(**base)
@@ -191,23 +192,25 @@ def test_no_repeated_work(case):
     meta = case[-1]["meta"]
     mv = meta["matvecs"]
     assert mv["sharpness"] == 0 and mv["alignment"] == 1
-    assert mv["trace"] == 200  # one probe set serves the model trace and every component trace
+    assert mv["trace"] == 64  # one probe set serves the model trace and every component trace
     assert mv["total"] == sum(v for k, v in mv.items() if k != "total")
 
 
 # ------------------------------------------------------------------ data handling and model safety
-def test_num_batches_is_honoured_for_a_dataloader():
-    model = tiny_model()
-    ids, labels = transformer_batch(seed=3, n=6)
-    loader = DataLoader(TensorDataset(ids, labels), batch_size=2)
+def test_num_batches_is_honoured_for_a_dataloader(case):
+    model, train, val, H, Hv, _ = case
+    third = dict_batch(5)
+    ids = torch.cat([train["input_ids"], val["input_ids"], third["input_ids"]])
+    labels = torch.cat([train["labels"], val["labels"], third["labels"]])
+    loader = DataLoader(TensorDataset(ids, labels), batch_size=3)  # batches: train, val, third
     cfg = exact_config(num_batches=2, track_component_hessian=False, track_gradient_alignment=False,
                        trace_probes=2)
     res = HessianAnalyzer(cfg).analyze_step(model, transformer_loss, loader, model_type=None)
-    H2 = dense_hessian(model, transformer_loss, [(ids[:2], labels[:2]), (ids[2:4], labels[2:4])])
-    H3 = dense_hessian(model, transformer_loss, [(ids, labels)])
-    top = res["hessian"]["max_eigenvalue"]
-    assert top == pytest.approx(torch.linalg.eigvalsh(H2)[-1].item(), rel=1e-7)
-    assert top != pytest.approx(torch.linalg.eigvalsh(H3)[-1].item(), rel=1e-4)
+    top2 = torch.linalg.eigvalsh((H + Hv) / 2)[-1].item()  # equal batch sizes: the plain mean
+    assert res["hessian"]["max_eigenvalue"] == pytest.approx(top2, rel=1e-7)
+    res1 = HessianAnalyzer(dataclasses_replace(cfg, num_batches=1)).analyze_step(
+        model, transformer_loss, loader, model_type=None)
+    assert res1["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
 
 
 def test_pad_labels_are_ignored():
@@ -221,18 +224,17 @@ def test_pad_labels_are_ignored():
     assert res["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
 
 
-def test_model_untouched_and_dropout_off():
-    model = tiny_model(dropout=0.3)
+def test_model_untouched_and_dropout_off(case):
+    _, train, _, H, _, _ = case
+    model = tiny_model(dropout=0.3)  # same parameters as the case's model (dropout has none)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    cfg = exact_config(trace_probes=4, tolerance=1e-8)
-    r1 = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1))
-    r2 = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1))
+    cfg = exact_config(trace_probes=4, tolerance=1e-8, track_component_hessian=False)
+    r1 = HessianAnalyzer(cfg).analyze_step(model, CE, train)
+    r2 = HessianAnalyzer(cfg).analyze_step(model, CE, train)
     assert "error" not in r1
     assert r1["hessian"]["max_eigenvalue"] == r2["hessian"]["max_eigenvalue"]  # no dropout noise
-    eval_model = copy.deepcopy(model).eval()
-    H = dense_hessian(eval_model, transformer_loss, [(dict_batch(1)["input_ids"], dict_batch(1)["labels"])])
     assert r1["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -245,7 +247,7 @@ def test_section_failure_keeps_other_sections(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("component solver exploded")
     monkeypatch.setattr(components.ComponentAnalyzer, "analyze_all_components", boom)
-    an = HessianAnalyzer(exact_config(trace_probes=2))
+    an = HessianAnalyzer(exact_config(trace_probes=2, tolerance=1e-4))
     res = an.analyze_step(tiny_model(), CE, dict_batch(1))
     assert "component solver exploded" in res["error"] and set(res["errors"]) == {"components"}
     assert "hessian" in res and "alignment" in res and "sharpness" in res and "components" not in res
@@ -267,23 +269,22 @@ def test_failing_loss_is_reported_and_model_restored():
         HessianAnalyzer().analyze_step(model, CE, dict_batch(1), model_type="decoder")
 
 
-def test_encoder_decoder_and_pair_batches():
+def test_encoder_decoder_and_pair_batches(case):
+    _, train, _, H, _, _ = case
     torch.manual_seed(0)
     model = TransformerFactory.create_encoder_decoder_transformer(**TINY).double()
     cfg = exact_config(trace_probes=2, track_component_hessian=False, n_components=2)
-    res = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1), model_type="encoder_decoder")
+    res = HessianAnalyzer(cfg).analyze_step(model, CE, train, model_type="encoder_decoder")
     assert "error" not in res and res["hessian"]["num_parameters"] == sum(p.numel() for p in model.parameters())
-    ids, labels = transformer_batch(seed=1)
     # (inputs, targets) batches are always loss_fn(model(inputs), targets), whatever model_type says.
-    enc = tiny_model()
-    res2 = HessianAnalyzer(cfg).analyze_step(enc, transformer_loss, (ids, labels), model_type="encoder_only")
-    H = dense_hessian(enc, transformer_loss, [(ids, labels)])
+    res2 = HessianAnalyzer(cfg).analyze_step(tiny_model(), transformer_loss, (train["input_ids"], train["labels"]),
+                                             model_type="encoder_only")
     assert res2["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cuda_request_without_gpu_falls_back():
-    cfg = exact_config(trace_probes=2, device="cuda", track_component_hessian=False)
+    cfg = exact_config(trace_probes=2, device="cuda", track_component_hessian=False, tolerance=1e-4)
     with pytest.warns(UserWarning, match="CUDA is not available"):
         res = HessianAnalyzer(cfg).analyze_step(tiny_model(), CE, dict_batch(1))
     assert "error" not in res
@@ -297,17 +298,13 @@ def test_summary_text(case):
     assert len(text.splitlines()) > 8
 
 
-def test_compute_batch_analysis():
-    model = tiny_model()
-    batches = [dict_batch(s) for s in (1, 2, 3)]
+def test_compute_batch_analysis(case):
+    model, train, val, H, Hv, _ = case
     cfg = exact_config(trace_probes=2, component_list=["ffn"])
     an = HessianAnalyzer(cfg)
-    out = an.compute_batch_analysis(model, CE, batches, "decoder_only")
-    tops = []
-    for b in batches:
-        H = dense_hessian(model, transformer_loss, [(b["input_ids"], b["labels"])])
-        tops.append(torch.linalg.eigvalsh(H)[-1].item())
-    assert out["num_batches"] == 3 and out["errors"] == {}
+    out = an.compute_batch_analysis(model, CE, [train, val], "decoder_only")
+    tops = [torch.linalg.eigvalsh(H)[-1].item(), torch.linalg.eigvalsh(Hv)[-1].item()]
+    assert out["num_batches"] == 2 and out["errors"] == {}
     assert out["max_eigenvalue_mean"] == pytest.approx(np.mean(tops), rel=1e-7)
     assert out["max_eigenvalue_std"] == pytest.approx(np.std(tops), rel=1e-5)
     for key in ("hessian_trace_estimate_mean", "grad_Hg_alignment_std", "max_sharpness_mean",
@@ -320,7 +317,7 @@ def test_compute_batch_analysis():
 
 def test_save_hessian_data_json_npz(tmp_path):
     cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_hessian_data=True, save_eigenvectors=True,
-                       model_name="tiny", n_bottom=0)
+                       model_name="tiny", n_bottom=0, track_component_hessian=False)
     model = tiny_model()
     res = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1), step=3)
     data = json.loads((tmp_path / "tiny_step3.json").read_text())
@@ -334,7 +331,7 @@ def test_save_hessian_data_json_npz(tmp_path):
 
 def test_create_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), model_name="tiny")
+    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), model_name="tiny", tolerance=1e-4)
     an = HessianAnalyzer(cfg)
     for step in (0, 1):
         an.analyze_step(tiny_model(seed=step), CE, dict_batch(1), step=step)

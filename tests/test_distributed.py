@@ -46,6 +46,7 @@ def _data() -> list:
 
 def _analyse(op: HessianOperator) -> dict:
     """Everything the algorithms return, run identically in the workers and in the single process."""
+    from hessext.density import spectral_density
     from hessext.lanczos import lanczos
     from hessext.trace import estimate_trace, hutchpp
 
@@ -58,7 +59,8 @@ def _analyse(op: HessianOperator) -> dict:
     blocks = {k: op.layout.indices(v) for k, v in BLOCKS.items()}
     bt = estimate_trace(op, 24, method="hutchinson", seed=5, blocks=blocks)
     out["block_traces"] = torch.tensor([bt.block_estimates[k] for k in BLOCKS], dtype=torch.float64)
-    out["density"] = torch.ones(3)
+    dens = spectral_density(op, num_probes=2, num_iter=8, seed=7)
+    out["density"] = dens.density
     loss, grad = op.loss_and_grad()
     out["loss"], out["grad"] = torch.tensor(loss, dtype=torch.float64), grad
     return out
@@ -170,6 +172,17 @@ def _checks(rank: int, event) -> dict:
     res["dtype_mismatch"] = _error(lambda: DistributedHessianOperator(
         model, LOSS, mine, dtype=torch.float64 if rank == 0 else torch.float32))
 
+    # parameter values: in sync here; a perturbed copy on rank 1 is detected on every rank
+    res["in_sync"] = op.check_parameters_in_sync()
+    drifted = copy.deepcopy(model)
+    if rank == 1:
+        with torch.no_grad():
+            drifted[0].weight[0, 0] += 1e-3
+    opx = DistributedHessianOperator(drifted, LOSS, mine)
+    res["drift"] = _error(opx.check_parameters_in_sync)
+
+    # rank 1 cannot build its operator (no data): it raises its own error, rank 0 is told at once
+    res["build_failure"] = _error(lambda: DistributedHessianOperator(model, LOSS, mine if rank == 0 else []))
     # failure on one rank (NaN data on rank 1) -> an error on every rank, no waiting for the timeout
     bad = mine if rank == 0 else [(mine[0][0] * float("nan"), mine[0][1])]
     opb = DistributedHessianOperator(model, LOSS, bad, dtype=torch.float64)
@@ -246,14 +259,23 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def single() -> dict:
-    """One process, all the data: the reference every rank must reproduce."""
+    """One process, all the data: the reference every rank must reproduce (1 thread, as the ranks)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny problems: more threads only spin on a busy machine
+    try:
+        return _single()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _single() -> dict:
     model = tiny_mlp()
     return {
         "f64": _analyse(HessianOperator(model, LOSS, _data(), dtype=torch.float64)),
         "f32": _analyse(HessianOperator(model, LOSS, _data())),
         "dense": dense_hessian(model, LOSS, _data()),
-        "components": _components(HessianOperator(tiny_transformer(), transformer_loss, transformer_batch(n=4),
-                                                  dtype=torch.float64)),
+        "components": _components(HessianOperator(tiny_transformer(), transformer_loss,
+                                                  transformer_batch(n=4), dtype=torch.float64)),
         "api_a": _api_a(model, _api_a_batch()),
     }
 
@@ -359,6 +381,14 @@ def test_layout_mismatch_raises_on_every_rank(ranks):
         assert kind == "RuntimeError" and "torch.float64" in msg and "torch.float32" in msg
 
 
+def test_build_failure_on_one_rank_raises_on_every_rank(ranks):
+    kind1, msg1, _ = ranks[1]["build_failure"]
+    assert kind1 == "ValueError" and "data is empty" in msg1
+    kind0, msg0, secs0 = ranks[0]["build_failure"]
+    assert kind0 == "RuntimeError" and "another rank failed" in msg0 and "rank 1: ValueError" in msg0
+    assert secs0 < GROUP_TIMEOUT_S
+
+
 def test_failure_on_one_rank_raises_on_every_rank(ranks):
     for key in ("nan_matvec", "nan_grad"):
         kind0, msg0, secs0 = ranks[0][key]
@@ -376,6 +406,13 @@ def test_hanging_rank_ends_in_timeout_error(ranks):
     assert kind == "RuntimeError"
     assert "all-reduce of a Hessian-vector block failed on rank 1 of 2" in msg
     assert SHORT_TIMEOUT_S * 0.9 <= secs < GROUP_TIMEOUT_S
+
+
+def test_parameter_sync_check(ranks):
+    assert [r["in_sync"] for r in ranks] == [0.0, 0.0]
+    for r in ranks:
+        kind, msg, _ = r["drift"]
+        assert kind == "RuntimeError" and "parameters differ across ranks" in msg
 
 
 def test_model_untouched(ranks):
@@ -405,7 +442,8 @@ def test_shard_lists_and_batches():
     x, y = mlp_batch(n=7)
     pieces = [shard((x, y), r, 3) for r in range(3)]
     assert [p[0].shape[0] for p in pieces] == [3, 2, 2]
-    assert torch.equal(torch.cat([p[0] for p in pieces]), x) and torch.equal(torch.cat([p[1] for p in pieces]), y)
+    assert torch.equal(torch.cat([p[0] for p in pieces]), x)
+    assert torch.equal(torch.cat([p[1] for p in pieces]), y)
     d = {"input_ids": torch.arange(12).reshape(4, 3), "labels": torch.arange(12).reshape(4, 3), "tag": "t"}
     assert shard(d, 1, 2)["input_ids"].tolist() == [[6, 7, 8], [9, 10, 11]] and shard(d, 1, 2)["tag"] == "t"
     with pytest.raises(ValueError, match="world_size"):

@@ -183,6 +183,21 @@ def test_missing_keys_drop_panels_without_crashing(tmp_path):
             assert isinstance(f, Figure) and any("no " in t.get_text() for ax in f.axes for t in ax.texts)
 
 
+def test_alignment_reads_the_analyzer_key_names():
+    """hessext's analyzer writes top_subspace_fraction, rayleigh_quotient and eigenvector_alignments."""
+    hist = {s: {"top_subspace_fraction": 0.1 * s, "rayleigh_quotient": 2.0 + s,
+                "eigenvector_alignments": [0.5, 0.25, 0.125]} for s in range(3)}
+    fig = HessianVisualizer.plot_gradient_alignment(hist, None, "m")
+    by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(by_title) == {"Curvature seen by the gradient", "Gradient in the top-k eigenspace",
+                             "Gradient vs each top eigenvector"}
+    frac = by_title["Gradient in the top-k eigenspace"].get_lines()[0]
+    np.testing.assert_allclose(frac.get_ydata(), [0.0, 0.1, 0.2])
+    ranks = by_title["Gradient vs each top eigenvector"].get_lines()
+    assert len(ranks) == 3
+    assert sorted(round(float(ln.get_ydata()[0]), 3) for ln in ranks) == [0.125, 0.25, 0.5]
+
+
 def test_non_numeric_step_keys_become_tick_labels():
     fig = HessianVisualizer.plot_gradient_alignment({"epoch_a": {"grad_Hg_ratio": 1.0},
                                                      "epoch_b": {"grad_Hg_ratio": 2.0}}, None, "m")
@@ -494,7 +509,16 @@ def test_random_direction_filter_normalised_and_rng_free():
 
 
 # ----------------------------------------------------------------------------- a real analysis
-def test_plots_of_a_real_tiny_analysis(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Matrices this small run fastest on one thread (and the suite may share its cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_plots_of_a_real_tiny_analysis(tmp_path, one_thread):
     pytest.importorskip("hessext.lanczos")
     pytest.importorskip("hessext.trace")
     from hessext.analyzer import HessianAnalyzer, HessianConfig

@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kThreads) tile_sweep(const T* __restrict__ B, 
     v[q] = c < n ? src[c] : T(0);
   }
   if (SUB) {
+#pragma unroll 4
     for (int64_t r = 0; r < k; ++r) {
       const T h = hsub[r];
       const T* row = B + r * n;

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import tensors_of
+from ..data import map_tensors, tensors_of
 from ..hvp import HessianOperator
 from .._state import preserve_model_state
 
@@ -141,6 +141,74 @@ def _vec_to_numpy(v: Tensor) -> np.ndarray:
     return v.to("cpu").numpy().copy()
 
 
+class _LossOfOutput(nn.Module):
+    """The whole loss as a module around the user's model (a reference, not a copy).
+
+    ``kind="output"``: ``forward(X) = loss_fn(model(X))`` (API A); ``kind="pair"``:
+    ``forward((inputs, targets)) = loss_fn(model(inputs), targets)`` (legacy form). The engine evaluates this
+    module functionally, so the loss function runs while the analysed parameters are swapped in: a loss that
+    reads ``model.parameters()`` itself (the document's regularised loss) is differentiated correctly.
+
+    When computing on another device than the user's (``use_cuda``), a loss function that captured tensors on
+    the user's device (``lambda out: mse(out, y)`` with ``y`` on the CPU) cannot take the model output on the
+    GPU; then (detected on the first call) the output is moved back for the loss function, differentiably.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., Tensor], kind: str) -> None:
+        super().__init__()
+        self.model = model
+        # Not registered as a submodule: a criterion module's own parameters/buffers are not analysed.
+        object.__setattr__(self, "loss_fn", loss_fn)
+        self.kind = kind
+        self.home: Optional[torch.device] = None     # the user's device when computing elsewhere
+        self._move_output: Optional[bool] = None
+
+    def _loss(self, out: Any, *rest: Any) -> Tensor:
+        return self.loss_fn(out, *rest)
+
+    def forward(self, batch: Any) -> Tensor:
+        if self.kind == "output":
+            out, rest = self.model(batch), ()
+        else:
+            out, rest = self.model(batch[0]), (batch[1],)
+        if self.home is None or self._move_output is False:
+            loss = self._loss(out, *rest)
+        elif self._move_output:
+            loss = self._loss(*map_tensors((out, *rest), lambda t: t.to(self.home)))
+        else:
+            try:
+                loss = self._loss(out, *rest)
+                self._move_output = False
+            except RuntimeError as e:
+                if "device" not in str(e):
+                    raise
+                self._move_output = True
+                loss = self._loss(*map_tensors((out, *rest), lambda t: t.to(self.home)))
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"the loss function must return a scalar tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            what = "loss_fn(model(X))" if self.kind == "output" else "criterion(net(inputs), targets)"
+            raise ValueError(f"{what} must return a scalar, got a tensor of shape {list(loss.shape)} (reduce it, "
+                             "e.g. with .mean() or reduction='mean')")
+        return loss.reshape(())
+
+
+def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
+                   params: Optional[Sequence[str]] = None, *, dtype: Optional[torch.dtype] = None,
+                   device: Optional[torch.device] = None, mode: str = "auto") -> HessianOperator:
+    """The HessianOperator of ``loss_module(batch)`` over ``model``'s parameters (names without prefix)."""
+    if device is not None and device != _param_device(model):
+        loss_module.home = _param_device(model)
+    names = None if params is None else ["model." + k for k in params]
+
+    def batch_loss(model_call: Callable[..., Any], b: Any) -> tuple[Tensor, float]:
+        return model_call(b), 1.0
+
+    # One batch: a list around it, so that a tuple/list is not read as several batches.
+    return HessianOperator(loss_module, None, [batch], names, batch_loss=batch_loss, mode=mode, dtype=dtype,
+                           device=device, eval_mode=True)
+
+
 # ----------------------------------------------------------------------------------------------- ModelWrapper
 class ModelWrapper:
     """A model, a loss of the model's output and the data, as API A's functions expect them.
@@ -228,19 +296,8 @@ class ModelWrapper:
         _param_device(self.model)
         dev = None if device is None else torch.device(device)
         _check_data_device(self.X, self.model, dev, "X")
-
-        def batch_loss(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
-            loss = fn(model_call(batch))
-            if not isinstance(loss, Tensor):
-                raise TypeError(f"loss_fn(model(X)) must return a scalar tensor, got {type(loss).__name__}")
-            if loss.numel() != 1:
-                raise ValueError(f"loss_fn(model(X)) must return a scalar, got a tensor of shape "
-                                 f"{list(loss.shape)} (reduce it, e.g. with .mean())")
-            return loss, 1.0
-
-        # One batch: a list around X, so that a tuple/list X is not read as several batches.
-        return HessianOperator(self.model, None, [self.X], params, batch_loss=batch_loss, mode=mode,
-                               dtype=dtype, device=dev, eval_mode=True)
+        return _loss_operator(self.model, _LossOfOutput(self.model, fn, "output"), self.X, params, dtype=dtype,
+                              device=dev, mode=mode)
 
     def __repr__(self) -> str:
         named = _trainable(self.model)
@@ -327,7 +384,7 @@ def _min_max_legacy(net: nn.Module, inputs: Any, targets: Any, criterion: Callab
     _param_device(net)
     _check_data_device(inputs, net, device, "inputs")
     _check_data_device(targets, net, device, "targets")
-    H = HessianOperator(net, criterion, (inputs, targets), params, device=device, eval_mode=True)
+    H = _loss_operator(net, _LossOfOutput(net, criterion, "pair"), (inputs, targets), params, device=device)
     lam_min, lam_max, v_min, v_max, resid, ok, count = _extreme_eigs(H, max_iter, tol, seed)
     if not ok:
         _warn_not_converged(lam_min, lam_max, resid, max_iter, tol, stacklevel=4)
@@ -462,7 +519,7 @@ def _trace_legacy(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], input
     _param_device(model)
     _check_data_device(inputs, model, device, "inputs")
     _check_data_device(targets, model, device, "targets")
-    H = HessianOperator(model, loss_fn, (inputs, targets), device=device, eval_mode=True)
+    H = _loss_operator(model, _LossOfOutput(model, loss_fn, "pair"), (inputs, targets), device=device)
     res = _estimate_trace(H, budget, method, seed)
     return res if return_result else float(res.estimate)
 

@@ -1,0 +1,256 @@
+"""Lanczos with full reorthogonalisation: dense matrices with known spectra, then tiny-model Hessians."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _models import (cnn_batch, dense_hessian, mlp_batch, tiny_cnn, tiny_mlp, tiny_transformer,  # noqa: E402
+                     transformer_batch, transformer_loss)
+
+from hessext.lanczos import eigsh, extreme_eigenpairs, lanczos  # noqa: E402
+from hessext.linop import DenseOperator  # noqa: E402
+from hessext.results import EigenResult  # noqa: E402
+
+F64, F32 = torch.float64, torch.float32
+
+
+def with_spectrum(evals, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
+    """Q diag(evals) Qᵀ with a random orthogonal Q."""
+    evals = torch.as_tensor(np.asarray(evals, dtype=np.float64))
+    n = evals.numel()
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    return ((Q * evals) @ Q.T).to(dtype)
+
+
+def spread_spectrum(n: int = 120) -> np.ndarray:
+    """Indefinite: a bulk in [-1, 1] and separated outliers on both sides."""
+    ev = np.concatenate([np.linspace(-1, 1, n - 10), [3, 4, 5, 6, 7], [-2, -3, -4, -5, -6]])
+    return np.sort(ev)
+
+
+def check_pairs(A: torch.Tensor, res: EigenResult, expected: np.ndarray, rtol: float) -> None:
+    got = res.eigenvalues.numpy()
+    assert got.shape == expected.shape
+    assert np.all(np.diff(got) >= 0), "eigenvalues must be ascending"
+    scale = np.maximum(np.abs(expected), 1e-30)
+    assert np.all(np.abs(got - expected) <= rtol * scale), f"{got} vs {expected}"
+    V = res.eigenvectors
+    assert V is not None and V.shape == (len(expected), A.shape[0])
+    A64, V64 = A.to(F64), V.to(F64)
+    lam = torch.from_numpy(got)
+    true_res = torch.linalg.vector_norm(A64 @ V64.T - V64.T * lam, dim=0)
+    norm_A = float(torch.linalg.matrix_norm(A64, ord=2))
+    # returned vectors are eigenvectors to the requested accuracy, and the reported residuals match
+    assert float(true_res.max()) <= 10 * rtol * norm_A, true_res
+    assert torch.allclose(res.residuals, true_res, rtol=0, atol=10 * rtol * norm_A)
+    assert res.orthogonality_loss < (1e-12 if A.dtype == F64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(F64, 1e-8), (F32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("which", ["LA", "SA", "LM", "BE"])
+def test_dense_known_spectrum(which, dtype, rtol):
+    ev = spread_spectrum()
+    A = with_spectrum(ev, dtype=dtype)
+    tol = 1e-10 if dtype == F64 else 1e-6
+    res = lanczos(A, k=5, which=which, tol=tol)
+    expected = {"LA": ev[-5:], "SA": ev[:5], "LM": np.sort(ev[np.argsort(np.abs(ev))[-5:]]),
+                "BE": np.concatenate([ev[:2], ev[-3:]])}[which]
+    assert res.converged and not res.breakdown and res.which == which
+    assert res.iterations < A.shape[0] and res.num_matvecs >= res.iterations
+    check_pairs(A, res, expected, rtol)
+
+
+def test_true_residuals_option_and_operator_input():
+    ev = spread_spectrum()
+    op = DenseOperator(with_spectrum(ev))
+    est = lanczos(op, k=3, tol=1e-10)
+    true = lanczos(op, k=3, tol=1e-10, compute_residuals=True)
+    assert est.residual_kind == "estimate" and true.residual_kind == "true"
+    assert true.num_matvecs == est.num_matvecs + 3
+    assert float(true.residuals.max()) < 1e-8 * 7
+    assert "eigenvectors" not in est.to_dict()
+    assert len(json.loads(json.dumps(est.to_dict(include_vectors=True)))["eigenvectors"]) == 3
+    assert est.max == pytest.approx(7.0, rel=1e-10) and est.min == pytest.approx(5.0, rel=1e-10)
+    assert est.top(2).tolist() == pytest.approx([7.0, 6.0], rel=1e-10)
+    assert eigsh is lanczos
+
+
+def test_extreme_eigenpairs_one_krylov_space():
+    ev = spread_spectrum()
+    A = with_spectrum(ev)
+    top, bottom = extreme_eigenpairs(A, k_top=4, k_bottom=3, tol=1e-10)
+    assert top.which == "LA" and bottom.which == "SA"
+    assert top.num_matvecs == bottom.num_matvecs  # one shared run
+    check_pairs(A, top, ev[-4:], 1e-8)
+    check_pairs(A, bottom, ev[:3], 1e-8)
+    both = lanczos(A, k=7, which="BE", tol=1e-10)
+    assert both.eigenvalues.numpy() == pytest.approx(np.concatenate([ev[:3], ev[-4:]]), rel=1e-8)
+
+
+def test_exact_when_krylov_space_is_whole_space():
+    ev = np.random.default_rng(3).standard_normal(30)
+    A = with_spectrum(ev)
+    res = lanczos(A, k=30, which="LA", max_iter=30)
+    assert res.converged and res.iterations == 30
+    assert res.eigenvalues.numpy() == pytest.approx(np.sort(ev), abs=1e-12)
+
+
+def test_breakdown_low_rank_restarts_into_null_space():
+    n = 80
+    ev = np.zeros(n)
+    ev[:3] = [1.0, 2.0, 3.0]
+    A = with_spectrum(ev)
+    res = lanczos(A, k=5, which="LA", tol=1e-10)
+    assert res.breakdown and res.converged
+    # the Krylov space of one start vector is 4-dimensional; the 5th pair needs a restart into the null space
+    assert res.iterations >= 5 and res.iterations < 10
+    assert res.eigenvalues.numpy() == pytest.approx([0, 0, 1, 2, 3], abs=1e-12)
+    V = res.eigenvectors
+    assert float(torch.linalg.vector_norm(A @ V.T - V.T * res.eigenvalues, dim=0).max()) < 1e-10
+    bottom = lanczos(A, k=3, which="SA", tol=1e-10)
+    assert bottom.converged and bottom.eigenvalues.numpy() == pytest.approx([0, 0, 0], abs=1e-12)
+
+
+def test_breakdown_finds_repeated_eigenvalues():
+    # three distinct values: every Krylov space breaks down after 3 steps; the multiplicities need restarts
+    ev = np.array([5.0] * 3 + [2.0] * 10 + [-1.0] * 27)
+    A = with_spectrum(ev, seed=1)
+    res = lanczos(A, k=4, which="LA", tol=1e-10)
+    assert res.breakdown and res.converged
+    assert res.eigenvalues.numpy() == pytest.approx([2, 5, 5, 5], abs=1e-10)
+    be = lanczos(A, k=4, which="BE", tol=1e-10)
+    assert be.eigenvalues.numpy() == pytest.approx([-1, -1, 5, 5], abs=1e-10)
+    # zero and identity operators: immediate exact breakdowns, no NaN
+    z = lanczos(torch.zeros(10, 10, dtype=F64), k=2)
+    assert z.converged and z.eigenvalues.tolist() == [0.0, 0.0]
+    e = lanczos(torch.eye(10, dtype=F64), k=3)
+    assert e.converged and e.eigenvalues.numpy() == pytest.approx([1, 1, 1], abs=1e-14)
+
+
+def test_not_converged_at_max_iter_and_check_schedule():
+    ev = np.linspace(0, 1, 300) ** 3          # clustered top: slow convergence
+    A = with_spectrum(ev)
+    res = lanczos(A, k=3, tol=1e-12, max_iter=12)
+    assert not res.converged and res.iterations == 12 and res.num_matvecs == 12
+    a = lanczos(A, k=1, tol=1e-8, check_every=1)
+    b = lanczos(A, k=1, tol=1e-8)
+    assert a.converged and b.converged
+    assert a.num_matvecs <= b.num_matvecs <= a.num_matvecs + 10
+    assert a.eigenvalues.item() == pytest.approx(1.0, rel=1e-7)
+
+
+def test_seeded_start_and_v0():
+    A = with_spectrum(spread_spectrum())
+    r1, r2 = lanczos(A, k=2, seed=5), lanczos(A, k=2, seed=5)
+    assert torch.equal(r1.eigenvalues, r2.eigenvalues) and r1.num_matvecs == r2.num_matvecs
+    v0 = torch.ones(A.shape[0], dtype=F64)
+    r3 = lanczos(A, k=2, v0=v0)
+    assert r3.eigenvalues.numpy() == pytest.approx([6, 7], rel=1e-8)
+
+
+def test_nan_operator_raises():
+    A = with_spectrum(spread_spectrum())
+    A[3, 5] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN"):
+        lanczos(A, k=1)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": 0}, "k must be >= 1"), ({"k": 11}, "k must be <= n = 10"),
+    ({"which": "XX"}, "which must be one of"), ({"tol": 0.0}, "tol must be"), ({"tol": -1e-3}, "tol must be"),
+    ({"max_iter": 0}, "max_iter must be >= 1"),
+    ({"k": 3, "max_iter": 2}, "max_iter must be >= k"), ({"check_every": 0}, "check_every must be >= 1"),
+    ({"v0": torch.zeros(10, dtype=F64)}, "v0 must be finite and non-zero"),
+    ({"v0": torch.ones(9, dtype=F64)}, r"v0 must have shape \[10\]"),
+])
+def test_bad_arguments(kwargs, match):
+    A = with_spectrum(np.arange(10.0))
+    with pytest.raises(ValueError, match=match):
+        lanczos(A, **kwargs)
+
+
+def test_bad_types():
+    A = with_spectrum(np.arange(10.0))
+    with pytest.raises(TypeError):
+        lanczos(A, k=1.5)
+    with pytest.raises(TypeError):
+        lanczos("not an operator", k=1)
+    with pytest.raises(ValueError, match="k_top"):
+        extreme_eigenpairs(A, k_top=0, k_bottom=0)
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y) ** 2).mean()
+
+
+MODELS = {
+    "mlp": (tiny_mlp, mlp_batch, mse),
+    "cnn": (tiny_cnn, cnn_batch, nn.CrossEntropyLoss()),
+    "transformer": (tiny_transformer, transformer_batch, transformer_loss),
+}
+_CACHE: dict = {}
+
+
+def model_case(name: str):
+    if name not in _CACHE:
+        make_model, make_batch, loss = MODELS[name]
+        model, batch = make_model(), make_batch()
+        _CACHE[name] = (model, batch, loss, dense_hessian(model, loss, [batch]))
+    return _CACHE[name]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_tiny_model_hessian_operator(name):
+    from hessext.hvp import HessianOperator
+
+    model, batch, loss, H = model_case(name)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    op = HessianOperator(model, loss, batch, dtype=F64)
+    top, bottom = extreme_eigenpairs(op, k_top=5, k_bottom=5, tol=1e-10, max_iter=H.shape[0])
+    assert top.converged and bottom.converged
+    check_pairs(H, top, ev[-5:], 1e-8)
+    check_pairs(H, bottom, ev[:5], 1e-8)
+    assert op.num_matvecs == top.num_matvecs
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer"])
+def test_tiny_model_dense_float32(name):
+    _, _, _, H = model_case(name)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    res = lanczos(H.float(), k=5, which="LA", tol=1e-6, max_iter=H.shape[0])
+    assert res.converged
+    check_pairs(H.float(), res, ev[-5:], 1e-4)
+
+
+def test_host_synchronisations_only_at_convergence_tests(monkeypatch):
+    import hessext.lanczos as L
+
+    calls = []
+    real = L.eigh_tridiagonal
+
+    def counting(d, e, *args, **kwargs):
+        calls.append(len(d))
+        return real(d, e, *args, **kwargs)
+
+    monkeypatch.setattr(L, "eigh_tridiagonal", counting)
+    A = with_spectrum(np.linspace(0, 1, 200) ** 2)
+    res = lanczos(A, k=2, tol=1e-8)
+    # default schedule: first test at max(k + 5, 8) = 8 vectors, then every max(3, min(10, j // 10)) steps
+    expected, j = [], 8
+    while j < res.iterations:
+        expected.append(j)
+        j += max(3, min(10, j // 10))
+    expected.append(res.iterations)
+    assert calls == expected
+    calls.clear()
+    res = lanczos(A, k=2, tol=1e-8, check_every=7, max_iter=40)
+    assert calls == list(range(7, res.iterations, 7)) + [res.iterations]
