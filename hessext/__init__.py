@@ -1,8 +1,62 @@
-"""hessext: fast, exact-where-possible Hessian analysis for PyTorch models."""
+"""hessext: fast, exact-where-possible Hessian analysis for PyTorch models.
+
+The engine (flat vectors and symmetric operators):
+    HessianOperator, ParamLayout, LinearOperator, lanczos / eigsh / extreme_eigenpairs,
+    hutchinson / hutchpp / xtrace / estimate_trace, spectral_density, EigenResult / TraceResult / DensityResult.
+API A (``oxford_loss_landscapes`` → ``hessext``): ModelWrapper, min_max_hessian_eigs, hessian_trace.
+API B (``project.hessian`` → ``hessext.hessian``): HessianAnalyzer, HessianConfig, ComponentAnalyzer, …
+Pictures: HessianVisualizer (matplotlib, imported lazily), loss_landscape_1d / loss_landscape_2d.
+Scale-out: DistributedHessianOperator (torch.distributed).
+
+``BACKEND`` is ``"cuda"``, ``"cpu"`` (compiled kernels) or ``"python"`` (pure-PyTorch fallback).
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from ._backend import BACKEND
 from . import ops
+from ._state import preserve_model_state
+from .layout import ParamLayout
+from .linop import DenseOperator, LinearOperator, as_operator
+from .hvp import HessianOperator
+from .results import DensityResult, EigenResult, TraceResult
+from .lanczos import eigsh, extreme_eigenpairs, lanczos
+from .trace import estimate_trace, hutchinson, hutchpp, xtrace
+from .density import spectral_density
+from .landscape import loss_landscape_1d, loss_landscape_2d, random_direction, suggest_radius
+from .distributed import DistributedHessianOperator, init_from_env, shard
+# API A
+from .compat import ModelWrapper, hessian_trace, min_max_hessian_eigs
+# API B
+from .analyzer import HessianAnalyzer, HessianConfig
+from .components import (ComponentAnalyzer, ComponentSelector, compute_component_hessians,
+                         extract_component_parameters)
+from .metrics import HessianMetrics, compute_detailed_hessian_metrics
+from .alignment import compute_hessian_gradient_alignment
+from .legacy import get_hessian_eigenvectors, measure_train_val_landscape_divergence
+from .models import TransformerFactory
 
 __version__ = "0.1.0"
-__all__ = ["BACKEND", "ops", "__version__"]
+
+__all__ = [
+    "BACKEND", "ops", "__version__", "preserve_model_state",
+    "ParamLayout", "LinearOperator", "DenseOperator", "as_operator", "HessianOperator",
+    "EigenResult", "TraceResult", "DensityResult",
+    "lanczos", "eigsh", "extreme_eigenpairs", "hutchinson", "hutchpp", "xtrace", "estimate_trace",
+    "spectral_density", "loss_landscape_1d", "loss_landscape_2d", "random_direction", "suggest_radius",
+    "DistributedHessianOperator", "init_from_env", "shard",
+    "ModelWrapper", "min_max_hessian_eigs", "hessian_trace",
+    "HessianAnalyzer", "HessianConfig", "ComponentAnalyzer", "ComponentSelector", "HessianMetrics",
+    "HessianVisualizer", "TransformerFactory", "get_hessian_eigenvectors", "extract_component_parameters",
+    "compute_component_hessians", "compute_hessian_gradient_alignment",
+    "measure_train_val_landscape_divergence", "compute_detailed_hessian_metrics",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # matplotlib is an optional dependency: the visualiser is imported on first use.
+    if name == "HessianVisualizer":
+        from .viz import HessianVisualizer
+        return HessianVisualizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -206,6 +206,10 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     dtype, device = _work_dtype(op), op.device
     eps = float(torch.finfo(dtype).eps)
     btol = eps ** (2.0 / 3.0)
+    # Eigenvalues below sqrt(eps)·‖T‖ cannot be resolved relative to themselves in this precision (a matvec
+    # carries errors of order eps·‖A‖): the relative residual of such a pair is measured against
+    # sqrt(eps)·‖T‖ instead, so near-zero eigenvalues (the bottom of a PSD block) converge.
+    zfloor = math.sqrt(eps)
     start_matvecs = op.num_matvecs
 
     V = torch.empty(1, m + 1, n, dtype=dtype, device=device)
@@ -269,7 +273,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
             theta, S = eigh_tridiagonal(a, b[:j - 1])
             tn_host = _tnorm_host(a, b[:j - 1])
             res_all = np.abs(b[j - 1]) * np.abs(S[j - 1, :])
-            scale = np.maximum(np.abs(theta), eps * tn_host)
+            scale = np.maximum(np.abs(theta), zfloor * tn_host)
             rel_all = np.where(scale > 0, res_all / np.where(scale > 0, scale, 1.0), 0.0)
             widx = want.select(theta)
             conv_a = j >= k and bool(np.all(rel_all[widx] < tol))
@@ -297,7 +301,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
             if block_start > 0:
                 rb = np.abs(b[j - 1]) * np.abs(Sb[-1, :])
                 ext = want.extremes(mu)
-                conv_b = bool(np.all(rb[ext] < tol * np.maximum(np.abs(mu[ext]), eps * tn_host)))
+                conv_b = bool(np.all(rb[ext] < tol * np.maximum(np.abs(mu[ext]), zfloor * tn_host)))
             if conv_a and conv_b:
                 pending = False
                 break
@@ -311,7 +315,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
 
     widx = want.select(theta)
     vals = torch.from_numpy(theta[widx].copy())
-    scale = np.maximum(np.abs(theta[widx]), eps * tn_host)
+    scale = np.maximum(np.abs(theta[widx]), zfloor * tn_host)
     res = res_all[widx]
     if exhausted:
         res = np.minimum(res, eps * tn_host)     # the basis spans the whole space: pairs exact to roundoff
@@ -389,7 +393,8 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         max_iter: maximum Krylov dimension = matrix-vector products (restarts after a breakdown included);
             default ``min(n, max(4k, 2k + 60))``; values above ``n`` are clamped to ``n``; must be ``≥ k``.
         tol: relative tolerance: stop when every wanted Ritz pair has
-            ``|β_j s_{j,i}| / max(|θ_i|, ε‖T‖) < tol`` (ε of the working dtype, ‖T‖ the tridiagonal's norm).
+            ``|β_j s_{j,i}| / max(|θ_i|, √ε‖T‖) < tol`` (ε of the working dtype, ‖T‖ the tridiagonal's norm;
+            the √ε floor lets eigenvalues that are zero to working precision converge).
         seed: start vector ``q_0 = z / √n`` with ``z = hessext.ops.rademacher(n, seed=seed)`` (counter-based
             ±1, identical on every backend); restarts use the same seed at counter offsets ``r·n``.
         v0: optional start vector ``[n]`` (normalised here) instead of the seeded one.
