@@ -13,8 +13,10 @@ HVP modes
 ---------
 - ``"double_backward"`` (Pearlmutter's trick by reverse-over-reverse): ``g_b = ∇L_b`` is computed once per
   batch with ``create_graph=True``, then ``H_b v = ∇_θ⟨g_b, v⟩`` is one more backward through that graph. A
-  block ``V = [v_1 … v_m]`` goes through ONE call,
-  ``torch.autograd.grad(g_b, θ, grad_outputs=V, is_grads_batched=True, retain_graph=True)``.
+  block ``V = [v_1 … v_m]`` goes through ONE call on accelerators,
+  ``torch.autograd.grad(g_b, θ, grad_outputs=V, is_grads_batched=True, retain_graph=True)``; on the CPU the
+  columns go one by one through the cached graph, which measured faster there (1.8 vs 2.9 gradients per
+  vector on an 85k-parameter MLP: vmapped backward kernels gain nothing over already-large CPU GEMMs).
   With ``cache_graph=True`` the gradient graphs of the first ``max_cached_graphs`` (4) batches are kept
   and reused by every later matvec (one backward per HVP instead of forward + 2 backwards); the graphs of
   further batches are rebuilt on each matvec (and dropped right after), which bounds memory to 4 graphs.
@@ -291,7 +293,10 @@ class HessianOperator(LinearOperator):
         if m == 1:
             return [h[None] for h in one([v[0] for v in vs], False)], w
         err = None
-        if self.batched:
+        # On the CPU a loop of single backwards through the cached graph is faster than one vmapped backward
+        # (measured on the 85k-parameter MLP, batch 512, 1 thread: 1.8 vs 2.9 gradients per vector; vmap's
+        # batched kernels gain nothing over already-large CPU GEMMs); accelerators gain from one launch.
+        if self.batched and self.device.type != "cpu":
             try:
                 return list(one(vs, True)), w
             except RuntimeError as e:
