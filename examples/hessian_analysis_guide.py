@@ -39,7 +39,7 @@ def dense_hessian(model: nn.Module, loss_fn, X: torch.Tensor) -> torch.Tensor:
 
     def f(theta: torch.Tensor) -> torch.Tensor:
         chunks, o = {}, 0
-        for k, s in zip(names, shapes):
+        for k, s in zip(names, shapes, strict=True):
             chunks[k] = theta[o:o + s.numel()].view(s)
             o += s.numel()
         return loss_fn(functional_call(model, chunks, (X.double(),)))
@@ -86,8 +86,9 @@ def main() -> None:
     print(f"min eigenvalue {min_eig:.6g}, max eigenvalue {max_eig:.6g}, trace {trace:.6g}")
     print("Eigenvalues:")
     print("  minimum:", explain_condition_number(min_eig, max_eig))
-    print(f"  maximum {max_eig:.4g}: steepest curvature. Gradient descent on the quadratic model is stable only for "
-          f"learning rates below 2 / max_eig = {2 / max_eig:.4g}; larger max eigenvalues call for smaller rates.")
+    print(f"  maximum {max_eig:.4g}: steepest curvature. Gradient descent on the quadratic model is stable "
+          f"only for learning rates below 2 / max_eig = {2 / max_eig:.4g}; larger max eigenvalues call for "
+          "smaller rates.")
     print(f"Trace {trace:.4g}: the sum of all eigenvalues, an overall 'sharpness'; compare it across models "
           "or training states (it is an estimate: pass return_result=True for its standard error).")
 
@@ -95,8 +96,10 @@ def main() -> None:
     H = dense_hessian(model, loss_fn, X)
     evals = torch.linalg.eigvalsh(H)
     print(f"\nexact (dense float64): min {evals[0]:.6g}, max {evals[-1]:.6g}, trace {torch.trace(H):.6g}")
+    exact_trace = float(torch.trace(H))
     print(f"relative errors: min {abs(min_eig - evals[0]) / abs(evals[0]):.1e}, "
-          f"max {abs(max_eig - evals[-1]) / abs(evals[-1]):.1e}, trace {abs(trace - torch.trace(H)) / abs(torch.trace(H)):.1e}")
+          f"max {abs(max_eig - evals[-1]) / abs(evals[-1]):.1e}, "
+          f"trace {abs(trace - exact_trace) / abs(exact_trace):.1e}")
 
 
 if __name__ == "__main__":

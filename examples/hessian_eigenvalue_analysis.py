@@ -19,7 +19,7 @@ from hessext.hessian.hessian_trace import hessian_trace
 
 
 def layer_shares(model: nn.Module, vec: np.ndarray) -> dict[str, float]:
-    """Fraction of an eigenvector's squared norm in each parameter tensor (the vector is in parameter order)."""
+    """Fraction of an eigenvector's squared norm in each parameter tensor (vector in parameter order)."""
     out, o = {}, 0
     for name, p in model.named_parameters():
         out[name] = float((vec[o:o + p.numel()] ** 2).sum())
@@ -62,7 +62,7 @@ def main() -> None:
     print("\nepoch | min eigenvalue | max eigenvalue | 2/max (largest stable SGD step)")
     for epoch, min_eig, max_eig in eigenvalue_history:
         print(f"{epoch:5d} | {min_eig:14.5g} | {max_eig:14.5g} | {2 / max_eig:.4g}")
-    print(f"(SGD learning rate used: 0.05; steps above 2/max_eig diverge on the local quadratic model)")
+    print("(SGD learning rate used: 0.05; steps above 2/max_eig diverge on the local quadratic model)")
 
     # ----- Batch Processing (the document's code) -----
     # For large datasets, use batched analysis
@@ -89,9 +89,10 @@ def main() -> None:
     print(f"average over {len(results)} batches: min {avg_min_eig:.5g}, max {avg_max_eig:.5g}")
     full = ModelWrapper(model, loss_fn, X)
     f_min, f_max, min_vec, max_vec = min_max_hessian_eigs(full)
-    print(f"full batch: min {f_min:.5g}, max {f_max:.5g}. With equal batch sizes the full-batch Hessian is the "
-          "mean of the per-batch Hessians, and since lambda_max is convex (lambda_min concave): "
-          f"max_full <= avg max ({f_max <= avg_max_eig + 1e-6}), min_full >= avg min ({f_min >= avg_min_eig - 1e-6})")
+    print(f"full batch: min {f_min:.5g}, max {f_max:.5g}. With equal batch sizes the full-batch Hessian is "
+          "the mean of the per-batch Hessians, and since lambda_max is convex (lambda_min concave): "
+          f"max_full <= avg max ({f_max <= avg_max_eig + 1e-6}), "
+          f"min_full >= avg min ({f_min >= avg_min_eig - 1e-6})")
 
     # ----- Eigenvectors: where the extreme curvature lives -----
     for label, vec in (("max", max_vec), ("min", min_vec)):

@@ -39,7 +39,8 @@ def main() -> None:
     trace = hessian_trace(model_wrapper, num_random_vectors=50)
     res = hessian_trace(model_wrapper, num_random_vectors=50, return_result=True)
     print(f"trace estimate {trace:.6g} (XTrace, {res.num_matvecs} HVPs, standard error {res.std_error:.2g})")
-    hutch = hessian_trace(model_wrapper, num_random_vectors=50, method="hutchinson", seed=1, return_result=True)
+    hutch = hessian_trace(model_wrapper, num_random_vectors=50, method="hutchinson", seed=1,
+                          return_result=True)
     print(f"Hutchinson with the same budget: {hutch.estimate:.6g} +- {hutch.std_error:.2g}")
 
     # A loss override for one call (here: the L1 loss of the same output).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def interpret(min_eig: float, max_eig: float) -> str:
-    """A one-paragraph reading of the extreme eigenvalues, as the document's "Interpreting Results" section."""
+    """A one-paragraph reading of the extreme eigenvalues (the document's "Interpreting Results")."""
     if min_eig < 0:
         where = "negative curvature: a saddle point (or a local maximum along some direction)"
     elif min_eig <= 1e-6 * max(abs(max_eig), 1.0):

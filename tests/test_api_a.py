@@ -6,7 +6,6 @@ document is executed (the Quick Start verbatim except for the import prefix).
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
 import random
@@ -77,7 +76,8 @@ def _snapshot(model: nn.Module) -> dict:
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
         "versions": {k: v._version for k, v in list(model.named_parameters()) + list(model.named_buffers())},
-        "grads": {k: (p.grad, None if p.grad is None else p.grad.clone()) for k, p in model.named_parameters()},
+        "grads": {k: (p.grad, None if p.grad is None else p.grad.clone())
+                  for k, p in model.named_parameters()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
         "training": [m.training for m in model.modules()],
         "rng": (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()),
@@ -109,7 +109,7 @@ def _run(src: str, ns: dict) -> str:
     return buf.getvalue()
 
 
-# ----------------------------------------------------------------------------------------------- the document's snippets
+# ------------------------------------------------------------------------------------ the document's snippets
 QUICK_START = '''
 import torch
 import torch.nn as nn
@@ -227,7 +227,7 @@ TRAIN_STEP = '''\
 
 
 def _doc_namespace() -> dict:
-    """What the document's later snippets assume from the Quick Start (model, X, y, loss_fn) + a training setup."""
+    """What the later snippets assume from the Quick Start (model, X, y, loss_fn), plus a training setup."""
     torch.manual_seed(0)
     ns: dict = {}
     _run(QUICK_START.replace("use_cuda=torch.cuda.is_available()", "use_cuda=False"), ns)
@@ -245,8 +245,8 @@ def test_quick_start_verbatim():
     ns: dict = {}
     out = _run(QUICK_START, ns)
     lines = out.strip().splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["Minimum eigenvalue", "Maximum eigenvalue", "Condition number",
-                                                  "Hessian trace estimate"]
+    assert [ln.split(":")[0] for ln in lines] == ["Minimum eigenvalue", "Maximum eigenvalue",
+                                                  "Condition number", "Hessian trace estimate"]
     assert isinstance(ns["min_eig"], float) and isinstance(ns["max_eig"], float)
     assert isinstance(ns["trace"], float)
     H = _mse_hessian(ns["model"], ns["X"], ns["y"])
@@ -262,7 +262,8 @@ def test_workflow_1_model_analysis():
     ns = _doc_namespace()
     loss_before = ns["loss_fn"](ns["model"](ns["X"])).item()
     out = _run(WORKFLOW_1.replace("    # ... training loop ...", TRAIN_STEP), ns)
-    assert "Model sharpness analysis:" in out and "Condition number:" in out and "Loss landscape sharpness" in out
+    for text in ("Model sharpness analysis:", "Condition number:", "Loss landscape sharpness"):
+        assert text in out
     model = ns["model"]
     assert ns["loss_fn"](model(ns["X"])).item() < loss_before     # the filled-in loop trained
     assert not model.training                                      # the snippet's model.eval() is respected
@@ -333,7 +334,7 @@ def test_import_paths_and_top_level():
     assert min_max_hessian_eigs is compat.min_max_hessian_eigs
     assert hessian_trace is compat.hessian_trace
     for name in ("ModelWrapper", "min_max_hessian_eigs", "hessian_trace"):
-        assert getattr(hessext, name) is getattr(compat, name), f"hessext.{name} must be exported at top level"
+        assert getattr(hessext, name) is getattr(compat, name), f"hessext.{name}: export it at top level"
 
 
 def test_model_wrapper_holds_references():
@@ -343,7 +344,8 @@ def test_model_wrapper_holds_references():
     w = ModelWrapper(model, fn, X)
     assert w.model is model and w.X is X and w.loss_fn is fn
     r = repr(w)
-    assert r.startswith("ModelWrapper(") and "Sequential" in r and f"{w.num_parameters:,}" in r and "[8, 4]" in r
+    assert r.startswith("ModelWrapper(") and "Sequential" in r
+    assert f"{w.num_parameters:,}" in r and "[8, 4]" in r
     assert w.num_parameters == sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert w.loss() == pytest.approx(float(loss(model(X), y)), rel=1e-6)
@@ -504,7 +506,7 @@ def test_trace_legacy_form():
         hessian_trace(model, crit, X, y, 20, method="hutchinson")
 
 
-# ----------------------------------------------------------------------------------------------- model-state contract
+# --------------------------------------------------------------------------------------- model-state contract
 class _StatefulNet(nn.Module):
     """BatchNorm (running stats), dropout (RNG), a frozen parameter: everything the contract protects."""
 

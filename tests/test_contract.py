@@ -5,9 +5,9 @@
    ``training`` flag of every submodule, dtype and device — and leaves the global torch / numpy / Python
    ``random`` RNG states untouched. Checked after a successful call and after a call interrupted by an
    exception raised *inside a Hessian-vector product* (``KeyboardInterrupt`` for Ctrl-C,
-   ``RuntimeError("simulated OOM")`` for an out-of-memory error), on a model in train mode (with one
-   submodule in eval mode, so mixed modes must survive) and on one in eval mode, both with Dropout (and the
-   MLP with BatchNorm whose running statistics must not move).
+   ``torch.OutOfMemoryError("simulated OOM")`` for an out-of-memory error that persists on retry), on a
+   model in train mode (with one submodule in eval mode, so mixed modes must survive) and on one in eval
+   mode, both with Dropout (and the MLP with BatchNorm whose running statistics must not move).
 
    Fault injection: the operators cache the gradient graph of a batch, so a model *forward* runs only once
    per batch and cannot be used to interrupt an iteration. Instead a forward hook wraps the model output in
@@ -268,7 +268,8 @@ def _wrapper(m: nn.Module) -> ModelWrapper:
 
 
 def _cfg(**kw: Any) -> HessianConfig:
-    base = dict(n_components=2, n_bottom=1, max_iter=12, trace_probes=4, tolerance=1e-2)
+    base = dict(n_components=2, n_bottom=1, max_iter=6, trace_probes=3, tolerance=1e-2,
+                component_list=["attention", "ffn"])
     base.update(kw)
     return HessianConfig(**base)
 
@@ -325,19 +326,28 @@ ENTRIES: dict[str, Entry] = {
         eval_mode=False, track_component_hessian=False)).analyze_step(
         m, mse, [mlp_data(1), mlp_data(2)], model_type=None, strict=True))),
     "apiB_compute_batch_analysis": Entry("transformer", _quiet(lambda m: HessianAnalyzer(_cfg(
-        track_train_val_landscape_divergence=False)).compute_batch_analysis(
+        track_component_hessian=False)).compute_batch_analysis(
         m, None, [lm_batch(3), lm_batch(5)])), records_errors=True),
     "apiB_component_analyzer": Entry("transformer", _quiet(lambda m: ComponentAnalyzer(
-        tol=1e-2, trace_probes=3, max_iter=8).analyze_all_components(m, None, lm_batch(3), n_components=2))),
+        tol=1e-2, trace_probes=3, max_iter=6).analyze_all_components(m, None, lm_batch(3), n_components=2))),
     "legacy_compute_component_hessians": Entry("transformer", _quiet(lambda m: compute_component_hessians(
         m, None, lm_batch(3), components=["attention", "ffn"], n_components=1))),
     "legacy_get_hessian_eigenvectors": Entry("transformer", lambda m: get_hessian_eigenvectors(
         m, None, [lm_batch(3), lm_batch(4)], num_batches=2, n_top_vectors=2, tol=1e-2)),
+    "legacy_get_hessian_eigenvectors_dataloader": Entry("transformer", lambda m: get_hessian_eigenvectors(
+        m, None, DataLoader([lm_batch(3), lm_batch(4)], batch_size=None), num_batches=2, n_top_vectors=2,
+        tol=1e-2), xfail=_DL_RNG),
+    "apiB_compute_batch_analysis_dataloader": Entry("transformer", _quiet(lambda m: HessianAnalyzer(_cfg(
+        track_component_hessian=False)).compute_batch_analysis(
+        m, None, DataLoader([lm_batch(3), lm_batch(5)], batch_size=None))), records_errors=True,
+        xfail="hessext/analyzer.py: compute_batch_analysis runs list(data_batches) outside any state guard; "
+              "iterating a DataLoader draws its base seed from the global torch RNG. Wrap it in "
+              "rng_state()/restore_rng_state() (hessext/_state.py)"),
     "legacy_gradient_alignment": Entry("transformer", lambda m: compute_hessian_gradient_alignment(
         m, None, lm_batch(3), n_components=2, tol=1e-2)),
     "legacy_train_val_divergence": Entry("transformer", _quiet(
         lambda m: measure_train_val_landscape_divergence(m, None, lm_batch(3), lm_batch(4), n_components=2,
-                                                         max_iter=10, trace_probes=3, tolerance=1e-2))),
+                                                         max_iter=6, trace_probes=3, tolerance=1e-2))),
     # ---------------------------------------------------------------- landscape helpers (evaluate losses)
     "landscape_1d": Entry("mlp", lambda m: loss_landscape_1d(m, mse, mlp_data(), random_direction(m),
                                                              radius=0.5, num_points=5), hides_oom=True),
@@ -392,7 +402,8 @@ def test_state_unchanged_after_success(name: str, mode: str) -> None:
     _EVENTS[(name, mode)] = list(TRIP.events)
 
 
-INTERRUPTS = {"ctrl_c": lambda: KeyboardInterrupt(), "oom": lambda: RuntimeError("simulated OOM")}
+INTERRUPTS = {"ctrl_c": lambda: KeyboardInterrupt(),
+              "oom": lambda: torch.OutOfMemoryError("simulated OOM")}
 
 
 @pytest.mark.parametrize("exc", list(INTERRUPTS))
@@ -453,10 +464,29 @@ def test_landscape_taylor_terms_do_not_hide_an_oom() -> None:
     """An out-of-memory error while computing the slope/curvature of a 1-D slice must surface."""
     model = make_mlp("eval")
     events = _dry_run("landscape_1d", "eval")
-    TRIP.reset(at=events.index("hvp") + 1, exc=RuntimeError("simulated OOM"), persistent=True)
+    TRIP.reset(at=events.index("hvp") + 1, exc=torch.OutOfMemoryError("simulated OOM"), persistent=True)
     try:
         with pytest.raises(RuntimeError, match="simulated OOM"):
             ENTRIES["landscape_1d"].call(model)
+    finally:
+        TRIP.reset()
+
+
+_OOM_TYPE = ("hessext/hvp.py: HessianOperator._apply re-raises every RuntimeError as a plain "
+             "RuntimeError('HVP with mode=... failed'), _ensure_mode treats an OOM in the probe as 'mode does "
+             "not work', and _hvp_double_backward / _hvp_forward_over_reverse treat an OOM in the batched call "
+             "as a batching failure; torch.OutOfMemoryError should propagate unchanged")
+
+
+@pytest.mark.xfail(strict=True, reason=_OOM_TYPE)
+def test_out_of_memory_keeps_its_type() -> None:
+    """A caller that catches ``torch.OutOfMemoryError`` (to retry with a smaller batch) must see that type."""
+    model = make_mlp("eval")
+    events = _dry_run("lanczos_LA", "eval")
+    TRIP.reset(at=_fault_index(events), exc=torch.OutOfMemoryError("simulated OOM"), persistent=True)
+    try:
+        with pytest.raises(torch.OutOfMemoryError, match="simulated OOM"):
+            ENTRIES["lanczos_LA"].call(model)
     finally:
         TRIP.reset()
 

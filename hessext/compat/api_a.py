@@ -4,8 +4,8 @@ This module serves the Hessian API of a loss-landscape package (documented as
 ``oxford_loss_landscapes.model_interface.model_wrapper.ModelWrapper``,
 ``oxford_loss_landscapes.hessian.hessian.min_max_hessian_eigs`` and
 ``oxford_loss_landscapes.hessian.hessian_trace.hessian_trace``): replacing the import prefix
-``oxford_loss_landscapes`` by ``hessext`` is the whole migration. Two call forms are accepted and told apart by
-the type of the first argument:
+``oxford_loss_landscapes`` by ``hessext`` is the whole migration. Two call forms are accepted and told apart
+by the type of the first argument:
 
 * the **documented form** (first argument a :class:`ModelWrapper`)::
 
@@ -89,7 +89,8 @@ def _check_tol(value: Any) -> float:
 
 def _check_loss_fn(loss_fn: Any, name: str = "loss_fn") -> None:
     if not callable(loss_fn):
-        raise TypeError(f"{name} must be callable (model_output -> scalar tensor), got {type(loss_fn).__name__}")
+        raise TypeError(f"{name} must be callable (model_output -> scalar tensor), got "
+                        f"{type(loss_fn).__name__}")
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -113,7 +114,8 @@ def _resolve_device(use_cuda: Any, model: nn.Module) -> Optional[torch.device]:
     if not use_cuda:
         return None
     if not torch.cuda.is_available():
-        warnings.warn("use_cuda=True but CUDA is not available: computing on the CPU", UserWarning, stacklevel=4)
+        warnings.warn("use_cuda=True but CUDA is not available: computing on the CPU", UserWarning,
+                      stacklevel=4)
         return None
     dev = _param_device(model)
     return None if dev.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
@@ -128,8 +130,8 @@ def _check_data_device(data: Any, model: nn.Module, device: Optional[torch.devic
             where = "the model's parameters are on " + str(pdev)
             if device is not None:
                 where += f" (computing on {device})"
-            raise ValueError(f"{name} is on device {t.device} but {where}; move {name} (or the model) so that "
-                             "they are on the same device")
+            raise ValueError(f"{name} is on device {t.device} but {where}; move {name} (or the model) so "
+                             "that they are on the same device")
 
 
 def _vec_to_numpy(v: Tensor) -> np.ndarray:
@@ -166,6 +168,12 @@ class _LossOfOutput(nn.Module):
     def _loss(self, out: Any, *rest: Any) -> Tensor:
         return self.loss_fn(out, *rest)
 
+    def _loss_at_home(self, out: Any, rest: tuple) -> Tensor:
+        """The loss with the output (and targets) moved to the user's device, returned on the output's."""
+        device = out.device if isinstance(out, Tensor) else None
+        loss = self._loss(*map_tensors((out, *rest), lambda t: t.to(self.home)))
+        return loss.to(device) if isinstance(loss, Tensor) and device is not None else loss
+
     def forward(self, batch: Any) -> Tensor:
         if self.kind == "output":
             out, rest = self.model(batch), ()
@@ -174,7 +182,7 @@ class _LossOfOutput(nn.Module):
         if self.home is None or self._move_output is False:
             loss = self._loss(out, *rest)
         elif self._move_output:
-            loss = self._loss(*map_tensors((out, *rest), lambda t: t.to(self.home)))
+            loss = self._loss_at_home(out, rest)
         else:
             try:
                 loss = self._loss(out, *rest)
@@ -183,13 +191,13 @@ class _LossOfOutput(nn.Module):
                 if "device" not in str(e):
                     raise
                 self._move_output = True
-                loss = self._loss(*map_tensors((out, *rest), lambda t: t.to(self.home)))
+                loss = self._loss_at_home(out, rest)
         if not isinstance(loss, Tensor):
             raise TypeError(f"the loss function must return a scalar tensor, got {type(loss).__name__}")
         if loss.numel() != 1:
             what = "loss_fn(model(X))" if self.kind == "output" else "criterion(net(inputs), targets)"
-            raise ValueError(f"{what} must return a scalar, got a tensor of shape {list(loss.shape)} (reduce it, "
-                             "e.g. with .mean() or reduction='mean')")
+            raise ValueError(f"{what} must return a scalar, got a tensor of shape {list(loss.shape)} (reduce "
+                             "it, e.g. with .mean() or reduction='mean')")
         return loss.reshape(())
 
 
@@ -214,9 +222,9 @@ class ModelWrapper:
     """A model, a loss of the model's output and the data, as API A's functions expect them.
 
     The contract (as documented by API A): ``loss_fn(model(X))`` is the scalar loss whose Hessian with respect
-    to the model's trainable parameters is analysed, i.e. ``loss_fn`` takes the **model output only** (targets,
-    if any, are captured by the function, e.g. ``lambda out: nn.MSELoss()(out, y)``) and returns a scalar
-    tensor.
+    to the model's trainable parameters is analysed, i.e. ``loss_fn`` takes the **model output only**
+    (targets, if any, are captured by the function, e.g. ``lambda out: nn.MSELoss()(out, y)``) and returns a
+    scalar tensor.
 
     The wrapper holds references only: it copies nothing and changes nothing about the model (the analysis
     evaluates the model functionally, in eval mode, and restores every flag it touches).
@@ -278,7 +286,7 @@ class ModelWrapper:
         """The Hessian of ``loss_fn(model(X))`` as a :class:`hessext.hvp.HessianOperator`.
 
         ``H = ∇²_θ loss_fn(model(X; θ))`` over the trainable parameters θ ∈ R^n (flattened in
-        ``model.named_parameters()`` order); ``H`` is never formed, ``H @ v`` costs about one or two gradients.
+        ``model.named_parameters()`` order); ``H`` is never formed, ``H @ v`` costs one or two gradients.
 
         Args:
             loss_fn: overrides the wrapper's loss function.
@@ -296,14 +304,14 @@ class ModelWrapper:
         _param_device(self.model)
         dev = None if device is None else torch.device(device)
         _check_data_device(self.X, self.model, dev, "X")
-        return _loss_operator(self.model, _LossOfOutput(self.model, fn, "output"), self.X, params, dtype=dtype,
-                              device=dev, mode=mode)
+        return _loss_operator(self.model, _LossOfOutput(self.model, fn, "output"), self.X, params,
+                              dtype=dtype, device=dev, mode=mode)
 
     def __repr__(self) -> str:
         named = _trainable(self.model)
         n = sum(p.numel() for _, p in named)
-        return (f"ModelWrapper(model={type(self.model).__name__}, trainable_params={n:,} in {len(named)} tensors, "
-                f"loss_fn={_fn_name(self.loss_fn)}, X={_describe(self.X)})")
+        return (f"ModelWrapper(model={type(self.model).__name__}, trainable_params={n:,} in {len(named)} "
+                f"tensors, loss_fn={_fn_name(self.loss_fn)}, X={_describe(self.X)})")
 
 
 # ----------------------------------------------------------------------------------------------- eigenvalues
@@ -334,7 +342,8 @@ def _extreme_eigs(H: HessianOperator, max_iter: int, tol: float, seed: int):
     # Criterion: ‖H v − λ v‖ ≤ tol·max(|λ|, √ε·‖H‖). The floor √ε·‖H‖ only matters for an eigenvalue that is
     # numerically zero at the working precision, whose relative residual is undefined.
     floor = math.sqrt(torch.finfo(H.dtype).eps) * max(abs(lam_min), abs(lam_max))
-    ok = res.converged or ((r_min <= tol * max(abs(lam_min), floor)) and (r_max <= tol * max(abs(lam_max), floor)))
+    ok = res.converged or (r_min <= tol * max(abs(lam_min), floor)
+                           and r_max <= tol * max(abs(lam_max), floor))
     return lam_min, lam_max, vecs[lo], vecs[hi], (r_min, r_max), ok, H.num_matvecs - before
 
 
@@ -342,8 +351,9 @@ def _warn_not_converged(lam_min: float, lam_max: float, residuals: tuple[float, 
                         tol: float, stacklevel: int = 3) -> None:
     rmin = residuals[0] / max(abs(lam_min), 1e-300)
     rmax = residuals[1] / max(abs(lam_max), 1e-300)
-    warnings.warn(f"min_max_hessian_eigs: Lanczos stopped at max_iter={max_iter} before reaching tol={tol:g}; "
-                  f"relative residuals reached: min eigenvalue {rmin:.3g} (‖Hv−λv‖={residuals[0]:.3g}), max "
+    warnings.warn(f"min_max_hessian_eigs: Lanczos stopped at max_iter={max_iter} before reaching "
+                  f"tol={tol:g}; relative residuals reached: min eigenvalue {rmin:.3g} "
+                  f"(‖Hv−λv‖={residuals[0]:.3g}), max "
                   f"eigenvalue {rmax:.3g} (‖Hv−λv‖={residuals[1]:.3g}). Increase max_iter (or tol) for a "
                   "converged result.", RuntimeWarning, stacklevel=stacklevel)
 
@@ -379,8 +389,8 @@ def _min_max_legacy(net: nn.Module, inputs: Any, targets: Any, criterion: Callab
     if not all_params:  # as the original: leave out 0-dim (scalar) parameters
         params = [k for k, p in _trainable(net) if p.dim() >= 1]
         if not params:
-            raise ValueError("all_params=False keeps parameters with at least one dimension, and the model has "
-                             "no trainable parameter of that kind")
+            raise ValueError("all_params=False keeps parameters with at least one dimension, and the model "
+                             "has no trainable parameter of that kind")
     _param_device(net)
     _check_data_device(inputs, net, device, "inputs")
     _check_data_device(targets, net, device, "targets")
@@ -417,28 +427,30 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
                              all_params=True, *, max_iter=100, tol=1e-3, seed=0)
             -> (max_eig, min_eig, max_eigvec, min_eigvec, hvp_count)
 
-    Method: the Hessian ``H = ∇²_θ L(θ)`` is a matrix-free operator (``H v`` by double backward with a cached
-    gradient graph). ONE Lanczos run with full reorthogonalisation builds the Krylov space
-    ``K_m(H, q₁) = span{q₁, H q₁, …, H^{m−1} q₁}`` and reads both ends off the tridiagonal ``T_m = Q_mᵀ H Q_m``:
-    the extreme Ritz values ``θ_min ≥ λ_min`` and ``θ_max ≤ λ_max`` converge first (Kaniel–Paige), so one
-    space serves both (the original ran ``scipy.sparse.linalg.eigsh`` twice, the second time on the shifted
-    operator ``H − λ_max I``, at ``tol=1e-2``; that misses the minimum by percents on typical networks).
+    Method: the Hessian ``H = ∇²_θ L(θ)`` is a matrix-free operator (``H v`` by double backward with a
+    cached gradient graph). ONE Lanczos run with full reorthogonalisation builds the Krylov space
+    ``K_m(H, q₁) = span{q₁, H q₁, …, H^{m−1} q₁}`` and reads both ends off the tridiagonal
+    ``T_m = Q_mᵀ H Q_m``: the extreme Ritz values ``θ_min ≥ λ_min`` and ``θ_max ≤ λ_max`` converge first
+    (Kaniel–Paige), so one space serves both. The original ran ``scipy.sparse.linalg.eigsh`` twice, the
+    second time on the shifted operator ``H − λ_max I``, at ``tol=1e-2``.
 
     Accuracy (``tol``): Lanczos stops when, for both Ritz pairs, the relative residual
     ``‖H v − θ v‖ / |θ| ≤ tol`` (for an eigenvalue numerically zero at the working precision,
     ``|θ| < √ε·‖H‖``, the residual is taken relative to ``√ε·‖H‖`` instead). A residual ``r`` bounds the
-    eigenvalue error by ``r`` (some eigenvalue lies within ``r`` of ``θ``) and, with a gap δ to the rest of the
-    spectrum, by ``r²/δ`` (Kato–Temple). With the default ``tol=1e-3`` this gives ``|θ − λ| ≤ 10⁻³|λ|``
-    outright and typically ``≲ 10⁻⁵|λ|``: on the 85k-parameter MLP benchmark (float32) the errors are ≈ 8e-6
-    (min) and 2e-7 (max) after ≈ 58 Hessian-vector products. If ``max_iter`` Lanczos steps do not reach ``tol``
-    a ``RuntimeWarning`` reports the relative residuals reached (the values returned are then the best
-    Ritz pairs found; their residuals still bound their errors as above).
+    eigenvalue error by ``r`` (some eigenvalue lies within ``r`` of ``θ``) and, with a gap δ to the rest of
+    the spectrum, by ``r²/δ`` (Kato–Temple). With the default ``tol=1e-3`` this gives
+    ``|θ − λ| ≤ 10⁻³|λ|`` outright and typically far less: on the 85k-parameter MLP benchmark (float32,
+    ``benchmarks/bench_api_a.py``) the relative errors are 4.5e-6 (min) and 6e-9 (max) after 53
+    Hessian-vector products, where the original's two ``eigsh`` runs at ``tol=1e-2`` spend 52–62 products
+    and miss by up to 1–2 %. If ``max_iter`` Lanczos steps do not reach ``tol``, a ``RuntimeWarning``
+    reports the relative residuals reached (the values returned are then the best Ritz pairs found; their
+    residuals still bound their errors).
 
     Args (documented form):
         model_wrapper: a :class:`ModelWrapper` (model, ``loss_fn(model_output)``, X).
         loss_fn: overrides the wrapper's loss function for this call.
-        use_cuda: compute on the GPU when CUDA is available (on copies: the model is not moved); without CUDA a
-            ``UserWarning`` is issued and the computation stays on the CPU.
+        use_cuda: compute on the GPU when CUDA is available (on copies: the model is not moved); without
+            CUDA a ``UserWarning`` is issued and the computation stays on the CPU.
         max_iter: maximum number of Lanczos iterations (= Hessian-vector products); capped at n.
         tol: relative residual tolerance (see above).
         seed: seed of the (counter-based) Lanczos start vector; results are reproducible.
@@ -452,8 +464,8 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
         Documented form: ``(min_eig, max_eig, min_eigvec, max_eigvec)``; legacy form: ``(max_eig, min_eig,
         max_eigvec, min_eigvec, hvp_count)``. Eigenvalues are Python floats; eigenvectors flat numpy arrays
         ``(n,)`` of unit norm in the order of ``model.named_parameters()`` (trainable ones), in the
-        parameters' dtype (float32 for a float32 model, as the original; float64 for a float64 model), with the
-        sign fixed so that the largest-magnitude entry is positive. ``hvp_count`` is the number of
+        parameters' dtype (float32 for a float32 model, as the original; float64 for a float64 model), with
+        the sign fixed so that the largest-magnitude entry is positive. ``hvp_count`` is the number of
         Hessian-vector products spent.
 
     Raises:
@@ -492,7 +504,8 @@ def _estimate_trace(H: HessianOperator, budget: int, method: Optional[str], seed
     fn = getattr(_trace, method)
     res = fn(H, budget, seed=int(seed))
     if not math.isfinite(res.estimate):
-        raise RuntimeError(f"the trace estimate is {res.estimate}: the Hessian-vector products are not finite")
+        raise RuntimeError(f"the trace estimate is {res.estimate}: the Hessian-vector products are not "
+                           "finite")
     return res
 
 
@@ -547,20 +560,31 @@ def hessian_trace(*args: Any, **kwargs: Any):
     * ``"xtrace"``: XTrace (Epperly, Tropp, Webber 2024): exchangeable leave-one-out Hutch++ that uses every
       probe both for the low-rank part and for the residual; same rate, smaller constant.
     * ``None``: :data:`DEFAULT_TRACE_METHOD` = ``"xtrace"``, chosen by measurement: the lowest error at equal
-      budget on an MLP, a CNN and a tiny transformer (root-mean-square relative error over 10 seeds against
-      the exact trace of the dense float64 Hessian; n = 1.2k–1.7k parameters, budgets 30 and 100):
+      budget on a small MLP, CNN and transformer (cross-entropy, n = 830–1684), each at initialisation and
+      after 150 Adam steps; root-mean-square relative error over 10 seeds against the exact trace of the
+      dense float64 Hessian (``python benchmarks/bench_api_a.py --trace``; full table in ``docs/api_a.md``):
 
-      ========================  ===========  ==========  ==========
-      model (budget)            hutchinson   hutchpp     xtrace
-      ========================  ===========  ==========  ==========
-      see ``docs/api_a.md``     (filled in by the measurement script ``benchmarks/bench_api_a.py --trace``)
-      ========================  ===========  ==========  ==========
+      ======================  ==========  ==========  ==========
+      budget 100              hutchinson  hutchpp     xtrace
+      ======================  ==========  ==========  ==========
+      MLP init / trained      8.4e-2 /    8.7e-2 /    8.3e-2 /
+                              1.4e-2      1.1e-2      1.2e-2
+      CNN init / trained      1.5e-1 /    1.7e-1 /    9.3e-2 /
+                              2.3e-2      7.1e-3      6.5e-3
+      transformer init /      1.9e-2 /    2.7e-2 /    1.7e-2 /
+      trained                 3.6e-2      7.4e-4      6.3e-4
+      geo. mean, all 12 runs  4.6e-2      3.4e-2      3.2e-2
+      (budgets 30 and 100)
+      ======================  ==========  ==========  ==========
+
+      At budget 30 on freshly initialised networks (flat spectra) Hutchinson is better
+      (``method="hutchinson"``); with a few dominant eigenvalues (trained networks) XTrace wins by up to 57×.
 
     Args (documented form):
         model_wrapper: a :class:`ModelWrapper`.
         loss_fn: overrides the wrapper's loss function for this call.
-        num_random_vectors: matvec budget m (≥ 1; XTrace and Hutch++ need a few, small budgets degrade to
-            what the estimator supports).
+        num_random_vectors: matvec budget m ≥ 1 (the default estimator falls back to Hutchinson for m = 1;
+            an explicit ``method="xtrace"`` needs m ≥ 2, ``"hutchpp"`` m ≥ 3).
         use_cuda: as in :func:`min_max_hessian_eigs`.
         method: ``"hutchinson"``, ``"hutchpp"``, ``"xtrace"`` or None (the default estimator).
         seed: probe seed (counter-based Rademacher probes: same seed, same number on CPU and GPU).
@@ -579,5 +603,5 @@ def hessian_trace(*args: Any, **kwargs: Any):
         return _trace_wrapper(*args, **kwargs)
     if isinstance(first, nn.Module):
         return _trace_legacy(*args, **kwargs)
-    raise TypeError("hessian_trace: the first argument must be a ModelWrapper (documented form) or an nn.Module "
-                    f"(legacy form model, loss_fn, inputs, targets), got {type(first).__name__}")
+    raise TypeError("hessian_trace: the first argument must be a ModelWrapper (documented form) or an "
+                    f"nn.Module (legacy form model, loss_fn, inputs, targets), got {type(first).__name__}")
