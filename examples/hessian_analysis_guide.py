@@ -48,6 +48,7 @@ def dense_hessian(model: nn.Module, loss_fn, X: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
     torch.manual_seed(0)
     X = torch.randn(200, 4)
     y = (X[:, :1] * 0.7 - X[:, 1:2] ** 2 + 0.1 * torch.randn(200, 1))
@@ -77,7 +78,7 @@ def main() -> None:
 
     # Interpret results
     condition_number = max_eig / min_eig if min_eig > 0 else float('inf')
-    print(f"Model sharpness analysis:")
+    print(f"Model sharpness analysis:")  # noqa: F541  (the document's code, verbatim)
     print(f"  Condition number: {condition_number:.2f}")
     print(f"  Loss landscape sharpness: {trace:.4f}")
     # ----- end of Workflow 1 -----

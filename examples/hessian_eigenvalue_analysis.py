@@ -28,6 +28,7 @@ def layer_shares(model: nn.Module, vec: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
     torch.manual_seed(0)
     X = torch.randn(128, 4)
     y = torch.sin(X.sum(1, keepdim=True)) + 0.05 * torch.randn(128, 1)

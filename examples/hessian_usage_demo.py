@@ -18,6 +18,7 @@ from hessext.hessian.hessian_trace import hessian_trace
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 1))
     X = torch.randn(100, 4)

@@ -29,6 +29,9 @@ def interpret(min_eig: float, max_eig: float) -> str:
 
 
 def main() -> None:
+    import torch as _torch
+
+    _torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
     # ----- Quick Start (verbatim, import prefix changed) -----
     import torch
     import torch.nn as nn
