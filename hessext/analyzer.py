@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._io import atomic_write
+from ._state import restore_rng_state, rng_state
 from .alignment import gradient_alignment, sharpness_metrics, train_val_divergence
 from .components import ComponentAnalyzer, ComponentSelector, shared_probe_traces
 from .metrics import HessianMetrics
@@ -316,22 +317,6 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _scalar(v: Any) -> Optional[float]:
     if isinstance(v, bool):
         return float(v)
@@ -552,7 +537,7 @@ class HessianAnalyzer:
         step = results.get("step", 0) if step is None else step
         base = os.path.join(str(cfg.output_dir), f"{cfg.model_name}_step{step}")
         payload = {"config": cfg.to_dict(), **{k: v for k, v in results.items()}}
-        _atomic_write(base + ".json", json.dumps(_json_safe(payload), indent=1, allow_nan=False).encode())
+        atomic_write(base + ".json", json.dumps(_json_safe(payload), indent=1, allow_nan=False).encode())
         arrays: dict[str, np.ndarray] = {}
         hs = results.get("hessian", {})
         for key in ("top_eigenvalues", "bottom_eigenvalues", "residuals"):
@@ -565,7 +550,7 @@ class HessianAnalyzer:
             arrays["top_eigenvectors"] = self.last_eigenvectors.detach().cpu().float().numpy()
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _atomic_write(base + ".npz", buf.getvalue())
+        atomic_write(base + ".npz", buf.getvalue())
         return {"json": base + ".json", "npz": base + ".npz"}
 
     def create_plots(self, save_path: Optional[str] = None) -> list[str]:
@@ -700,7 +685,11 @@ class HessianAnalyzer:
         batches whose analysis produced it. Also ``num_batches`` and ``errors`` (batch index → message).
         Batches are not saved to :attr:`history`.
         """
-        batches = list(data_batches)
+        rng = rng_state()  # iterating a DataLoader draws its base seed from the global torch RNG
+        try:
+            batches = list(data_batches)
+        finally:
+            restore_rng_state(rng)
         if not batches:
             raise ValueError("data_batches is empty")
         per: list[dict[str, float]] = []

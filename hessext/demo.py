@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import atomic_write
+
 __all__ = ["main", "make_task", "MODEL_SIZES"]
 
 #: (d_model, num_heads, num_layers, d_ff) per ``--model-size``.
@@ -236,8 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     payload = {"model_name": model_name, "num_parameters": n_params, "task": f"running sum mod {MODULUS}",
                "args": vars(args), "training": training, "history": history}
     json_path = os.path.join(args.out, f"{model_name}_history.json")
-    with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump(_json_safe(payload), fh, indent=1, allow_nan=False)
+    atomic_write(json_path, json.dumps(_json_safe(payload), indent=1, allow_nan=False))
     report = HessianVisualizer.create_comprehensive_report(
         history=history, training_history=training, save_path=args.out, model_name=model_name,
         formats=formats, dpi=args.dpi, title=f"hessext demo: {model_name} on running sum mod {MODULUS}",

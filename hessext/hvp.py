@@ -59,7 +59,7 @@ from .data import (LossNotFiniteError, check_loss, check_loss_finite, make_batch
                    normalize_data, tensors_of)
 from .layout import ParamLayout
 from .linop import LinearOperator
-from ._state import preserve_model_state
+from ._state import preserve_model_state, restore_rng_state, rng_state
 
 __all__ = ["HessianOperator", "HVP_MODES"]
 
@@ -164,7 +164,12 @@ class HessianOperator(LinearOperator):
         self._buffers: dict[str, Tensor] = {k: conv(b) for k, b in model.named_buffers()}
 
         # data
-        batches = normalize_data(data, num_batches, custom=batch_loss is not None)
+        # Iterating a DataLoader draws its base seed from the global torch RNG: restore it afterwards.
+        rng = rng_state()
+        try:
+            batches = normalize_data(data, num_batches, custom=batch_loss is not None)
+        finally:
+            restore_rng_state(rng)
         if self._convert:
             def conv_in(t: Tensor) -> Tensor:
                 if dtype is not None and t.is_floating_point():

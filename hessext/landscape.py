@@ -179,8 +179,12 @@ class _Evaluator:
                 hd = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
                 dhd = sum((h * v).sum() for h, v in zip(hd, ds) if h is not None)
             return float(gd.detach()), float(dhd.detach()) if isinstance(dhd, Tensor) else 0.0
-        except RuntimeError:
-            return None, None
+        except RuntimeError as e:
+            # Only a missing double backward (an op without a second derivative) makes the Taylor terms
+            # unavailable; anything else (out of memory, a NaN check, an interrupt) is the caller's to see.
+            if "derivative for" in str(e) and "not implemented" in str(e):
+                return None, None
+            raise
 
 
 def _as_flat(direction: Any, layout: ParamLayout, what: str) -> Tensor:

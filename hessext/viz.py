@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ._io import atomic_write
+
 try:  # matplotlib is an optional dependency (extra "plot"); the import error is raised on first use.
     import matplotlib
     from matplotlib.figure import Figure
@@ -1130,8 +1132,7 @@ class HessianVisualizer:
         if save_path is not None:
             os.makedirs(save_path, exist_ok=True)
             path = os.path.join(os.fspath(save_path), f"{_safe_name(model_name)}_analysis_summary.txt")
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            atomic_write(path, text)
         return text
 
     @staticmethod
@@ -1268,13 +1269,11 @@ class HessianVisualizer:
             summary_text += "\nFigures that could not be drawn:\n" + "".join(
                 f"  {k}: {v}\n" for k, v in failures.items())
         summary_path = os.path.join(os.fspath(save_path), f"{_safe_name(model_name)}_analysis_summary.txt")
-        with open(summary_path, "w", encoding="utf-8") as fh:
-            fh.write(summary_text)
+        atomic_write(summary_path, summary_text)
         index_path = os.path.join(os.fspath(save_path), "index.html")
         page = _index_html(title or f"Hessian analysis report: {model_name}", model_name, save_path, figures,
                            captions, summary_source, summary_path, failures)
-        with open(index_path, "w", encoding="utf-8") as fh:
-            fh.write(page)
+        atomic_write(index_path, page)
         return {"figures": figures, "summary": summary_path, "index": index_path, "failures": failures}
 
 

@@ -254,7 +254,6 @@ class Entry:
     model: str                                      # "mlp" or "transformer"
     call: Callable[[nn.Module], Any]
     records_errors: bool = False                    # RuntimeErrors are recorded in the result, not raised
-    hides_oom: bool = False                         # a known violation, tested on its own (strict xfail)
     xfail: Optional[str] = None                     # a known violation of the state contract
 
 
@@ -282,10 +281,6 @@ def _quiet(fn: Callable[[nn.Module], Any]) -> Callable[[nn.Module], Any]:
     return run
 
 
-_DL_RNG = ("hessext/hvp.py: HessianOperator.__init__ iterates a DataLoader (hessext/data.py: normalize_data) "
-           "outside preserve_model_state, and DataLoader.__iter__ draws its base seed from the global torch "
-           "RNG; wrap the normalize_data call in rng_state()/restore_rng_state() from hessext/_state.py")
-
 ENTRIES: dict[str, Entry] = {
     # ---------------------------------------------------------------- engine
     "op_matmat": Entry("mlp", lambda m: _op(m) @ torch.ones(_op(m).n, 3)),
@@ -298,7 +293,7 @@ ENTRIES: dict[str, Entry] = {
     "op_forward_over_reverse": Entry("mlp", lambda m: lanczos(_op(m, mode="forward_over_reverse"), k=2,
                                                               max_iter=6)),
     "op_dataloader_6_batches": Entry("mlp", lambda m: hutchinson(HessianOperator(
-        m, mse, DataLoader(TensorDataset(*mlp_data(n=12)), batch_size=2), num_batches=6), 4), xfail=_DL_RNG),
+        m, mse, DataLoader(TensorDataset(*mlp_data(n=12)), batch_size=2), num_batches=6), 4)),
     "lanczos_LA": Entry("mlp", lambda m: lanczos(_op(m), k=3, max_iter=10)),
     "lanczos_BE_true_residuals": Entry("mlp", lambda m: lanczos(_op(m), k=2, which="BE", max_iter=10,
                                                                 compute_residuals=True)),
@@ -336,13 +331,10 @@ ENTRIES: dict[str, Entry] = {
         m, None, [lm_batch(3), lm_batch(4)], num_batches=2, n_top_vectors=2, tol=1e-2)),
     "legacy_get_hessian_eigenvectors_dataloader": Entry("transformer", lambda m: get_hessian_eigenvectors(
         m, None, DataLoader([lm_batch(3), lm_batch(4)], batch_size=None), num_batches=2, n_top_vectors=2,
-        tol=1e-2), xfail=_DL_RNG),
+        tol=1e-2)),
     "apiB_compute_batch_analysis_dataloader": Entry("transformer", _quiet(lambda m: HessianAnalyzer(_cfg(
         track_component_hessian=False)).compute_batch_analysis(
-        m, None, DataLoader([lm_batch(3), lm_batch(5)], batch_size=None))), records_errors=True,
-        xfail="hessext/analyzer.py: compute_batch_analysis runs list(data_batches) outside any state guard; "
-              "iterating a DataLoader draws its base seed from the global torch RNG. Wrap it in "
-              "rng_state()/restore_rng_state() (hessext/_state.py)"),
+        m, None, DataLoader([lm_batch(3), lm_batch(5)], batch_size=None))), records_errors=True),
     "legacy_gradient_alignment": Entry("transformer", lambda m: compute_hessian_gradient_alignment(
         m, None, lm_batch(3), n_components=2, tol=1e-2)),
     "legacy_train_val_divergence": Entry("transformer", _quiet(
@@ -350,7 +342,7 @@ ENTRIES: dict[str, Entry] = {
                                                          max_iter=6, trace_probes=3, tolerance=1e-2))),
     # ---------------------------------------------------------------- landscape helpers (evaluate losses)
     "landscape_1d": Entry("mlp", lambda m: loss_landscape_1d(m, mse, mlp_data(), random_direction(m),
-                                                             radius=0.5, num_points=5), hides_oom=True),
+                                                             radius=0.5, num_points=5)),
     "landscape_2d": Entry("mlp", lambda m: loss_landscape_2d(
         m, mse, mlp_data(), [random_direction(m, seed=1), random_direction(m, seed=2)], num_points=3)),
     "landscape_random_direction": Entry("mlp", lambda m: random_direction(m, seed=5)),
@@ -432,16 +424,14 @@ def test_state_unchanged_after_interrupt(name: str, mode: str, exc: str) -> None
         raised = True
     else:
         raised = False
-        assert exc == "oom" and (entry.records_errors or entry.hides_oom), \
-            f"{name} swallowed the {type(error).__name__}"
-        if entry.records_errors:
-            assert "simulated OOM" in str(result.get("error", result.get("errors"))), \
-                "the failure must be recorded in the result"
+        assert exc == "oom" and entry.records_errors, f"{name} swallowed the {type(error).__name__}"
+        assert "simulated OOM" in str(result.get("error", result.get("errors"))), \
+            "the failure must be recorded in the result"
     finally:
         fired = TRIP.fired
         TRIP.reset()
     assert fired, "the tripwire did not fire: the fault was not injected"
-    assert raised or entry.records_errors or entry.hides_oom
+    assert raised or entry.records_errors
     assert_unchanged(model, snap)
 
 
@@ -454,12 +444,6 @@ def test_fault_is_injected_inside_the_iteration() -> None:
     assert _fault_index(events) > 3
 
 
-_LANDSCAPE_OOM = ("hessext/landscape.py: _Evaluator.slope_and_curvature catches every RuntimeError "
-                  "(out-of-memory included) and returns (None, None); catch only the errors of ops without a "
-                  "double backward, or warn")
-
-
-@pytest.mark.xfail(strict=True, reason=_LANDSCAPE_OOM)
 def test_landscape_taylor_terms_do_not_hide_an_oom() -> None:
     """An out-of-memory error while computing the slope/curvature of a 1-D slice must surface."""
     model = make_mlp("eval")
@@ -473,9 +457,9 @@ def test_landscape_taylor_terms_do_not_hide_an_oom() -> None:
 
 
 _OOM_TYPE = ("hessext/hvp.py: HessianOperator._apply re-raises every RuntimeError as a plain "
-             "RuntimeError('HVP with mode=... failed'), _ensure_mode treats an OOM in the probe as 'mode does "
-             "not work', and _hvp_double_backward / _hvp_forward_over_reverse treat an OOM in the batched call "
-             "as a batching failure; torch.OutOfMemoryError should propagate unchanged")
+             "RuntimeError('HVP with mode=... failed'), _ensure_mode treats an OOM in the probe as 'mode "
+             "does not work', and _hvp_double_backward / _hvp_forward_over_reverse treat an OOM in the "
+             "batched call as a batching failure; torch.OutOfMemoryError should propagate unchanged")
 
 
 @pytest.mark.xfail(strict=True, reason=_OOM_TYPE)
@@ -736,11 +720,10 @@ BAD_INPUTS: dict[str, tuple[type, str, Callable[[], Any]]] = {
 }
 
 _XFAIL_BAD = {
-    "empty_batch_apiA": "hessext/compat/api_a.py: _loss_operator passes a custom batch_loss, so "
-                        "normalize_data skips its empty-batch check, and an empty X surfaces as 'loss is nan "
-                        "on batch 0'",
-    "empty_batch_apiA_legacy": "hessext/compat/api_a.py: _trace_legacy/_min_max_legacy do not check for 0 "
-                               "samples; an empty batch surfaces as 'loss is nan on batch 0'",
+    "empty_batch_apiA": "hessext/compat/api_a.py: _loss_operator's empty-batch message ('the data has 0 "
+                        "samples (inputs of shape ...)') does not name the argument X of the documented "
+                        "form; ModelWrapper.operator (or _loss_operator given the name) should say 'X has 0 "
+                        "samples'",
 }
 
 
@@ -954,9 +937,6 @@ def test_output_dir_is_never_cleared(tmp_path: Any) -> None:
     assert {"model_step1.json", "model_step1.npz", "model_step2.json", "model_step2.npz"} <= names
 
 
-@pytest.mark.xfail(strict=True, reason="hessext/viz.py: HessianVisualizer.save_analysis_summary and "
-                                       "create_comprehensive_report write the summary/index with a plain "
-                                       "open(path, 'w'), not a temporary file + os.replace")
 def test_reports_are_written_atomically(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from hessext.viz import HessianVisualizer
 
@@ -966,3 +946,8 @@ def test_reports_are_written_atomically(tmp_path: Any, monkeypatch: pytest.Monke
     monkeypatch.setattr(os, "replace", lambda s, d: (replaced.append(os.fspath(d)), real_replace(s, d)))
     HessianVisualizer.save_analysis_summary(res, save_path=str(tmp_path))
     assert [os.path.basename(p) for p in replaced] == ["model_analysis_summary.txt"]
+    replaced.clear()
+    report = tmp_path / "report"
+    HessianVisualizer.create_comprehensive_report(history={1: res}, save_path=str(report))
+    assert {"model_analysis_summary.txt", "index.html"} <= {os.path.basename(p) for p in replaced}
+    assert not [f for f in os.listdir(report) if f.startswith(".tmp")]

@@ -208,6 +208,10 @@ def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
     if device is not None and device != _param_device(model):
         loss_module.home = _param_device(model)
     names = None if params is None else ["model." + k for k in params]
+    first = next((t for t in tensors_of(batch) if t.dim() > 0), None)
+    if first is not None and first.shape[0] == 0:
+        raise ValueError(f"the data has 0 samples (inputs of shape {tuple(first.shape)}); the Hessian of a loss "
+                         "over an empty batch is undefined")
 
     def batch_loss(model_call: Callable[..., Any], b: Any) -> tuple[Tensor, float]:
         return model_call(b), 1.0
