@@ -304,6 +304,8 @@ class HessianOperator(LinearOperator):
         if self.batched and self.device.type != "cpu":
             try:
                 return list(one(vs, True)), w
+            except torch.OutOfMemoryError:
+                raise
             except RuntimeError as e:
                 err = e
         cols = [one([v[j] for v in vs], False) for j in range(m)]
@@ -331,6 +333,8 @@ class HessianOperator(LinearOperator):
             try:
                 out = torch.func.vmap(one, randomness="same")(dict(zip(names, Vs)))
                 return [out[k] for k in names], self._weights[i]
+            except torch.OutOfMemoryError:
+                raise
             except RuntimeError as e:
                 err = e
         cols = [one({k: v[j] for k, v in zip(names, Vs)}) for j in range(m)]
@@ -366,7 +370,7 @@ class HessianOperator(LinearOperator):
         for mode in ("double_backward", "forward_over_reverse"):
             try:
                 self._batch_hvp(mode, 0, probe, use_cache=True)
-            except (LossNotFiniteError, ValueError, TypeError):
+            except (LossNotFiniteError, ValueError, TypeError, torch.OutOfMemoryError):
                 raise
             except (RuntimeError, NotImplementedError) as e:
                 errors[mode] = e
@@ -410,8 +414,8 @@ class HessianOperator(LinearOperator):
         for i in batches:
             try:
                 hv, w = self._batch_hvp(mode, i, Vs, use_cache)
-            except (LossNotFiniteError, ValueError, TypeError):
-                raise
+            except (LossNotFiniteError, ValueError, TypeError, torch.OutOfMemoryError):
+                raise   # an out-of-memory error keeps its type: callers catch it to retry smaller
             except (RuntimeError, NotImplementedError) as e:
                 raise RuntimeError(f"HVP with mode={mode!r} failed on batch {i}: {type(e).__name__}: {e}. "
                                    "Try another mode= ('double_backward' or 'forward_over_reverse').") from e

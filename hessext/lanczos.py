@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -64,6 +65,25 @@ def _work_dtype(op: LinearOperator) -> torch.dtype:
     if op.dtype.is_complex:
         raise TypeError(f"complex operators are not supported, got dtype {op.dtype}")
     return torch.float32
+
+
+#: Relative residuals below this many machine epsilons of the working dtype are rounding noise: a matvec
+#: carries errors of order ε‖A‖, so a smaller ``tol`` can be "met" by the Lanczos estimate without meaning it.
+TOL_EPS_FLOOR = 4.0
+
+
+def _warn_tol_beyond_precision(tol: float, dtype: torch.dtype) -> None:
+    """Warn when ``tol`` asks for more than ``dtype`` can verify, and say how to compute in float64."""
+    eps = float(torch.finfo(dtype).eps)
+    if tol >= TOL_EPS_FLOOR * eps:
+        return
+    how = ("compute in float64 instead: HessianOperator(..., dtype=torch.float64), float64=True in "
+           "min_max_hessian_eigs / hessian_trace, or HessianConfig(dtype=torch.float64)"
+           if dtype != torch.float64 else "no wider dtype is available; use tol >= "
+           f"{TOL_EPS_FLOOR * eps:.1e}")
+    warnings.warn(f"tol={tol:g} is below what {str(dtype).replace('torch.', '')} arithmetic can verify "
+                  f"(relative residuals under {TOL_EPS_FLOOR:g}·eps = {TOL_EPS_FLOOR * eps:.1e} are rounding "
+                  f"noise, so 'converged' would not mean what it says); {how}", UserWarning, stacklevel=4)
 
 
 def default_max_iter(n: int, k: int) -> int:
@@ -205,6 +225,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
         check_every = _check_int("check_every", check_every, 1)
     dtype, device = _work_dtype(op), op.device
     eps = float(torch.finfo(dtype).eps)
+    _warn_tol_beyond_precision(tol, dtype)
     btol = eps ** (2.0 / 3.0)
     # Eigenvalues below sqrt(eps)·‖T‖ cannot be resolved relative to themselves in this precision (a matvec
     # carries errors of order eps·‖A‖): the relative residual of such a pair is measured against
@@ -394,7 +415,9 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
             default ``min(n, max(4k, 2k + 60))``; values above ``n`` are clamped to ``n``; must be ``≥ k``.
         tol: relative tolerance: stop when every wanted Ritz pair has
             ``|β_j s_{j,i}| / max(|θ_i|, √ε‖T‖) < tol`` (ε of the working dtype, ‖T‖ the tridiagonal's norm;
-            the √ε floor lets eigenvalues that are zero to working precision converge).
+            the √ε floor lets eigenvalues that are zero to working precision converge). A ``tol`` below
+            ``4ε`` cannot be verified in the working dtype and draws a ``UserWarning`` that says how to
+            compute in float64.
         seed: start vector ``q_0 = z / √n`` with ``z = hessext.ops.rademacher(n, seed=seed)`` (counter-based
             ±1, identical on every backend); restarts use the same seed at counter offsets ``r·n``.
         v0: optional start vector ``[n]`` (normalised here) instead of the seeded one.

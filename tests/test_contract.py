@@ -456,13 +456,6 @@ def test_landscape_taylor_terms_do_not_hide_an_oom() -> None:
         TRIP.reset()
 
 
-_OOM_TYPE = ("hessext/hvp.py: HessianOperator._apply re-raises every RuntimeError as a plain "
-             "RuntimeError('HVP with mode=... failed'), _ensure_mode treats an OOM in the probe as 'mode "
-             "does not work', and _hvp_double_backward / _hvp_forward_over_reverse treat an OOM in the "
-             "batched call as a batching failure; torch.OutOfMemoryError should propagate unchanged")
-
-
-@pytest.mark.xfail(strict=True, reason=_OOM_TYPE)
 def test_out_of_memory_keeps_its_type() -> None:
     """A caller that catches ``torch.OutOfMemoryError`` (to retry with a smaller batch) must see that type."""
     model = make_mlp("eval")
@@ -719,12 +712,7 @@ BAD_INPUTS: dict[str, tuple[type, str, Callable[[], Any]]] = {
                                lambda: HessianOperator(_IntParam(), mse, (X0, Y0), params=["counts"])),
 }
 
-_XFAIL_BAD = {
-    "empty_batch_apiA": "hessext/compat/api_a.py: _loss_operator's empty-batch message ('the data has 0 "
-                        "samples (inputs of shape ...)') does not name the argument X of the documented "
-                        "form; ModelWrapper.operator (or _loss_operator given the name) should say 'X has 0 "
-                        "samples'",
-}
+_XFAIL_BAD: dict[str, str] = {}   # known violations (strict xfail) go here, with the fix they need
 
 
 @pytest.mark.parametrize("name", [
@@ -857,19 +845,31 @@ def _float32_operator() -> HessianOperator:
     return HessianOperator(_mlp(), mse, (X0, Y0))
 
 
-@pytest.mark.xfail(strict=True, reason="hessext/lanczos.py: lanczos/_run accept tol below what float32 can "
-                                       "verify (tol=1e-9 reports converged=True with residual estimates "
-                                       "~1e-11) and never warn or suggest float64")
 def test_float32_tolerance_beyond_reach_warns() -> None:
     with pytest.warns(UserWarning, match=r"float64"):
         lanczos(_float32_operator(), k=2, tol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="hessext/compat/api_a.py: min_max_hessian_eigs does not warn that "
-                                       "tol=1e-9 is beyond float32 nor suggest float64")
 def test_float32_tolerance_beyond_reach_warns_api_a() -> None:
     with pytest.warns(UserWarning, match=r"float64"):
         min_max_hessian_eigs(ModelWrapper(_mlp(), lambda o: mse(o, Y0), X0), tol=1e-9)
+
+
+def test_float64_reaches_the_tolerance_float32_cannot() -> None:
+    """``float64=True`` (API A) computes in float64 without touching the model: no warning, and the extremes
+    agree with the dense float64 Hessian to the requested tolerance."""
+    model = _mlp()
+    w = ModelWrapper(model, lambda o: mse(o, Y0), X0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        lo, hi, vlo, vhi = min_max_hessian_eigs(w, tol=1e-9, float64=True)
+        lanczos(_float32_operator(), k=2, tol=1e-3)            # a reachable tol draws no warning
+    dense = HessianOperator(model, mse, (X0, Y0), dtype=torch.float64).to_dense()
+    ev = torch.linalg.eigvalsh(dense)
+    assert lo == pytest.approx(float(ev[0]), rel=1e-8, abs=1e-10)
+    assert hi == pytest.approx(float(ev[-1]), rel=1e-8)
+    assert vhi.dtype == np.float64
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 # ============================================================================================ saved data

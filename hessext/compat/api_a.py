@@ -81,6 +81,11 @@ def _check_pos_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _compute_dtype(float64: Any) -> Optional[torch.dtype]:
+    """``float64=True``: compute in float64 on the operator's copies (the model keeps its dtype)."""
+    return torch.float64 if _check_bool(float64, "float64") else None
+
+
 def _check_tol(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 < float(value) < 1.0):
         raise ValueError(f"tol must be a float in (0, 1), got {value!r}")
@@ -210,8 +215,9 @@ def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
     names = None if params is None else ["model." + k for k in params]
     first = next((t for t in tensors_of(batch) if t.dim() > 0), None)
     if first is not None and first.shape[0] == 0:
-        raise ValueError(f"the data has 0 samples (inputs of shape {tuple(first.shape)}); the Hessian of a loss "
-                         "over an empty batch is undefined")
+        arg = "X" if loss_module.kind == "output" else "inputs"
+        raise ValueError(f"{arg} has 0 samples (a tensor of shape {tuple(first.shape)} in the batch); the Hessian "
+                         "of a loss over an empty batch is undefined")
 
     def batch_loss(model_call: Callable[..., Any], b: Any) -> tuple[Tensor, float]:
         return model_call(b), 1.0
@@ -364,13 +370,13 @@ def _warn_not_converged(lam_min: float, lam_max: float, residuals: tuple[float, 
 
 def _min_max_wrapper(model_wrapper: ModelWrapper, loss_fn: Optional[Callable[[Any], Tensor]] = None,
                      use_cuda: bool = False, max_iter: int = 100, tol: float = 1e-3, *,
-                     seed: int = 0) -> tuple[float, float, np.ndarray, np.ndarray]:
+                     seed: int = 0, float64: bool = False) -> tuple[float, float, np.ndarray, np.ndarray]:
     if loss_fn is not None:
         _check_loss_fn(loss_fn)
     max_iter = _check_pos_int(max_iter, "max_iter")
     tol = _check_tol(tol)
     device = _resolve_device(use_cuda, model_wrapper.model)
-    H = model_wrapper.operator(loss_fn, device=device)
+    H = model_wrapper.operator(loss_fn, device=device, dtype=_compute_dtype(float64))
     lam_min, lam_max, v_min, v_max, resid, ok, _ = _extreme_eigs(H, max_iter, tol, seed)
     if not ok:
         _warn_not_converged(lam_min, lam_max, resid, max_iter, tol, stacklevel=4)
@@ -379,8 +385,8 @@ def _min_max_wrapper(model_wrapper: ModelWrapper, loss_fn: Optional[Callable[[An
 
 def _min_max_legacy(net: nn.Module, inputs: Any, targets: Any, criterion: Callable[[Any, Any], Tensor],
                     rank: int = 0, use_cuda: bool = False, verbose: bool = False, all_params: bool = True, *,
-                    max_iter: int = 100, tol: float = 1e-3,
-                    seed: int = 0) -> tuple[float, float, np.ndarray, np.ndarray, int]:
+                    max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
+                    float64: bool = False) -> tuple[float, float, np.ndarray, np.ndarray, int]:
     _check_loss_fn(criterion, "criterion")
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 0:
         raise ValueError(f"rank must be a non-negative int, got {rank!r}")
@@ -398,7 +404,8 @@ def _min_max_legacy(net: nn.Module, inputs: Any, targets: Any, criterion: Callab
     _param_device(net)
     _check_data_device(inputs, net, device, "inputs")
     _check_data_device(targets, net, device, "targets")
-    H = _loss_operator(net, _LossOfOutput(net, criterion, "pair"), (inputs, targets), params, device=device)
+    H = _loss_operator(net, _LossOfOutput(net, criterion, "pair"), (inputs, targets), params, device=device,
+                       dtype=_compute_dtype(float64))
     lam_min, lam_max, v_min, v_max, resid, ok, count = _extreme_eigs(H, max_iter, tol, seed)
     if not ok:
         _warn_not_converged(lam_min, lam_max, resid, max_iter, tol, stacklevel=4)
@@ -422,13 +429,14 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
 
     **Documented form** (first argument a :class:`ModelWrapper`)::
 
-        min_max_hessian_eigs(model_wrapper, loss_fn=None, use_cuda=False, max_iter=100, tol=1e-3, *, seed=0)
+        min_max_hessian_eigs(model_wrapper, loss_fn=None, use_cuda=False, max_iter=100, tol=1e-3, *, seed=0,
+                             float64=False)
             -> (min_eig, max_eig, min_eigvec, max_eigvec)
 
     **Legacy form** (first argument an ``nn.Module``; compatibility with the package's actual code)::
 
         min_max_hessian_eigs(net, inputs, targets, criterion, rank=0, use_cuda=False, verbose=False,
-                             all_params=True, *, max_iter=100, tol=1e-3, seed=0)
+                             all_params=True, *, max_iter=100, tol=1e-3, seed=0, float64=False)
             -> (max_eig, min_eig, max_eigvec, min_eigvec, hvp_count)
 
     Method: the Hessian ``H = ∇²_θ L(θ)`` is a matrix-free operator (``H v`` by double backward with a
@@ -458,6 +466,8 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
         max_iter: maximum number of Lanczos iterations (= Hessian-vector products); capped at n.
         tol: relative residual tolerance (see above).
         seed: seed of the (counter-based) Lanczos start vector; results are reproducible.
+        float64: compute in float64 (on the operator's copies of the parameters; the model keeps its dtype).
+            Needed for ``tol`` below ~5e-7, which float32 cannot verify (a ``UserWarning`` says so).
 
     Args (legacy form):
         net: the model. inputs, targets: one batch; the loss is ``criterion(net(inputs), targets)``.
@@ -515,20 +525,20 @@ def _estimate_trace(H: HessianOperator, budget: int, method: Optional[str], seed
 
 def _trace_wrapper(model_wrapper: ModelWrapper, loss_fn: Optional[Callable[[Any], Tensor]] = None,
                    num_random_vectors: int = 100, use_cuda: bool = False, *, method: Optional[str] = None,
-                   seed: int = 0, return_result: bool = False):
+                   seed: int = 0, return_result: bool = False, float64: bool = False):
     if loss_fn is not None:
         _check_loss_fn(loss_fn)
     budget = _check_pos_int(num_random_vectors, "num_random_vectors")
     return_result = _check_bool(return_result, "return_result")
     device = _resolve_device(use_cuda, model_wrapper.model)
-    H = model_wrapper.operator(loss_fn, device=device)
+    H = model_wrapper.operator(loss_fn, device=device, dtype=_compute_dtype(float64))
     res = _estimate_trace(H, budget, method, seed)
     return res if return_result else float(res.estimate)
 
 
 def _trace_legacy(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], inputs: Any, targets: Any,
                   num_random_vectors: int = 10, *, use_cuda: bool = False, method: Optional[str] = None,
-                  seed: int = 0, return_result: bool = False):
+                  seed: int = 0, return_result: bool = False, float64: bool = False):
     _check_loss_fn(loss_fn)
     budget = _check_pos_int(num_random_vectors, "num_random_vectors")
     return_result = _check_bool(return_result, "return_result")
@@ -536,7 +546,8 @@ def _trace_legacy(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], input
     _param_device(model)
     _check_data_device(inputs, model, device, "inputs")
     _check_data_device(targets, model, device, "targets")
-    H = _loss_operator(model, _LossOfOutput(model, loss_fn, "pair"), (inputs, targets), device=device)
+    H = _loss_operator(model, _LossOfOutput(model, loss_fn, "pair"), (inputs, targets), device=device,
+                       dtype=_compute_dtype(float64))
     res = _estimate_trace(H, budget, method, seed)
     return res if return_result else float(res.estimate)
 
@@ -547,12 +558,13 @@ def hessian_trace(*args: Any, **kwargs: Any):
     **Documented form** (first argument a :class:`ModelWrapper`)::
 
         hessian_trace(model_wrapper, loss_fn=None, num_random_vectors=100, use_cuda=False, *, method=None,
-                      seed=0, return_result=False) -> float   (or TraceResult)
+                      seed=0, return_result=False, float64=False) -> float   (or TraceResult)
 
     **Legacy form** (first argument an ``nn.Module``; compatibility with the package's actual code)::
 
         hessian_trace(model, loss_fn, inputs, targets, num_random_vectors=10, *, use_cuda=False, method=None,
-                      seed=0, return_result=False) -> float   (loss = loss_fn(model(inputs), targets))
+                      seed=0, return_result=False, float64=False) -> float
+                      (loss = loss_fn(model(inputs), targets))
 
     ``num_random_vectors`` is the **matvec budget** m (the number of Hessian-vector products), whatever the
     estimator. Estimators (``method``):
@@ -594,6 +606,7 @@ def hessian_trace(*args: Any, **kwargs: Any):
         seed: probe seed (counter-based Rademacher probes: same seed, same number on CPU and GPU).
         return_result: return the :class:`hessext.results.TraceResult` (estimate, ``std_error``,
             ``num_matvecs``, ``method``) instead of a float.
+        float64: compute in float64 (on the operator's copies; the model keeps its dtype).
 
     Returns:
         The trace estimate as a Python float, or the ``TraceResult`` with ``return_result=True``.
