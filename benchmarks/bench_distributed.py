@@ -4,10 +4,13 @@ Protocol (each process pinned to one thread; the same model and the same 4 batch
 
 1. Correctness first: the 2-rank product equals the 1-process product on the same vector (printed).
 2. 1 process, all 4 batches: median wall time of one ``H v`` (gradient graphs cached, as in Lanczos).
-3. 2 processes, 2 batches each (``DistributedHessianOperator``): median wall time of one ``H v``, and the
-   part of it spent inside the all-reduce (which includes waiting for the slower rank).
+3. 2 processes, 2 batches each (``DistributedHessianOperator``): median wall time of one ``H v``, split
+   into the local HVP work on the shard (slowest rank), the time inside the all-reduce call, and within
+   that the pure transfer (item 4) and the rest, which is waiting for the slower rank (load imbalance or,
+   on a shared machine, a rank descheduled by other work).
 4. The all-reduce alone on ``n + 2`` floats after a barrier (pure communication), and for a ladder of sizes.
 5. One gradient evaluation on all the data, to express HVP time in units of one gradient.
+6. One Lanczos step (HVP + all-reduce + full reorthogonalisation), from a 30-step run, on 1 and 2 processes.
 
 Cost model of one Lanczos step on ``p`` ranks: ``T_hvp(N/p) + T_allreduce(n) + T_reorth(n, k)``. The HVP
 part shrinks as 1/p, the all-reduce of n floats is (for a ring) ~2n floats sent per rank whatever p, and
@@ -63,6 +66,24 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
+LANCZOS_STEPS = 30
+
+
+def _lanczos_step(H) -> float:
+    """Seconds per step of a Lanczos run of at most 30 steps (k = 1, tol = 1e-6): elapsed time divided by
+    the matvecs actually taken. Every rank runs the same steps (same bits), so the step count agrees."""
+    import warnings
+
+    from hessext.lanczos import lanczos
+
+    m0 = H.num_matvecs
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lanczos(H, k=1, which="LA", max_iter=LANCZOS_STEPS, tol=1e-6, seed=0)
+    return (time.perf_counter() - t0) / max(1, H.num_matvecs - m0)
+
+
 def single_process(hidden: int, batch: int, reps: int) -> dict:
     from hessext.hvp import HessianOperator
 
@@ -79,7 +100,8 @@ def single_process(hidden: int, batch: int, reps: int) -> dict:
             torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
 
     t_grad = _median_time(grad, reps)
-    return {"n": H.n, "t_hvp": t_hvp, "t_grad": t_grad, "Hv": H.matvec(v)}
+    t_step = _lanczos_step(H)
+    return {"n": H.n, "t_hvp": t_hvp, "t_grad": t_grad, "t_step": t_step, "Hv": H.matvec(v)}
 
 
 def _worker(rank: int, port: int, hidden: int, batch: int, reps: int, out: str) -> None:
@@ -103,7 +125,7 @@ def _worker(rank: int, port: int, hidden: int, batch: int, reps: int, out: str) 
     H = Timed(model, nn.CrossEntropyLoss(), shard(make_data(batch), rank, 2))
     v = torch.randn(H.n, generator=torch.Generator().manual_seed(2))
     Hv = H.matvec(v)  # warm-up, and the correctness check
-    ts, cs = [], []
+    ts, cs, ls = [], [], []
     for _ in range(reps):
         dist.barrier()
         comm["t"] = 0.0
@@ -111,6 +133,9 @@ def _worker(rank: int, port: int, hidden: int, batch: int, reps: int, out: str) 
         H.matvec(v)
         ts.append(time.perf_counter() - t0)
         cs.append(comm["t"])
+        ls.append(ts[-1] - cs[-1])
+    dist.barrier()
+    t_step = _lanczos_step(H)
     # the all-reduce alone, ranks aligned by a barrier
     sizes = sorted({H.n + 2, 10_000, 100_000, 1_000_000})
     alone = {}
@@ -124,8 +149,9 @@ def _worker(rank: int, port: int, hidden: int, batch: int, reps: int, out: str) 
             dist.all_reduce(buf)
             tt.append(time.perf_counter() - t0)
         alone[size] = statistics.median(tt)
-    torch.save({"t_hvp": statistics.median(ts), "t_comm": statistics.median(cs), "alone": alone, "Hv": Hv,
-                "n": H.n}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({"t_hvp": statistics.median(ts), "t_comm": statistics.median(cs),
+                "t_local": statistics.median(ls), "t_step": t_step, "alone": alone, "Hv": Hv, "n": H.n},
+               os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -154,6 +180,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results as JSON to this path")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()
     one = single_process(args.hidden, args.batch, args.reps)
     two = two_processes(args.hidden, args.batch, args.reps)
     n = one["n"]
@@ -162,6 +189,10 @@ def main() -> None:
     t2 = max(r["t_hvp"] for r in two)
     c2 = max(r["t_comm"] for r in two)
     alone = {k: max(r["alone"][k] for r in two) for k in two[0]["alone"]}
+    local2 = max(r["t_local"] for r in two)          # the slower rank's HVP work on its shard
+    pure = alone[n + 2]                                 # the transfer itself
+    wait = max(0.0, c2 - pure)                          # the rest of the time in the call: waiting
+    step1, step2 = one["t_step"], max(r["t_step"] for r in two)
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -173,14 +204,20 @@ def main() -> None:
           f"torch {torch.__version__}, commit {commit}")
     print(f"MLP 64-{args.hidden}-{args.hidden}-10, n = {n} parameters, "
           f"{NUM_BATCHES} batches x {args.batch} samples")
+    print(f"load average before the run: {load_before[0]:.2f} (1 min) on {os.cpu_count()} cores; "
+          "above the core count the two ranks compete with other work and the wait column grows")
     print(f"check: ||Hv(2 ranks) - Hv(1 process)|| / ||Hv|| = {err:.2e}; "
           f"bitwise equal on both ranks: {bitwise}\n")
-    print("| processes | time per HVP (ms) | in all-reduce (ms) | all-reduce share | speed-up "
-          "| HVP / gradient |")
-    print("|---|---|---|---|---|---|")
-    print(f"| 1 | {1e3 * one['t_hvp']:.2f} | 0 | 0% | 1.00 | {one['t_hvp'] / one['t_grad']:.2f} |")
-    print(f"| 2 | {1e3 * t2:.2f} | {1e3 * c2:.2f} | {100 * c2 / t2:.0f}% | {one['t_hvp'] / t2:.2f} | "
-          f"{t2 / one['t_grad']:.2f} |")
+    print("| processes | time per HVP (ms) | local HVP work (ms) | in all-reduce call (ms) "
+          "| of which transfer (ms) | of which waiting (ms) | all-reduce share (transfer) | speed-up "
+          "| HVP / gradient | one Lanczos step (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| 1 | {1e3 * one['t_hvp']:.2f} | {1e3 * one['t_hvp']:.2f} | 0 | 0 | 0 | 0% | 1.00 | "
+          f"{one['t_hvp'] / one['t_grad']:.2f} | {1e3 * step1:.2f} |")
+    print(f"| 2 | {1e3 * t2:.2f} | {1e3 * local2:.2f} | {1e3 * c2:.2f} | {1e3 * pure:.2f} "
+          f"| {1e3 * wait:.2f} | "
+          f"{100 * c2 / t2:.0f}% ({100 * pure / t2:.0f}%) | {one['t_hvp'] / t2:.2f} | "
+          f"{t2 / one['t_grad']:.2f} | {1e3 * step2:.2f} |")
     print("\nall-reduce alone (2 ranks, after a barrier):\n")
     print("| floats | time (ms) | GB/s (payload) |")
     print("|---|---|---|")
@@ -195,6 +232,9 @@ def main() -> None:
             json.dump({"machine": platform.platform(), "torch": torch.__version__, "commit": commit, "n": n,
                        "hidden": args.hidden, "batch": args.batch, "num_batches": NUM_BATCHES,
                        "t_hvp_1": one["t_hvp"], "t_grad_1": one["t_grad"], "t_hvp_2": t2, "t_comm_2": c2,
+                       "t_local_2": local2, "t_transfer_2": pure, "t_wait_2": wait,
+                       "t_lanczos_step_1": step1, "t_lanczos_step_2": step2,
+                       "loadavg_before": load_before[0],
                        "allreduce_alone": {str(k): v for k, v in alone.items()}, "rel_err": err,
                        "bitwise_equal_across_ranks": bitwise}, f, indent=1)
 

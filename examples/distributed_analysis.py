@@ -9,7 +9,9 @@ Each rank builds the same model (same seed: in a training script, DDP's initial 
 keeps only its shard of the batches. ``DistributedHessianOperator`` all-reduces every Hessian-vector block
 (one collective per matvec); Lanczos and the trace estimator then run unchanged on every rank and return the
 same numbers everywhere, with no other communication. Without a process group the same class is a plain
-single-process operator, so this script has a single code path.
+single-process operator, so this script has a single code path. To run API A's or API B's facades
+(``hessian_trace``, ``HessianAnalyzer.analyze_step``) unchanged on every rank, call them inside
+``with hessext.distributed.data_parallel():``.
 
 Options: ``--dtype float32``, ``--ddp`` (wrap the model in DistributedDataParallel first: its ``.module``
 is analysed, nothing is synchronised), ``--timeout`` (seconds a collective may wait for a dead or hung

@@ -35,6 +35,10 @@ Requirements (checked where they can be):
   inputs then give identical bits; otherwise the ranks may drift apart in the last bits, and a convergence
   test that stops at different iterations desynchronises the collectives, which ends in a timeout error).
 
+Facades: API A's functions and API B's ``HessianAnalyzer`` build their own operators; call them unchanged
+inside :func:`data_parallel`, which makes every ``HessianOperator`` hessext builds in the block a
+:class:`DistributedHessianOperator`.
+
 Timeouts: a rank that dies or hangs makes the others fail in the next collective after the process
 group's timeout. Pass ``timeout=`` to :func:`torch.distributed.init_process_group` (or use
 :func:`init_from_env`, or a dedicated group from ``dist.new_group(timeout=...)`` as ``process_group``).
@@ -43,18 +47,23 @@ Gloo collectives honour it directly; NCCL honours it through its watchdog
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from .data import is_batch
+from . import hvp as _hvp
 from .hvp import HessianOperator
 
-__all__ = ["DistributedHessianOperator", "init_from_env", "shard", "unwrap_model"]
+__all__ = ["DistributedHessianOperator", "data_parallel", "init_from_env", "shard", "unwrap_model"]
+
+
+_UNSET: Any = object()   # "keyword not given": take it from data_parallel(), else the default
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -148,8 +157,13 @@ class DistributedHessianOperator(HessianOperator):
     """
 
     def __init__(self, model: nn.Module, loss_fn: Any, data: Any, params: Any = None, *,
-                 process_group: Any = None, reduce_dtype: torch.dtype | None = None,
-                 check_layout: bool = True, **kwargs: Any) -> None:
+                 process_group: Any = _UNSET, reduce_dtype: Any = _UNSET, check_layout: Any = _UNSET,
+                 **kwargs: Any) -> None:
+        # Keywords not given come from an enclosing data_parallel() block, else the defaults.
+        ctx = _hvp.DATA_PARALLEL.get() or {}
+        process_group = ctx.get("process_group") if process_group is _UNSET else process_group
+        reduce_dtype = ctx.get("reduce_dtype") if reduce_dtype is _UNSET else reduce_dtype
+        check_layout = ctx.get("check_layout", True) if check_layout is _UNSET else check_layout
         if reduce_dtype is not None and (not isinstance(reduce_dtype, torch.dtype)
                                          or not reduce_dtype.is_floating_point):
             raise ValueError(f"reduce_dtype must be a floating torch.dtype or None, got {reduce_dtype!r}")
@@ -379,6 +393,41 @@ class DistributedHessianOperator(HessianOperator):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.n}, dtype={self.dtype}, rank={self.rank}, "
                 f"world_size={self.world_size})")
+
+
+@contextlib.contextmanager
+def data_parallel(process_group: Any = None, *, reduce_dtype: torch.dtype | None = None,
+                  check_layout: bool = True) -> Iterator[None]:
+    """Run hessext's facades **unchanged** on every rank: inside the block, every ``HessianOperator`` that
+    hessext builds (API A's ``hessian_trace`` / ``min_max_hessian_eigs`` / ``ModelWrapper.operator``, API
+    B's ``HessianAnalyzer.analyze_step``, ``ComponentAnalyzer.analyze_all_components``,
+    ``get_hessian_eigenvectors``, ``hessext.HessianOperator(...)``) is a :class:`DistributedHessianOperator`
+    over ``process_group``. Each rank passes its own shard of the data; every rank gets the full-data answer.
+
+    ::
+
+        with data_parallel():                                    # the default group
+            tr = api_a.hessian_trace(model, loss_fn, x_shard, y_shard, num_random_vectors=100)
+            res = HessianAnalyzer(cfg).analyze_step(model, loss_fn, shard(batches, rank, world))
+
+    Mechanism: the block sets a :class:`contextvars.ContextVar` that ``HessianOperator.__new__`` reads, so it
+    is local to the current thread (and asyncio task) and nothing is rebound or patched. Blocks may nest (the
+    innermost wins). Outside torch.distributed (no process group, ``WORLD_SIZE`` unset or 1) the operators
+    are plain single-process ones, so one script serves ``python`` and ``torchrun``.
+
+    Args:
+        process_group, reduce_dtype, check_layout: passed to every :class:`DistributedHessianOperator` built
+            inside the block (an explicit keyword of the call wins).
+    """
+    if reduce_dtype is not None and (not isinstance(reduce_dtype, torch.dtype)
+                                     or not reduce_dtype.is_floating_point):
+        raise ValueError(f"reduce_dtype must be a floating torch.dtype or None, got {reduce_dtype!r}")
+    token = _hvp.DATA_PARALLEL.set({"cls": DistributedHessianOperator, "process_group": process_group,
+                                    "reduce_dtype": reduce_dtype, "check_layout": check_layout})
+    try:
+        yield
+    finally:
+        _hvp.DATA_PARALLEL.reset(token)
 
 
 def init_from_env(backend: str | None = None, timeout: timedelta = timedelta(minutes=10),

@@ -47,9 +47,10 @@ the global RNG states are restored afterwards, also when the call raises.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,11 @@ from .linop import LinearOperator
 from ._state import preserve_model_state, restore_rng_state, rng_state
 
 __all__ = ["HessianOperator", "HVP_MODES"]
+
+#: Set by :func:`hessext.distributed.data_parallel`: while set (in this thread / task), constructing a
+#: ``HessianOperator`` builds the data-parallel subclass it names, so facades run unchanged on every rank.
+DATA_PARALLEL: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("hessext_data_parallel",
+                                                                                default=None)
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -113,6 +119,12 @@ class HessianOperator(LinearOperator):
     max_cached_graphs: int = 4
     #: Run forward passes under the math scaled-dot-product-attention backend.
     force_math_sdpa: bool = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "HessianOperator":
+        ctx = DATA_PARALLEL.get()
+        if ctx is not None and cls is HessianOperator:
+            cls = ctx["cls"]       # inside data_parallel(): the data-parallel subclass (same __init__ args)
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, loss_fn: Callable[..., Tensor] | None, data: Any,
                  params: Sequence[str] | Sequence[nn.Parameter] | None = None, *,

@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _models import (dense_hessian, mlp_batch, tiny_mlp, tiny_transformer, transformer_batch,  # noqa: E402
                      transformer_loss)
 
-from hessext.distributed import DistributedHessianOperator, init_from_env, shard  # noqa: E402
+from hessext.distributed import (DistributedHessianOperator, data_parallel, init_from_env,  # noqa: E402
+                                 shard)
+from hessext.lanczos import lanczos  # noqa: E402
 from hessext.hvp import HessianOperator  # noqa: E402
 
 pytestmark = pytest.mark.distributed
@@ -44,6 +46,12 @@ def _data() -> list:
     return [mlp_batch(seed=s, n=n) for s, n in SIZES]
 
 
+def _transformer() -> nn.Module:
+    """tiny_transformer() seeds the global RNG: build it without touching the RNG state under test."""
+    with torch.random.fork_rng():
+        return tiny_transformer()
+
+
 def _analyse(op: HessianOperator) -> dict:
     """Everything the algorithms return, run identically in the workers and in the single process."""
     from hessext.density import spectral_density
@@ -51,10 +59,11 @@ def _analyse(op: HessianOperator) -> dict:
     from hessext.trace import estimate_trace, hutchpp
 
     out: dict = {}
-    top = lanczos(op, k=3, which="LA", tol=1e-10, seed=0)
+    tol = 1e-10 if op.dtype == torch.float64 else 1e-6  # float32 cannot verify less than 4 eps ~ 5e-7
+    top = lanczos(op, k=3, which="LA", tol=tol, seed=0)
     out["top"], out["top_vecs"] = top.eigenvalues, top.eigenvectors
     out["top_residuals"] = top.residuals
-    out["min"] = lanczos(op, k=1, which="SA", tol=1e-10, seed=1).eigenvalues
+    out["min"] = lanczos(op, k=1, which="SA", tol=tol, seed=1).eigenvalues
     out["trace"] = torch.tensor(hutchpp(op, 30, seed=3).estimate, dtype=torch.float64)
     blocks = {k: op.layout.indices(v) for k, v in BLOCKS.items()}
     bt = estimate_trace(op, 24, method="hutchinson", seed=5, blocks=blocks)
@@ -93,6 +102,24 @@ def _api_a_batch() -> tuple:
     return mlp_batch(seed=9, n=10)
 
 
+def _analyzer(batch: tuple) -> dict:
+    """API B's HessianAnalyzer.analyze_step, unchanged, on the tiny transformer (float64)."""
+    from hessext.analyzer import HessianAnalyzer, HessianConfig
+
+    cfg = HessianConfig(n_components=2, n_bottom=1, tolerance=1e-10, trace_probes=8, dtype=torch.float64,
+                        component_list=["attention", "ffn"], track_train_val_landscape_divergence=False)
+    res = HessianAnalyzer(cfg).analyze_step(_transformer(), transformer_loss, batch, None, None, strict=True)
+    h = res["hessian"]
+    out = {"top": torch.tensor(h["top_eigenvalues"], dtype=torch.float64),
+           "min": torch.tensor([h["min_eigenvalue"]], dtype=torch.float64),
+           "trace": torch.tensor([h["hessian_trace_estimate"]], dtype=torch.float64),
+           "loss_grad_norm": torch.tensor([h["loss"], h["grad_norm"]], dtype=torch.float64)}
+    for k, v in res["components"].items():
+        out["component/" + k] = torch.tensor([v["trace_estimate"], *v["top_eigenvalues"]],
+                                             dtype=torch.float64)
+    return out
+
+
 def _model_state(model: nn.Module) -> dict:
     return {
         "params": {k: p.detach().clone() for k, p in model.named_parameters()},
@@ -100,12 +127,13 @@ def _model_state(model: nn.Module) -> dict:
         "grads": {k: p.grad for k, p in model.named_parameters()},
         "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
         "training": [m.training for m in model.modules()],
+        "rng": torch.get_rng_state(),
     }
 
 
 def _same_state(a: dict, b: dict) -> bool:
     return (a["grads"] == b["grads"] and a["requires_grad"] == b["requires_grad"]
-            and a["training"] == b["training"]
+            and a["training"] == b["training"] and torch.equal(a["rng"], b["rng"])
             and all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
             and all(torch.equal(a["buffers"][k], b["buffers"][k]) for k in a["buffers"]))
 
@@ -119,7 +147,7 @@ def _error(fn) -> tuple[str | None, str | None, float]:
     return None, None, time.perf_counter() - t0
 
 
-def _checks(rank: int, event) -> dict:
+def _checks(rank: int, event, dead) -> dict:
     res: dict = {}
     t0 = time.perf_counter()
     model = tiny_mlp()
@@ -150,20 +178,25 @@ def _checks(rank: int, event) -> dict:
                                      dtype=torch.float64)
     res["ddp_names"] = opd.layout.names
     res["ddp_dense"] = opd.to_dense()
-    from hessext.lanczos import lanczos
     res["ddp_top"] = lanczos(opd, k=3, which="LA", tol=1e-10, seed=0).eigenvalues
     res["ddp_untouched"] = _same_state(ddp_before, _model_state(ddp_model))
+    # DDP's reducer was never armed: an ordinary training step still works and averages the gradients
+    x, y = mine[0]
+    res["ddp_train_step"] = _error(lambda: LOSS(ddp(x), y).backward())[:2]
+    res["ddp_grad"] = ddp_model[0].weight.grad.clone()
 
     # API B components on a distributed operator (tiny transformer, the batch split by samples)
-    tmodel = tiny_transformer()
+    tmodel = _transformer()
     tbatch = shard(transformer_batch(n=4), rank, WORLD)
     res["components"] = _components(DistributedHessianOperator(tmodel, transformer_loss, tbatch,
                                                                dtype=torch.float64))
-    # API A's functions build their own HessianOperator; a process_group switch in the facade would build
-    # the distributed one instead: emulate it by swapping the class the facade module uses.
-    from hessext.compat import api_a
-    api_a.HessianOperator = DistributedHessianOperator
-    res["api_a"] = _api_a(model, shard(_api_a_batch(), rank, WORLD))
+    # API A's functions and API B's HessianAnalyzer build their own operators: under data_parallel() they
+    # are distributed ones, the facades' code is unchanged; outside the block they are plain again.
+    with data_parallel():
+        res["api_a_class"] = type(HessianOperator(model, LOSS, mine)) is DistributedHessianOperator
+        res["api_a"] = _api_a(model, shard(_api_a_batch(), rank, WORLD))
+        res["analyzer"] = _analyzer(shard(transformer_batch(n=4), rank, WORLD))
+    res["api_a_restored"] = type(HessianOperator(model, LOSS, mine)) is HessianOperator
 
     # layout mismatch: rank 1 analyses a subset
     res["mismatch"] = _error(lambda: DistributedHessianOperator(
@@ -196,27 +229,38 @@ def _checks(rank: int, event) -> dict:
     # timeout: rank 0 skips the collective that rank 1 enters; rank 1 must fail after ~SHORT_TIMEOUT_S
     short = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
     opt = DistributedHessianOperator(model, LOSS, mine, process_group=short)
+    # dead rank: a second short-timeout group, on which rank 1 will have died when rank 0 calls
+    other = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
+    opdead = DistributedHessianOperator(model, LOSS, mine, process_group=other)
     res["seconds_before_timeout_check"] = time.perf_counter() - t0
     if rank == 1:
         res["timeout"] = _error(lambda: opt.matvec(torch.ones(opt.n)))
         event.set()
+        res["die"] = True  # _worker saves this and exits abruptly
     else:
         event.wait(SPAWN_LIMIT_S)
+        dead.wait(SPAWN_LIMIT_S)  # rank 1 has saved its results and is exiting without any cleanup
+        time.sleep(0.2)
+        res["dead_rank"] = _error(lambda: lanczos(opdead, k=1, which="LA", tol=1e-6, seed=0))
     return res
 
 
-def _worker(rank: int, port: int, out_dir: str, event) -> None:
+def _worker(rank: int, port: int, out_dir: str, event, dead) -> None:
     torch.set_num_threads(1)
     res: dict = {}
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                                 timeout=timedelta(seconds=GROUP_TIMEOUT_S))
-        res = _checks(rank, event)
+        res = _checks(rank, event, dead)
     except BaseException:  # noqa: BLE001  report, do not hang the parent
         res["fatal"] = traceback.format_exc()
         event.set()
+        dead.set()
     finally:
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+        if res.get("die"):
+            dead.set()
+            os._exit(0)  # a dead rank: no destroy_process_group, sockets closed by the OS
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -231,9 +275,10 @@ def _free_port() -> int:
 def ranks(tmp_path_factory) -> list[dict]:
     out_dir = str(tmp_path_factory.mktemp("dist"))
     ctx = mp.get_context("spawn")
-    event = ctx.Event()
+    event, dead = ctx.Event(), ctx.Event()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, out_dir, event), daemon=True) for r in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(r, port, out_dir, event, dead), daemon=True)
+             for r in range(WORLD)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + SPAWN_LIMIT_S
@@ -277,6 +322,7 @@ def _single() -> dict:
         "components": _components(HessianOperator(tiny_transformer(), transformer_loss,
                                                   transformer_batch(n=4), dtype=torch.float64)),
         "api_a": _api_a(model, _api_a_batch()),
+        "analyzer": _analyzer(transformer_batch(n=4)),
     }
 
 
@@ -335,9 +381,15 @@ def test_facades_unchanged_match_single_process(ranks, single):
             assert _rel(r["components"][k], v, float(v.abs().max())) < 1e-9, k
         a = single["api_a"]
         assert _rel(r["api_a"], a, float(a.abs().max())) < 1e-5  # API A runs in the model's float32
+        assert r["api_a_class"] and r["api_a_restored"]
+        an = single["analyzer"]
+        assert sorted(r["analyzer"]) == sorted(an) and "component/attention" in an
+        for k, v in an.items():
+            assert _rel(r["analyzer"][k], v, float(v.abs().max())) < 1e-10, k
     a, b = ranks
     assert all(torch.equal(a["components"][k], b["components"][k]) for k in ref)
     assert torch.equal(a["api_a"], b["api_a"])
+    assert all(torch.equal(a["analyzer"][k], b["analyzer"][k]) for k in a["analyzer"])
 
 
 def test_bitwise_identical_on_every_rank(ranks):
@@ -365,6 +417,8 @@ def test_ddp_wrapped_model(ranks, single):
         assert _rel(r["ddp_dense"], sub, float(sub.abs().max())) < 1e-10
         assert _rel(r["ddp_top"], lam[-3:], float(lam.abs().max())) < 1e-8
         assert r["ddp_untouched"]
+        assert r["ddp_train_step"] == (None, None)
+    assert torch.equal(ranks[0]["ddp_grad"], ranks[1]["ddp_grad"])  # all-reduced by DDP's own backward
 
 
 # ---------------------------------------------------------------------------------------- failures
@@ -408,6 +462,13 @@ def test_hanging_rank_ends_in_timeout_error(ranks):
     assert SHORT_TIMEOUT_S * 0.9 <= secs < GROUP_TIMEOUT_S
 
 
+def test_dead_rank_ends_in_error_not_hang(ranks):
+    kind, msg, secs = ranks[0]["dead_rank"]
+    assert kind == "RuntimeError"
+    assert "failed on rank 0 of 2" in msg
+    assert secs < GROUP_TIMEOUT_S  # the short group's timeout (or the closed connection), never a hang
+
+
 def test_parameter_sync_check(ranks):
     assert [r["in_sync"] for r in ranks] == [0.0, 0.0]
     for r in ranks:
@@ -433,6 +494,38 @@ def test_without_process_group_is_plain_operator(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="not initialised"):
         DistributedHessianOperator(model, LOSS, _data())
+
+
+def test_data_parallel_without_process_group(monkeypatch):
+    """Outside torch.distributed the block changes no number; operators built inside it are data-parallel
+    ones (with the block's keywords, an explicit keyword winning), plain ones again after it, also after an
+    exception inside the block; another thread is not affected."""
+    import threading
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    model, batch = tiny_mlp(), _api_a_batch()
+    ref = _api_a(model, batch)
+    x, y = mlp_batch(n=6)
+    with data_parallel():
+        op = HessianOperator(model, LOSS, (x, y))
+        assert type(op) is DistributedHessianOperator and op.reduce_dtype is None
+        assert torch.equal(_api_a(model, batch), ref)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(type(HessianOperator(model, LOSS, (x, y)))))
+        t.start()
+        t.join()
+        assert seen == [HessianOperator]
+        with data_parallel(reduce_dtype=torch.float64):
+            assert HessianOperator(model, LOSS, (x, y)).reduce_dtype == torch.float64
+            assert HessianOperator(model, LOSS, (x, y), reduce_dtype=torch.float32).reduce_dtype == torch.float32
+        assert HessianOperator(model, LOSS, (x, y)).reduce_dtype is None
+    with pytest.raises(KeyError):
+        with data_parallel():
+            raise KeyError("boom")
+    assert type(HessianOperator(model, LOSS, (x, y))) is HessianOperator
+    with pytest.raises(ValueError, match="reduce_dtype"):
+        with data_parallel(reduce_dtype=torch.int32):
+            pass
 
 
 def test_shard_lists_and_batches():
