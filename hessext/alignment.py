@@ -234,7 +234,8 @@ def compute_hessian_gradient_alignment(model: Any, loss_fn: Any, data_batch: Any
     from .analyzer import make_operator
     from .components import _extremes
 
-    H = make_operator(model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device)
+    H = make_operator(model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
+                      arg_name="data_batch")
     loss, g = H.loss_and_grad()
     Hg = H @ g
     if eigenvalues is None or eigenvectors is None:

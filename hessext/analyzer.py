@@ -17,7 +17,9 @@ section                work                                                     
 =====================  ============================================================================  =========
 
 The model is analysed in eval mode (dropout off) and is never modified (``hessext.hvp`` policy).
-``results["meta"]`` records the time and HVP count of each section.
+``results["meta"]`` records the time and HVP count of each section (``matvecs``), the HVPs of each Lanczos
+solve (``lanczos_matvecs``: ``hessian``, ``components`` per name, ``val``) and every product the operators
+counted (``operator_matvecs``, equal to ``matvecs["total"]``: no HVP outside a section).
 """
 from __future__ import annotations
 
@@ -42,10 +44,17 @@ from .alignment import gradient_alignment, sharpness_metrics, train_val_divergen
 from .components import ComponentAnalyzer, ComponentSelector, shared_probe_traces
 from .metrics import HessianMetrics
 
-__all__ = ["HessianConfig", "HessianAnalyzer", "MODEL_TYPES"]
+__all__ = ["HessianConfig", "HessianConfigError", "HessianAnalyzer", "MODEL_TYPES"]
 
 MODEL_TYPES = ("decoder_only", "encoder_only", "encoder_decoder")
 SECTIONS = ("hessian", "components", "alignment", "sharpness", "train_val_divergence")
+
+
+class HessianConfigError(ValueError, TypeError):
+    """An invalid :class:`HessianConfig` value (a wrong value or a wrong type).
+
+    A ``ValueError`` — what the API B document catches as a configuration error — and, for wrong types, also
+    a ``TypeError``, so that either ``except`` clause catches it."""
 
 
 def _is_pos_int(x: Any) -> bool:
@@ -54,12 +63,13 @@ def _is_pos_int(x: Any) -> bool:
 
 @dataclass
 class HessianConfig:
-    """Settings of :class:`HessianAnalyzer`. Invalid values raise ``ValueError`` (``TypeError`` for types).
+    """Settings of :class:`HessianAnalyzer`. Invalid values raise :class:`HessianConfigError` — a ``ValueError``
+    (and a ``TypeError``) whose message names the field.
 
     Attributes:
         n_components: number k of top eigenvalues (Ritz pairs) of the full Hessian and of each component.
-        n_bottom: number of eigenvalues computed from the bottom of the spectrum in the same Lanczos run
-            (``min_eigenvalue`` is the smallest of them; ``negative_count`` counts the negative values among
+        n_bottom: number (≥ 1) of eigenvalues computed from the bottom of the spectrum in the same Lanczos
+            run (``min_eigenvalue`` is the smallest of them; ``negative_count`` counts the negative values among
             all computed Ritz values).
         num_batches: batches averaged when ``train_batch``/``val_batch`` is an iterable (DataLoader) or a
             list of batches; ignored for a single batch. None: all (for a DataLoader, its full length).
@@ -112,51 +122,58 @@ class HessianConfig:
 
     def __post_init__(self) -> None:
         if not _is_pos_int(self.n_components):
-            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
-        if isinstance(self.n_bottom, bool) or not isinstance(self.n_bottom, (int, np.integer)) or self.n_bottom < 0:
-            raise ValueError(f"n_bottom must be a non-negative int, got {self.n_bottom!r}")
+            raise HessianConfigError(f"n_components must be a positive int, got {self.n_components!r}")
+        if not _is_pos_int(self.n_bottom):
+            raise HessianConfigError(f"n_bottom must be a positive int (min_eigenvalue is the smallest "
+                                     f"eigenvalue, from the bottom of the spectrum), got {self.n_bottom!r}")
         if self.num_batches is not None and not _is_pos_int(self.num_batches):
-            raise ValueError(f"num_batches must be a positive int or None, got {self.num_batches!r}")
+            raise HessianConfigError(f"num_batches must be a positive int or None, got {self.num_batches!r}")
         if self.device is not None and not isinstance(self.device, torch.device):
             if not isinstance(self.device, str):
-                raise TypeError(f"device must be a str, a torch.device or None, got {type(self.device).__name__}")
+                raise HessianConfigError(f"device must be a str, a torch.device or None, got "
+                                         f"{type(self.device).__name__}")
             if self.device != "auto":
                 try:
                     torch.device(self.device)
                 except (RuntimeError, ValueError) as e:
-                    raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or None, got "
+                    raise HessianConfigError(f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or None, got "
                                      f"{self.device!r}") from e
         for name in ("track_component_hessian", "track_gradient_alignment", "track_sharpness",
                      "track_train_val_landscape_divergence", "include_bias", "save_hessian_data",
                      "save_eigenvectors", "create_plots", "eval_mode"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise HessianConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         tol = self.tolerance
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
-            raise ValueError(f"tolerance must be a positive finite number, got {tol!r}")
+            raise HessianConfigError(f"tolerance must be a positive finite number, got {tol!r}")
         if self.max_iter is not None and not _is_pos_int(self.max_iter):
-            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
+            raise HessianConfigError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
         if isinstance(self.trace_probes, bool) or not isinstance(self.trace_probes, (int, np.integer)) \
                 or self.trace_probes < 0:
-            raise ValueError(f"trace_probes must be a non-negative int, got {self.trace_probes!r}")
+            raise HessianConfigError(f"trace_probes must be a non-negative int, got {self.trace_probes!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+            raise HessianConfigError(f"seed must be a non-negative int, got {self.seed!r}")
         if self.component_list is None:
             self.component_list = ComponentSelector.get_standard_components()
         elif isinstance(self.component_list, str):
-            raise TypeError(f"component_list must be a list of names, got the str {self.component_list!r}")
+            raise HessianConfigError(f"component_list must be a list of names, got the str "
+                                     f"{self.component_list!r}")
         else:
-            self.component_list = ComponentSelector.check_names(self.component_list)
+            try:
+                self.component_list = ComponentSelector.check_names(self.component_list)
+            except (TypeError, ValueError) as e:
+                raise HessianConfigError(f"component_list: {e}") from e
             if self.track_component_hessian and not self.component_list:
-                raise ValueError("component_list is empty while track_component_hessian=True")
+                raise HessianConfigError("component_list is empty while track_component_hessian=True")
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
-            raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
+            raise HessianConfigError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         if not isinstance(self.model_name, str) or not self.model_name or os.sep in self.model_name:
-            raise ValueError(f"model_name must be a non-empty file-name-safe str, got {self.model_name!r}")
+            raise HessianConfigError(f"model_name must be a non-empty file-name-safe str, got "
+                                     f"{self.model_name!r}")
         if self.dtype is not None and self.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {self.dtype!r}")
+            raise HessianConfigError(f"dtype must be torch.float32, torch.float64 or None, got {self.dtype!r}")
         if self.pad_idx is not None and (isinstance(self.pad_idx, bool) or not isinstance(self.pad_idx, int)):
-            raise TypeError(f"pad_idx must be an int or None, got {self.pad_idx!r}")
+            raise HessianConfigError(f"pad_idx must be an int or None, got {self.pad_idx!r}")
 
     # -------------------------------------------------------------- presets
     @classmethod
@@ -207,20 +224,60 @@ def _is_single_batch(data: Any) -> bool:
     return is_batch(data)
 
 
+def _checked_batches(data: Any, num_batches: Optional[int], arg_name: str) -> list:
+    """``data`` as its list of batches (a DataLoader is iterated once, the global RNG restored); errors name
+    ``arg_name``. Dict batches must hold ``input_ids`` and ``labels``."""
+    from collections.abc import Mapping as _Mapping
+
+    from .data import normalize_data
+
+    rng = rng_state()  # iterating a DataLoader draws its base seed from the global torch RNG
+    try:
+        batches = normalize_data(data, num_batches)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{arg_name}: {e}") from e
+    finally:
+        restore_rng_state(rng)
+    for i, b in enumerate(batches):
+        if isinstance(b, _Mapping):
+            where = "" if len(batches) == 1 else f" (batch {i})"
+            for key in ("labels", "input_ids"):
+                if key not in b:
+                    raise ValueError(f"{arg_name}{where}: batch dict has keys "
+                                     f"{sorted(map(str, b.keys()))}; expected {key!r}")
+            ids = b["input_ids"]
+            if isinstance(ids, Tensor) and (ids.is_floating_point() or ids.is_complex()):
+                raise TypeError(f"{arg_name}{where}: batch['input_ids'] must be an integer tensor of token "
+                                f"ids, got {ids.dtype}")
+    return batches
+
+
 def make_operator(model: nn.Module, loss_fn: Any, data: Any, model_type: Optional[str], *,
                   num_batches: Optional[int] = None, device: Any = None, dtype: Any = None,
-                  eval_mode: bool = True, pad_idx: Optional[int] = None) -> Any:
+                  eval_mode: bool = True, pad_idx: Optional[int] = None, arg_name: str = "data") -> Any:
     """A :class:`~hessext.hvp.HessianOperator` with API B conventions.
 
     ``num_batches`` applies only to iterables / lists of batches (never warns for a single batch); label
-    ``pad_idx`` (or the model's ``pad_idx`` attribute) is ignored by dict-batch losses besides -100.
+    ``pad_idx`` (or the model's ``pad_idx`` attribute) is ignored by dict-batch losses besides -100. Invalid
+    ``data`` raises ``ValueError``/``TypeError`` whose message starts with ``arg_name``; a ``loss_fn`` that
+    is neither None nor callable raises ``TypeError``.
     """
     from .data import make_batch_loss
     from .hvp import HessianOperator
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model_type is not None and model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (e.g. torch.nn.CrossEntropyLoss()) or None, got "
+                        f"{type(loss_fn).__name__}")
     nb = None if _is_single_batch(data) else num_batches
+    batches = _checked_batches(data, nb, arg_name)
+    # The operator gets the batches already materialised: one batch as itself, several as an iterator (a
+    # list of two bare tensors would read as one (inputs, targets) pair).
+    data = batches[0] if len(batches) == 1 else iter(batches)
+    nb = None
     pad = pad_idx if pad_idx is not None else getattr(model, "pad_idx", None)
     batch_loss = None
     if isinstance(pad, int) and not isinstance(pad, bool):
@@ -382,6 +439,13 @@ class HessianAnalyzer:
             step: training step (a key of :attr:`history` and of saved files).
             strict: raise the first section error instead of recording it under ``"error"``.
 
+        Raises:
+            TypeError, ValueError: invalid arguments, whatever ``strict`` says — the message names the
+                argument (``model``, ``loss_fn``, ``model_type``, ``train_batch``, ``val_batch``: ``None``, no
+                batch, a dict without ``input_ids``/``labels``, float ``input_ids``, an unsupported type).
+                Failures while analysing (e.g. labels out of the vocabulary, NaN loss, out of memory) are
+                recorded per section unless ``strict``.
+
         Returns:
             ``{"hessian": {...}, "components": {name: {...}}, "alignment": {...}, "sharpness": {...},
             "train_val_divergence": {...}, "step", "model_type", "meta": {time_s, matvecs per section}}`` —
@@ -398,32 +462,42 @@ class HessianAnalyzer:
         values — a lower bound on the number of negative eigenvalues), ``num_matvecs``, ``residuals``,
         ``loss`` and ``grad_norm`` when the gradient was needed.
         """
+        return self._analyze(model, loss_fn, train_batch, val_batch, model_type, step, strict, "train_batch")
+
+    def _analyze(self, model: nn.Module, loss_fn: Any, train_batch: Any, val_batch: Any,
+                 model_type: Optional[str], step: Any, strict: bool, train_name: str) -> dict[str, Any]:
         cfg = self.config
-        if model_type is not None and model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if model_type is not None and model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {strict!r}")
         results: dict[str, Any] = {"step": step, "model_type": model_type}
         errors: dict[str, str] = {}
-        meta: dict[str, Any] = {"time_s": {}, "matvecs": {}}
+        meta: dict[str, Any] = {"time_s": {}, "matvecs": {}, "lanczos_matvecs": {}}
         t_start = time.perf_counter()
+
+        # ---- operators: invalid arguments raise here (naming the argument), whatever ``strict`` says
+        op_kw = dict(num_batches=cfg.num_batches, device=cfg.device, dtype=cfg.dtype, eval_mode=cfg.eval_mode,
+                     pad_idx=cfg.pad_idx)
+        H = make_operator(model, loss_fn, train_batch, model_type, arg_name=train_name, **op_kw)
+        Hv = None
+        if cfg.track_train_val_landscape_divergence and val_batch is not None:
+            Hv = make_operator(model, loss_fn, val_batch, model_type, arg_name="val_batch", **op_kw)
+        meta["time_s"]["setup"] = time.perf_counter() - t_start
 
         def fail(section: str, exc: BaseException) -> None:
             if strict:
                 raise exc
             errors[section] = f"{type(exc).__name__}: {exc}"
 
-        H = None
         index_sets: dict[str, Tensor] = {}
         comp_an = ComponentAnalyzer(include_bias=cfg.include_bias, tol=cfg.tolerance,
                                     trace_probes=cfg.trace_probes, seed=cfg.seed, max_iter=cfg.max_iter)
         extras: dict[str, Any] = {}
-        # ---- operator and the full-model spectrum (one Lanczos run, one probe set)
+        # ---- the full-model spectrum (one Lanczos run, one probe set)
         try:
-            t0 = time.perf_counter()
-            H = make_operator(model, loss_fn, train_batch, model_type, num_batches=cfg.num_batches,
-                              device=cfg.device, dtype=cfg.dtype, eval_mode=cfg.eval_mode, pad_idx=cfg.pad_idx)
-            meta["time_s"]["setup"] = time.perf_counter() - t0
             if cfg.track_component_hessian:
                 try:
                     index_sets = comp_an.component_index_sets(model, H.layout, cfg.component_list)
@@ -435,6 +509,7 @@ class HessianAnalyzer:
             meta["time_s"]["trace"] = extras["t_trace"]
             meta["matvecs"]["hessian_lanczos"] = extras["eig_matvecs"]
             meta["matvecs"]["trace"] = extras["trace_matvecs"]
+            meta["lanczos_matvecs"]["hessian"] = extras["eig_matvecs"]
             top_vals, top_vecs = _top_vectors(extras["top"])
             self.last_eigenvectors = top_vecs
         except Exception as e:  # noqa: BLE001
@@ -454,6 +529,8 @@ class HessianAnalyzer:
                     n_components=cfg.n_components, operator=H, block_traces=block_traces or {})
                 meta["time_s"]["components"] = time.perf_counter() - t0
                 meta["matvecs"]["components"] = H.num_matvecs - m0
+                meta["lanczos_matvecs"]["components"] = {c: int(r["num_matvecs"])
+                                                         for c, r in results["components"].items()}
             except Exception as e:  # noqa: BLE001
                 fail("components", e)
 
@@ -490,15 +567,13 @@ class HessianAnalyzer:
                 fail("sharpness", e)
 
         # ---- train / val divergence
-        if cfg.track_train_val_landscape_divergence and val_batch is not None:
+        if Hv is not None:
             try:
                 if not have_core:
                     raise RuntimeError("skipped: the full-model analysis failed")
                 t0 = time.perf_counter()
-                Hv = make_operator(model, loss_fn, val_batch, model_type, num_batches=cfg.num_batches,
-                                   device=cfg.device, dtype=cfg.dtype, eval_mode=cfg.eval_mode,
-                                   pad_idx=cfg.pad_idx)
                 vsec, vextras = _spectrum_section(Hv, cfg, None)
+                meta["lanczos_matvecs"]["val"] = vextras["eig_matvecs"]
                 v_vals, v_vecs = _top_vectors(vextras["top"])
                 div = train_val_divergence(results["hessian"], vsec, results["hessian"]["top_eigenvalues"],
                                            vsec["top_eigenvalues"], top_vecs, v_vecs)
@@ -513,6 +588,8 @@ class HessianAnalyzer:
 
         meta["time_s"]["total"] = time.perf_counter() - t_start
         meta["matvecs"]["total"] = int(sum(v for k, v in meta["matvecs"].items() if k != "total"))
+        # Every product the operators counted (equals ``matvecs["total"]``: no HVP outside a section).
+        meta["operator_matvecs"] = int(H.num_matvecs + (Hv.num_matvecs if Hv is not None else 0))
         results["meta"] = meta
         if errors:
             results["errors"] = errors
@@ -684,7 +761,17 @@ class HessianAnalyzer:
         ``{component}_{m}``): ``m_mean`` and ``m_std`` (population standard deviation over batches) over the
         batches whose analysis produced it. Also ``num_batches`` and ``errors`` (batch index → message).
         Batches are not saved to :attr:`history`.
+
+        Raises:
+            TypeError: ``data_batches`` is a single batch or not iterable. ValueError: it is empty. Invalid
+                batches raise as in :meth:`analyze_step`, named ``data_batches[i]``.
         """
+        if _is_single_batch(data_batches):
+            raise TypeError(f"data_batches must be a list (or an iterable) of batches, got a single batch "
+                            f"({type(data_batches).__name__}); wrap it: [batch]")
+        if isinstance(data_batches, (str, bytes)) or not isinstance(data_batches, Iterable):
+            raise TypeError(f"data_batches must be a list (or an iterable) of batches, got "
+                            f"{type(data_batches).__name__}")
         rng = rng_state()  # iterating a DataLoader draws its base seed from the global torch RNG
         try:
             batches = list(data_batches)
@@ -699,7 +786,7 @@ class HessianAnalyzer:
         try:
             self.config = dataclasses.replace(cfg, save_hessian_data=False, create_plots=False)
             for i, b in enumerate(batches):
-                r = self.analyze_step(model, loss_fn, b, None, model_type=model_type, step=i)
+                r = self._analyze(model, loss_fn, b, None, model_type, i, False, f"data_batches[{i}]")
                 if "error" in r:
                     errors[i] = r["error"]
                 per.append(self._scalars(r))

@@ -478,7 +478,7 @@ class ComponentAnalyzer:
         if component_list is None:
             component_list = ComponentSelector.get_standard_components()
         H = operator if operator is not None else make_operator(
-            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device)
+            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device, arg_name="data_batch")
         index_sets = self.component_index_sets(model, H.layout, component_list)
         if not index_sets:
             return {}

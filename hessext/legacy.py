@@ -40,7 +40,8 @@ def get_hessian_eigenvectors(model: nn.Module, loss_fn: Any, train_data_loader: 
 
     if isinstance(n_top_vectors, bool) or not isinstance(n_top_vectors, int) or n_top_vectors < 1:
         raise ValueError(f"n_top_vectors must be a positive int, got {n_top_vectors!r}")
-    H = make_operator(model, loss_fn, train_data_loader, model_type, num_batches=num_batches, device=device)
+    H = make_operator(model, loss_fn, train_data_loader, model_type, num_batches=num_batches, device=device,
+                      arg_name="train_data_loader")
     res, _ = _extremes(H, min(n_top_vectors, H.n), 0, tol, seed)
     order = torch.argsort(res.eigenvalues, descending=True)
     vals = res.eigenvalues[order].detach().cpu().numpy()

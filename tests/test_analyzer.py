@@ -78,6 +78,23 @@ def test_config_validation():
         HessianConfig(device="tpu7")
     with pytest.raises(TypeError, match="track_sharpness"):
         HessianConfig(track_sharpness="yes")
+    with pytest.raises(ValueError, match="n_bottom"):  # min_eigenvalue needs the bottom of the spectrum
+        HessianConfig(n_bottom=0)
+
+
+def test_every_config_error_is_a_value_error_naming_the_field():
+    # The document catches configuration errors with `except ValueError`: wrong types are caught too.
+    from hessext.analyzer import HessianConfigError
+    for kw, field in [(dict(track_sharpness="yes"), "track_sharpness"), (dict(device=3), "device"),
+                      (dict(component_list=[3]), "component_list"), (dict(component_list="ffn"), "component_list"),
+                      (dict(n_components=2.5), "n_components"), (dict(tolerance="1e-3"), "tolerance"),
+                      (dict(pad_idx="0"), "pad_idx"), (dict(component_list=["attention", "mlp"]), "mlp")]:
+        with pytest.raises(ValueError, match=field) as info:
+            HessianConfig(**kw)
+        assert isinstance(info.value, (HessianConfigError, TypeError))
+    an = HessianAnalyzer()
+    with pytest.raises(ValueError, match="track_gradient_alignment"):
+        an.update_config(track_gradient_alignment=None)
 
 
 def test_presets():
@@ -194,6 +211,39 @@ def test_no_repeated_work(case):
     assert mv["sharpness"] == 0 and mv["alignment"] == 1
     assert mv["trace"] == 64  # one probe set serves the model trace and every component trace
     assert mv["total"] == sum(v for k, v in mv.items() if k != "total")
+    # Every product the two operators counted belongs to a section: nothing runs outside the accounting.
+    assert meta["operator_matvecs"] == mv["total"]
+    lz = meta["lanczos_matvecs"]
+    assert lz["hessian"] == mv["hessian_lanczos"]
+    assert sum(lz["components"].values()) == mv["components"]  # one Lanczos run per component, nothing else
+    assert mv["train_val_divergence"] == lz["val"] + 64  # val Lanczos + one probe set
+    needed = lz["hessian"] + sum(lz["components"].values()) + lz["val"]
+    assert mv["total"] == needed + 2 * 64 + 1  # the rest: two probe sets and H·g
+
+
+def test_one_lanczos_run_and_one_gradient(monkeypatch):
+    """The full-model spectrum is ONE Krylov run, the gradient is evaluated once, components reuse the probes."""
+    from hessext import lanczos as lz_mod, trace as tr_mod
+    from hessext.hvp import HessianOperator
+    calls = {"extreme_eigenpairs": 0, "lanczos": 0, "hutchinson": 0, "loss_and_grad": 0}
+
+    def count(owner, name):
+        f = getattr(owner, name)
+
+        def counted(*a, **k):
+            calls[name] += 1
+            return f(*a, **k)
+        monkeypatch.setattr(owner, name, counted)
+
+    count(lz_mod, "extreme_eigenpairs")  # looked up at call time by hessext.components
+    count(lz_mod, "lanczos")
+    count(tr_mod, "hutchinson")
+    count(HessianOperator, "loss_and_grad")
+    cfg = exact_config(trace_probes=4, tolerance=1e-6, component_list=["attention", "ffn", "norm"])
+    res = HessianAnalyzer(cfg).analyze_step(tiny_model(), CE, dict_batch(1), dict_batch(2))
+    assert "error" not in res, res.get("error")
+    # Train and val: one both-ends run and one probe set each; one top-k run per component; one gradient.
+    assert calls == {"extreme_eigenpairs": 2, "lanczos": 3, "hutchinson": 2, "loss_and_grad": 1}
 
 
 # ------------------------------------------------------------------ data handling and model safety
@@ -282,6 +332,92 @@ def test_encoder_decoder_and_pair_batches(case):
     assert res2["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
 
 
+def test_encoder_decoder_loss_matches_dense(case):
+    """Dict batches of an encoder-decoder: decoder inputs are the labels shifted right (pad 0)."""
+    _, train, _, _, _, _ = case
+    torch.manual_seed(0)
+    model = TransformerFactory.create_encoder_decoder_transformer(**TINY).double()
+    labels = train["labels"]
+    dec = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+
+    class Teacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, ids):
+            return self.inner(ids, dec)
+
+    H = dense_hessian(Teacher(), transformer_loss, [(train["input_ids"], labels)])
+    cfg = exact_config(trace_probes=2, track_component_hessian=False, n_components=2)
+    res = HessianAnalyzer(cfg).analyze_step(model, CE, train, model_type="encoder_decoder", strict=True)
+    assert res["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
+
+
+def test_encoder_only_logits_object_and_ignored_labels_match_dense():
+    """A model returning an object with ``.logits``; labels -100 and the pad id are left out of the loss."""
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    inner = TransformerFactory.create_encoder_only_transformer(**TINY, pad_idx=6).double()
+
+    class HFStyle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = inner
+            self.pad_idx = 6
+
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.model(input_ids))
+
+    ids, labels = transformer_batch(seed=3)
+    labels[0, :2] = -100
+    labels[1, 3] = 6
+    H = dense_hessian(inner, lambda out, y: torch.nn.functional.cross_entropy(
+        out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100), [(ids, labels.masked_fill(labels == 6,
+                                                                                                     -100))])
+    cfg = exact_config(trace_probes=2, track_component_hessian=False)
+    res = HessianAnalyzer(cfg).analyze_step(HFStyle(), CE, {"input_ids": ids, "labels": labels},
+                                            model_type="encoder_only", strict=True)
+    evals = torch.linalg.eigvalsh(H)
+    assert res["hessian"]["max_eigenvalue"] == pytest.approx(evals[-1].item(), rel=1e-7)
+    assert res["hessian"]["min_eigenvalue"] == pytest.approx(evals[0].item(), rel=1e-6, abs=1e-9)
+
+
+def test_bad_arguments_raise_naming_the_argument():
+    model = tiny_model()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    an = HessianAnalyzer(exact_config(trace_probes=2, tolerance=1e-4))
+    b = dict_batch(1)
+    cases = [
+        (dict(train_batch=None), ValueError, "train_batch: data is None"),
+        (dict(train_batch=[]), ValueError, "train_batch: data is empty"),
+        (dict(train_batch={"input_ids": b["input_ids"]}), ValueError, "train_batch: batch dict has keys"),
+        (dict(train_batch={"input_ids": b["input_ids"].double(), "labels": b["labels"]}), TypeError,
+         r"train_batch: batch\['input_ids'\] must be an integer tensor"),
+        (dict(val_batch=5), TypeError, "val_batch: data must be"),
+        (dict(val_batch=[b, {"labels": b["labels"]}]), ValueError, r"val_batch \(batch 1\): batch dict"),
+        (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
+        (dict(model_type="gpt"), ValueError, "model_type"),
+        (dict(model=lambda x: x), TypeError, "model must be a torch.nn.Module"),
+    ]
+    for kw, exc, msg in cases:
+        args = dict(model=model, loss_fn=CE, train_batch=b, val_batch=None)
+        args.update(kw)
+        with pytest.raises(exc, match=msg):  # raised even without strict=True: not an analysis failure
+            an.analyze_step(**args)
+    with pytest.raises(TypeError, match="data_batches must be a list"):
+        an.compute_batch_analysis(model, CE, b)  # a single batch
+    with pytest.raises(TypeError, match="data_batches must be a list"):
+        an.compute_batch_analysis(model, CE, 3)
+    with pytest.raises(ValueError, match=r"data_batches\[1\]: batch dict has keys"):
+        an.compute_batch_analysis(model, CE, [b, {"input_ids": b["input_ids"]}])
+    with pytest.raises(ValueError, match="train_data_loader: data is empty"):
+        get_hessian_eigenvectors(model, CE, [], None, None, 2)
+    assert an.history == {}
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cuda_request_without_gpu_falls_back():
     cfg = exact_config(trace_probes=2, device="cuda", track_component_hessian=False, tolerance=1e-4)
@@ -317,7 +453,7 @@ def test_compute_batch_analysis(case):
 
 def test_save_hessian_data_json_npz(tmp_path):
     cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_hessian_data=True, save_eigenvectors=True,
-                       model_name="tiny", n_bottom=0, track_component_hessian=False)
+                       model_name="tiny", track_component_hessian=False)
     model = tiny_model()
     res = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1), step=3)
     data = json.loads((tmp_path / "tiny_step3.json").read_text())
