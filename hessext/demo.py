@@ -277,7 +277,8 @@ def _final_extras(model: nn.Module, loss_fn: nn.Module, batch: dict, args: argpa
     eig = None
     try:
         from .lanczos import lanczos
-        eig = lanczos(H, k=max(2, args.top_k), which="LA", tol=1e-4, seed=args.seed)
+        # true residuals ‖Hv − θv‖ (k more matvecs): the error bars of the top-k figure
+        eig = lanczos(H, k=max(2, args.top_k), which="LA", tol=1e-4, seed=args.seed, compute_residuals=True)
         out["eigen"] = eig
     except Exception as e:  # noqa: BLE001
         _log(f"top-k spectrum skipped: {type(e).__name__}: {e}")

@@ -52,6 +52,7 @@ from ._io import atomic_write
 
 try:  # matplotlib is an optional dependency (extra "plot"); the import error is raised on first use.
     import matplotlib
+    import matplotlib.transforms as mtransforms
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     _MPL_ERROR: Optional[BaseException] = None
@@ -158,6 +159,7 @@ def _save(fig: Figure, save_path: Optional[Union[str, os.PathLike]], model_name:
           formats: Union[str, Sequence[str]] = ("png",), dpi: int = DPI) -> list[str]:
     """Write ``{model_name}_{quantity}.{fmt}`` files; record and return their paths."""
     fmts = _check_formats(formats)
+    _tidy_legends(fig)
     paths: list[str] = []
     if save_path is not None:
         if not isinstance(save_path, (str, os.PathLike)):
@@ -269,16 +271,26 @@ def _finite(values: Iterable[float]) -> np.ndarray:
 
 
 def _apply_scale(ax: Any, values: Iterable[float], axis: str = "y", scale: str = "auto") -> str:
-    """Choose linear / log / symlog from the data (see module docstring) and apply it; returns the scale."""
+    """Choose linear / log / symlog from the data (see module docstring) and apply it; returns the scale.
+
+    On a log or symlog axis the limits are padded in the axis' own scale (matplotlib's margins are linear in
+    the data, which on such an axis leaves the extreme points on the frame)."""
     vals = _finite(values)
+    chosen = _choose_scale(vals, scale)
     set_scale = ax.set_yscale if axis == "y" else ax.set_xscale
+    if chosen == "symlog":
+        set_scale("symlog", linthresh=_linthresh(vals))
+    elif chosen != "linear" or scale == "linear":
+        set_scale(chosen)
+    if chosen in ("log", "symlog"):
+        _pad_scaled(ax, vals, axis)
+    return chosen
+
+
+def _choose_scale(vals: np.ndarray, scale: str) -> str:
     if scale != "auto":
         if scale == "log" and (vals.size == 0 or np.any(vals <= 0)):
-            scale = "symlog" if vals.size else "linear"
-        if scale == "symlog":
-            set_scale("symlog", linthresh=_linthresh(vals))
-        else:
-            set_scale(scale)
+            return "symlog" if vals.size else "linear"
         return scale
     if vals.size == 0:
         return "linear"
@@ -287,17 +299,26 @@ def _apply_scale(ax: Any, values: Iterable[float], axis: str = "y", scale: str =
         return "linear"
     span = mags.max() / mags.min()
     if np.all(vals > 0):
-        if span > LOG_SPAN:
-            set_scale("log")
-            return "log"
-        return "linear"
+        return "log" if span > LOG_SPAN else "linear"
     if np.any(vals < 0) and np.any(vals > 0) and span > 100:
-        set_scale("symlog", linthresh=_linthresh(vals))
         return "symlog"
     if np.all(vals <= 0) and span > LOG_SPAN:
-        set_scale("symlog", linthresh=_linthresh(vals))
         return "symlog"
     return "linear"
+
+
+def _pad_scaled(ax: Any, vals: np.ndarray, axis: str, frac: float = 0.06) -> None:
+    """Set the limits of a log/symlog ``axis`` to the data range padded by ``frac`` in the scaled space."""
+    vals = vals[vals > 0] if (ax.get_yscale() if axis == "y" else ax.get_xscale()) == "log" else vals
+    if vals.size == 0:
+        return
+    tr = (ax.yaxis if axis == "y" else ax.xaxis).get_transform()
+    t = tr.transform(np.array([[vals.min()], [vals.max()]], dtype=float)).ravel()
+    if not np.all(np.isfinite(t)):
+        return
+    pad = frac * (t[1] - t[0]) if t[1] > t[0] else 0.25
+    lo, hi = tr.inverted().transform(np.array([[t[0] - pad], [t[1] + pad]])).ravel()
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(float(lo), float(hi))
 
 
 def _linthresh(vals: np.ndarray) -> float:
@@ -355,6 +376,197 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{f:.{max(digits - 1, 1)}e}"
 
 
+# ============================================================================ legends that never cover data
+_GUIDE = "hessext-guide"  # gid of reference lines (y = 0, y = 1, …): a legend may lie over them
+_LEGEND_LOCS = ("upper left", "upper right", "lower left", "lower right", "upper center", "lower center",
+                "center left", "center right")
+
+
+def _guide(artist: Any) -> Any:
+    """Mark a reference line as a guide (not data) for the legend placement."""
+    artist.set_gid(_GUIDE)
+    return artist
+
+
+def _data_points(axes: Sequence[Any], renderer: Any) -> tuple[np.ndarray, list[Any], list[Any]]:
+    """Display coordinates of the data drawn on ``axes``: points (line vertices, points sampled along line
+    segments, scatter offsets), filled paths (display-space), and bar/patch extents."""
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+    from matplotlib.patches import Rectangle
+
+    pts: list[np.ndarray] = []
+    fills: list[Any] = []
+    boxes: list[Any] = []
+
+    def add_polyline(xy: np.ndarray) -> None:
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        good = np.all(np.isfinite(xy), axis=1)
+        pts.append(xy[good])
+        if xy.shape[0] > 1:  # sample along every segment whose ends are both finite
+            seg = good[:-1] & good[1:]
+            a, b = xy[:-1][seg], xy[1:][seg]
+            if a.size:
+                t = np.linspace(0.0, 1.0, 24)[None, :, None]
+                pts.append((a[:, None, :] + t * (b - a)[:, None, :]).reshape(-1, 2))
+
+    for ax in axes:
+        for ln in ax.get_lines():
+            if ln.get_gid() == _GUIDE or not ln.get_visible():
+                continue
+            xy = ln.get_transform().transform(np.asarray(ln.get_xydata(), dtype=float))
+            if ln.get_linestyle() in ("None", "none", "", " "):
+                pts.append(xy[np.all(np.isfinite(xy), axis=1)])
+            else:
+                add_polyline(xy)
+        for col in ax.collections:
+            if col.get_gid() == _GUIDE or not col.get_visible():
+                continue
+            if isinstance(col, PathCollection) and len(col.get_offsets()):
+                off = col.get_offset_transform().transform(np.asarray(col.get_offsets(), dtype=float))
+                pts.append(off[np.all(np.isfinite(off), axis=1)])
+            elif isinstance(col, LineCollection):
+                for seg in col.get_segments():
+                    add_polyline(col.get_transform().transform(np.asarray(seg, dtype=float)))
+            elif isinstance(col, PolyCollection):
+                tr = col.get_transform()
+                for p in col.get_paths():
+                    fills.append(tr.transform_path(p))
+        for patch in ax.patches:
+            if isinstance(patch, Rectangle) and patch.get_visible() and patch.get_gid() != _GUIDE:
+                boxes.append(patch.get_window_extent(renderer))
+    allpts = np.concatenate(pts) if pts else np.zeros((0, 2))
+    return allpts, fills, boxes
+
+
+def _covers_data(bbox: Any, data: tuple[np.ndarray, list[Any], list[Any]]) -> bool:
+    pts, fills, boxes = data
+    if pts.size and np.any((pts[:, 0] >= bbox.x0) & (pts[:, 0] <= bbox.x1)
+                           & (pts[:, 1] >= bbox.y0) & (pts[:, 1] <= bbox.y1)):
+        return True
+    gx, gy = np.meshgrid(np.linspace(bbox.x0, bbox.x1, 7), np.linspace(bbox.y0, bbox.y1, 5))
+    probe = np.column_stack([gx.ravel(), gy.ravel()])
+    for path in fills:
+        if np.any(path.contains_points(probe)):
+            return True
+        v = path.vertices
+        if v.size and np.any((v[:, 0] > bbox.x0) & (v[:, 0] < bbox.x1) & (v[:, 1] > bbox.y0)
+                             & (v[:, 1] < bbox.y1)):
+            return True
+    return any(b.width > 0 and b.height > 0 and b.overlaps(bbox) for b in boxes)
+
+
+def _axes_group(ax: Any) -> list[Any]:
+    """``ax`` and its twins (``twinx``/``twiny`` share the position, so their data share the area)."""
+    try:
+        return list(ax._twinned_axes.get_siblings(ax))
+    except AttributeError:  # pragma: no cover - private API moved
+        return [ax]
+
+
+def _legend_overlaps(fig: Figure) -> list[tuple[Any, Any]]:
+    """``(axes, legend)`` pairs whose legend (inside the axes) covers data, after laying the figure out."""
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else fig._get_renderer()
+    out = []
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None or not leg.get_visible():
+            continue
+        lb = leg.get_window_extent(renderer)
+        ab = ax.get_window_extent(renderer)
+        if not (lb.x0 >= ab.x0 - 1 and lb.x1 <= ab.x1 + 1 and lb.y0 >= ab.y0 - 1 and lb.y1 <= ab.y1 + 1):
+            continue  # placed outside the axes on purpose
+        if _covers_data(lb.padded(2), _data_points(_axes_group(ax), renderer)):
+            out.append((ax, leg))
+    return out
+
+
+def _raise_top(ax: Any, data: tuple[np.ndarray, list[Any], list[Any]], frac: float) -> None:
+    """Raise the top of ``ax``'s y-axis (in the axis' own scale: linear, log or symlog) so that the data end
+    ``frac`` of the axes height below the top."""
+    ab = ax.get_window_extent()
+    pts, fills, boxes = data
+    tops = [float(pts[:, 1].max())] if pts.size else []
+    tops += [float(p.vertices[:, 1].max()) for p in fills if p.vertices.size]
+    tops += [b.y1 for b in boxes]
+    if not tops or ab.height <= 0:
+        return
+    top_px = min(max(tops), ab.y1)
+    scale_tr = ax.yaxis.get_transform()
+    lo, hi = ax.get_ylim()
+    t0, t1 = scale_tr.transform(np.array([[lo], [hi]], dtype=float)).ravel()
+    tm = t0 + (top_px - ab.y0) / ab.height * (t1 - t0)
+    new_t1 = t0 + (tm - t0) / (1.0 - frac)
+    if np.isfinite(new_t1) and new_t1 > t1:
+        ax.set_ylim(lo, float(scale_tr.inverted().transform(np.array([[new_t1]])).ravel()[0]))
+
+
+def _relegend(ax: Any, leg: Any, **kw: Any) -> Any:
+    """Replace ``leg`` by a legend of the same entries and style with other placement options."""
+    title = leg.get_title().get_text()
+    style = dict(fontsize=leg.texts[0].get_fontsize() if leg.texts else None,
+                 framealpha=leg.get_frame().get_alpha(), title=title or None)
+    style.update(kw)
+    return ax.legend(leg.legend_handles, [t.get_text() for t in leg.texts], **style)
+
+
+def _tidy_legends(fig: Figure) -> None:
+    """Move every legend that covers data: first to another corner or edge of its axes, then (if all of
+    them are taken) into headroom made above the data, finally outside the axes on the right."""
+    if not any(ax.get_legend() is not None for ax in fig.axes):
+        return
+    if not _layout(fig):
+        return
+    bad = _legend_overlaps(fig)
+    if not bad:
+        return
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else fig._get_renderer()
+    relayout = False
+    for ax, leg in bad:
+        data = _data_points(_axes_group(ax), renderer)
+        placed = False
+        for loc in _LEGEND_LOCS:
+            leg.set_loc(loc)
+            if not _covers_data(leg.get_window_extent(renderer).padded(2), data):
+                placed = True
+                break
+        if placed:
+            continue
+        # headroom: raise the top of the y-axis (in the axis' own scale) so that the legend fits above the data
+        group = _axes_group(ax)
+        limits = [sib.get_ylim() for sib in group]
+        old_leg = leg
+        leg = _relegend(ax, old_leg, loc="upper center", ncols=min(len(old_leg.texts), 3))
+        ab = ax.get_window_extent(renderer)
+        lb = leg.get_window_extent(renderer)
+        if lb.width < 0.95 * ab.width:
+            frac = min((lb.height + 10.0) / max(ab.height, 1.0), 0.45)
+            for sib in group:
+                _raise_top(sib, _data_points([sib], renderer), frac)
+            if not _covers_data(leg.get_window_extent(renderer).padded(2), _data_points(group, renderer)):
+                continue
+        # last resort: below the axes, under its tick labels and x label (data limits as they were)
+        for sib, lim in zip(group, limits):
+            sib.set_ylim(*lim)
+        below = ab.y0 - min(ax.xaxis.get_tightbbox(renderer).y0, ab.y0)
+        shift = mtransforms.ScaledTranslation(0.0, -(below + 4.0) / fig.dpi, fig.dpi_scale_trans)
+        _relegend(ax, old_leg, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  bbox_transform=ax.transAxes + shift, ncols=min(len(old_leg.texts), 2), frameon=False)
+        relayout = True
+    if relayout:
+        _layout(fig)
+
+
+def _layout(fig: Figure) -> bool:
+    """Run the figure's layout engine (positions of axes as they will be saved) without drawing."""
+    try:
+        engine = fig.get_layout_engine()
+        if engine is not None:
+            engine.execute(fig)
+        return True
+    except Exception:  # noqa: BLE001 - a figure that cannot be laid out is saved as it is
+        return False
+
+
 # ============================================================================ panel machinery
 @dataclass
 class _Panel:
@@ -368,6 +580,8 @@ class _Panel:
     ref_label: Optional[str] = None
     band: Optional[tuple[str, str, float]] = None  # (center key, std-error key, multiplier)
     draw: Optional[Callable[[Any, np.ndarray, list, Optional[list]], bool]] = None
+    styles: Optional[Mapping[str, Mapping[str, Any]]] = None  # per key: plot kwargs (color, ls, marker, …)
+    context: Sequence[tuple[str, str]] = ()       # drawn too, but only when one of ``keys`` has data
 
     def has_data(self, records: list) -> bool:
         if self.draw is not None:  # ``keys`` then only name the entries the drawer needs (any one suffices)
@@ -420,27 +634,31 @@ def _draw_series_panel(ax: Any, panel: _Panel, xs: np.ndarray, records: list, la
     every: list[float] = []
     drawn = 0
     colors = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-    for i, (key, label) in enumerate(panel.keys):
+    for i, (key, label) in enumerate(list(panel.keys) + list(panel.context)):
         ys = _series(records, key)
         if not _finite(ys).size:
             continue
         # alternate solid / dashed so that coinciding series stay visible
-        ax.plot(xs, ys, marker=_marker(len(xs)), ms=4, lw=1.8, color=colors[i % len(colors)], label=label,
-                ls="-" if drawn % 2 == 0 else "--")
+        style = dict(marker=_marker(len(xs)), ms=4, lw=1.8, color=colors[i % len(colors)],
+                     ls="-" if drawn % 2 == 0 else "--")
+        style.update((panel.styles or {}).get(key, {}))
+        if not _marker(len(xs)):
+            style["marker"] = ""
+        ax.plot(xs, ys, label=label, **style)
         every.extend(ys.tolist())
         drawn += 1
         if panel.band is not None and panel.band[0] == key:
             err = _series(records, panel.band[1]) * panel.band[2]
             if _finite(err).size:
                 lo, hi = ys - err, ys + err
-                ax.fill_between(xs, lo, hi, color=colors[i % len(colors)], alpha=0.2, lw=0,
+                ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.2, lw=0,
                                 label=f"± {panel.band[2]:g} standard errors")
                 every.extend(lo.tolist())
                 every.extend(hi.tolist())
     if not drawn:
         return False
     if panel.ref is not None:
-        ax.axhline(panel.ref, color="0.4", lw=1, ls="--", label=panel.ref_label)
+        _guide(ax.axhline(panel.ref, color="0.4", lw=1, ls="--", label=panel.ref_label))
         every.append(panel.ref)
     _apply_scale(ax, every, "y", panel.scale)
     if panel.ylim is not None:
@@ -487,9 +705,10 @@ def _normalize_components(component_history: Any) -> tuple[list[Any], np.ndarray
                                                              dict[str, list[Optional[Mapping]]]]:
     """Bring a component history into ``(step keys, x, tick labels, {component: [metrics per step]})``.
 
-    Accepted: ``{step: {component: metrics}}`` (steps int-like; values may also be full analyze_step results
-    with a ``"components"`` entry), ``{component: {step: metrics}}``, or one snapshot
-    ``{component: metrics}`` (drawn as a single step).
+    Accepted: ``{step: {component: metrics}}`` (values may also be full analyze_step results with a
+    ``"components"`` entry), ``{component: {step: metrics}}``, or one snapshot ``{component: metrics}``
+    (drawn as a single step). Int-like keys are steps; when neither level is int-like (``"epoch_3"``), the
+    level whose keys are known component names (``COMPONENT_COLORS``) is the component level.
     """
     if component_history is None:
         return [], np.zeros(0), None, {}
@@ -498,27 +717,38 @@ def _normalize_components(component_history: Any) -> tuple[list[Any], np.ndarray
     items = {k: v for k, v in component_history.items() if isinstance(v, Mapping)}
     if not items:
         return [], np.zeros(0), None, {}
-    outer_steps = all(_int_like(k) for k in items)
-    if outer_steps:
-        by_step = {}
-        for k, v in items.items():
-            if "components" in v and isinstance(v["components"], Mapping):
-                v = v["components"]
-            by_step[k] = v
+
+    def unwrap(v: Mapping) -> Mapping:
+        return v["components"] if isinstance(v.get("components"), Mapping) else v
+
+    def nested(v: Mapping) -> bool:  # {key: {…}}: one level deeper than a metrics dict {name: number}
+        vals = [x for x in unwrap(v).values() if x is not None]
+        return bool(vals) and all(isinstance(x, Mapping) for x in vals)
+
+    two_level = all(nested(v) for v in items.values())
+    inner_keys = list(dict.fromkeys(ik for v in items.values() for ik in unwrap(v))) if two_level else []
+    if all(_int_like(k) for k in items):
+        mode = "step-major"
+    elif two_level and inner_keys and all(_int_like(ik) for ik in inner_keys):
+        mode = "component-major"
+    elif two_level:
+        # neither level is numbered (e.g. "epoch_3"): the level whose keys are known component names is the
+        # component level; the document's order {step: {component: …}} wins a tie
+        known_outer = sum(str(k) in COMPONENT_COLORS for k in items)
+        known_inner = sum(str(k) in COMPONENT_COLORS for k in inner_keys)
+        mode = "step-major" if known_outer <= known_inner else "component-major"
     else:
-        inner_keys = [ik for v in items.values() for ik in v.keys()]
-        if inner_keys and all(_int_like(ik) for ik in inner_keys):
-            by_step = {}
-            for comp, per_step in items.items():
-                for s, m in per_step.items():
-                    by_step.setdefault(s, {})[comp] = m
-            # int-like keys may mix "5" and 5: merge equal integers
-            merged: dict[int, dict] = {}
-            for s, d in by_step.items():
-                merged.setdefault(int(float(s)) if not isinstance(s, str) else int(s), {}).update(d)
-            by_step = merged
-        else:
-            by_step = {0: items}
+        mode = "snapshot"
+    if mode == "step-major":
+        by_step = {k: unwrap(v) for k, v in items.items()}
+    elif mode == "component-major":
+        by_step = {}
+        for comp, per_step in items.items():
+            for s, m in per_step.items():
+                # int-like keys may mix "5" and 5: merge equal integers
+                by_step.setdefault(_step_key(s), {})[comp] = m
+    else:
+        by_step = {0: items}
     keys, xs, labels = _ordered_steps(by_step)
     comps: list[str] = []
     for k in keys:
@@ -551,6 +781,39 @@ def _comp_value(m: Optional[Mapping], key: str) -> float:
             v = float(top.max()) if top.size else float("nan")
         return v
     return _to_float(m.get(key))
+
+
+def _bar_axis(ax: Any, values: Sequence[float], ends: Optional[Sequence[float]] = None,
+              extra: Sequence[float] = ()) -> str:
+    """Value axis of a horizontal bar chart: scale from the data, and every bar labelled with its value.
+
+    On a log axis a bar's length depends on where the axis starts, so the axis starts a whole decade below
+    the smallest bar (every bar visible, none of equal length by accident) and each bar carries its number.
+    ``ends`` are where the labels go (bar end or error-bar end); ``extra`` are other values drawn on the axis.
+    """
+    vals = np.asarray(values, dtype=float)
+    ends_arr = vals if ends is None else np.where(np.isfinite(np.asarray(ends, dtype=float)),
+                                                  np.asarray(ends, dtype=float), vals)
+    allv = _finite(np.concatenate([vals, ends_arr, np.asarray(list(extra), dtype=float)]))
+    scale = _choose_scale(allv, "auto")
+    if scale == "log":
+        ax.set_xscale("log")
+        lg_lo = math.floor(math.log10(allv.min()) - 1e-9)
+        lg_hi = math.log10(allv.max())
+        ax.set_xlim(10.0 ** lg_lo, 10.0 ** (lg_hi + 0.2 * (lg_hi - lg_lo)))
+    elif scale == "symlog":
+        ax.set_xscale("symlog", linthresh=_linthresh(allv))
+        _pad_scaled(ax, allv, "x", frac=0.15)
+    elif allv.size:
+        lo, hi = min(0.0, float(allv.min())), max(0.0, float(allv.max()))
+        span = hi - lo if hi > lo else 1.0
+        ax.set_xlim(lo - (0.15 * span if lo < 0 else 0.0), hi + (0.15 * span if hi > 0 else 0.0))
+    for j, (val, end) in enumerate(zip(vals, ends_arr)):
+        if np.isfinite(val):
+            at = end if np.isfinite(end) else val
+            ax.annotate(_fmt(val, 3), (at, j), xytext=(4 if at >= 0 else -4, 0), textcoords="offset points",
+                        ha="left" if at >= 0 else "right", va="center", fontsize=8, color="0.2")
+    return scale
 
 
 # ============================================================================ the visualizer
@@ -655,17 +918,20 @@ class HessianVisualizer:
         hist = _section(hessian_history, "hessian")
         panels = [
             _Panel("Condition number", keys=[("condition_number", "max|λ| / min|λ| (top-k)")],
-                   ylabel="condition number (ratio)"),
+                   ylabel="max|λᵢ| / min|λᵢ| over the top-k (ratio)"),
             _Panel("Effective rank", keys=[("effective_rank_95", "95% of Σ|λ|"),
                                            ("effective_rank_entropy", "entropy exp(H(p))")],
-                   ylabel="effective rank (eigenvalues)"),
+                   context=[("num_eigenvalues", "k (eigenvalues computed: the ceiling)")],
+                   ylabel="effective rank (eigenvalues)",
+                   styles={"num_eigenvalues": dict(color="0.45", ls=":", marker="", lw=1.4)}),
             _Panel("Complexity score", keys=[("complexity_score", "tr H / entropy rank")],
                    ylabel="complexity score (loss / param²)"),
             _Panel("Eigenvalue decay", keys=[("eigenvalue_decay_rate", "decay rate of sorted |λ|")],
                    ylabel="decay rate (log-units / rank)"),
-            _Panel("Eigenvalue spread", keys=[("eigenvalue_std", "std of λ (loss / param²)"),
-                                              ("eigenvalue_skew", "skewness (dimensionless)")],
-                   ylabel="value"),
+            _Panel("Eigenvalue spread", keys=[("eigenvalue_std", "std of the top-k λ")],
+                   ylabel="standard deviation (loss / param²)"),
+            _Panel("Eigenvalue skewness", keys=[("eigenvalue_skew", "skewness of the top-k λ")],
+                   ylabel="skewness (dimensionless)", ref=0.0),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: Hessian complexity metrics",
                              "no complexity metrics in this history", ncols=3, panel_size=(4.8, 3.4))
@@ -730,7 +996,7 @@ class HessianVisualizer:
             bars = ax.barh(names, vals, color=[component_color(c) for c in names])
             for c, b in zip(names, bars):
                 handles.setdefault(c, b)
-            _apply_scale(ax, vals, "x")
+            _bar_axis(ax, vals)
             last = labels[-1] if labels else _fmt(xs[-1])
             ax.set_title(f"λ_max by component (step {last})")
             ax.set_xlabel("λ_max (loss / param²)")
@@ -768,7 +1034,7 @@ class HessianVisualizer:
                    keys=[("top_k_gradient_fraction|top_subspace_fraction", "‖P_k g‖² / ‖g‖²")],
                    ylabel="fraction of ‖g‖²", ylim=(-0.02, 1.02)),
             _Panel("Gradient vs each top eigenvector", keys=[("eigenvector_alignments", "")],
-                   draw=_draw_rank_lines("eigenvector_alignments", "|cos∠(g, vᵢ)|", "λ₁ (largest)",
+                   draw=_draw_rank_lines("eigenvector_alignments", "|cos∠(g, vᵢ)|", "v₁ (top eigenvector)",
                                          ylim=(-0.02, 1.02))),
         ]
         fig = _series_figure(hist, panels, f"{model_name}: gradient–Hessian alignment",
@@ -797,7 +1063,12 @@ class HessianVisualizer:
             _Panel("Curvature on train and validation data",
                    keys=[("train_max_eigenvalue", "λ_max train"), ("val_max_eigenvalue", "λ_max validation"),
                          ("train_trace", "tr H train"), ("val_trace", "tr H validation")],
-                   ylabel="curvature (loss / param²)"),
+                   ylabel="curvature (loss / param²)",
+                   # colour = quantity, line style = data set (solid: training, dashed: validation)
+                   styles={"train_max_eigenvalue": dict(color="#1f77b4", ls="-", marker="o"),
+                           "val_max_eigenvalue": dict(color="#1f77b4", ls="--", marker="s", mfc="white"),
+                           "train_trace": dict(color="#2ca02c", ls="-", marker="o"),
+                           "val_trace": dict(color="#2ca02c", ls="--", marker="s", mfc="white")}),
             _Panel("Spectral overlap", keys=[("eigenvalue_distribution_overlap", "eigenvalue distributions"),
                                              ("eigenspace_overlap", "top eigenspaces")],
                    ylabel="overlap (0 = disjoint, 1 = identical)", ylim=(-0.02, 1.02)),
@@ -880,7 +1151,7 @@ class HessianVisualizer:
                 nodes = nodes[np.isfinite(nodes)]
                 ax.plot(nodes, np.full(nodes.size, lo * 1.6), "|", color="#d62728", ms=9, alpha=0.6,
                         label="Ritz nodes θⱼ")
-            ax.axvline(0.0, color="0.4", lw=1, ls="--")
+            _guide(ax.axvline(0.0, color="0.4", lw=1, ls="--"))
             ax.set_xlabel("eigenvalue λ (loss / param²)")
             ax.set_ylabel("density φ(λ) (1 / eigenvalue unit)")
             ax.grid(True, alpha=0.3)
@@ -917,23 +1188,30 @@ class HessianVisualizer:
             res = res[order] if res is not None else None
             ranks = np.arange(1, vals.size + 1)
             colors = np.where(vals >= 0, "#1f77b4", "#d62728")
+            eb = None
             if res is not None:
-                ax.errorbar(ranks, vals, yerr=res, fmt="none", ecolor="0.2", elinewidth=1.2, capsize=4,
-                            label="± Ritz residual ‖Hv − θv‖")
+                eb = ax.errorbar(ranks, vals, yerr=res, fmt="none", ecolor="0.2", elinewidth=1.2, capsize=4,
+                                 label="± Ritz residual ‖Hv − θv‖")
             ax.scatter(ranks, vals, c=list(colors), s=36, zorder=3, label="Ritz value θᵢ")
             ax.plot(ranks, vals, color="0.6", lw=0.8, zorder=2)
             every = list(vals) + (list(vals + res) + list(vals - res) if res is not None else [])
             _apply_scale(ax, every, "y")
             if np.any(vals < 0):
-                ax.axhline(0.0, color="0.4", lw=1, ls="--")
+                _guide(ax.axhline(0.0, color="0.4", lw=1, ls="--"))
             ax.set_xlabel("rank i (1 = largest)")
             ax.set_ylabel("eigenvalue θᵢ (loss / param²)")
             ax.set_xticks(ranks if ranks.size <= 25 else ranks[:: max(1, ranks.size // 20)])
             ax.grid(True, alpha=0.3)
-            if res is not None:
-                ax.text(0.99, 0.97, f"max residual {_fmt(np.nanmax(res), 3)}", transform=ax.transAxes,
-                        ha="right", va="top", fontsize=8, color="0.3")
-            ax.legend(loc="lower left", fontsize=9, framealpha=0.85)
+            if res is not None and res.size and eb is not None:
+                lo_y, hi_y = ax.get_ylim()
+                tr = ax.yaxis.get_transform()
+                # error bars shorter than ~1% of the axis hide behind the markers: say so
+                t = tr.transform(np.column_stack([vals - res, vals + res]).reshape(-1, 1)).reshape(-1, 2)
+                t_ax = tr.transform(np.array([[lo_y], [hi_y]])).ravel()
+                tiny = bool(np.all(np.abs(t[:, 1] - t[:, 0]) < 0.01 * abs(t_ax[1] - t_ax[0])))
+                eb.set_label(f"± Ritz residual ‖Hv − θv‖ (max {_fmt(np.nanmax(res), 3)}"
+                             + ("; bars smaller than the markers)" if tiny else ")"))
+            ax.legend(loc="best", fontsize=9, framealpha=0.85)
         ax.set_title(title, fontsize=12, fontweight="bold")
         _save(fig, save_path, model_name, "top_spectrum", formats, dpi)
         return fig
@@ -990,7 +1268,7 @@ class HessianVisualizer:
             err = err if _finite(err).size else None
             ax.barh(range(len(names)), np.nan_to_num(vals), xerr=None if err is None else np.nan_to_num(err),
                     color=[component_color(c) for c in names], capsize=3)
-            _apply_scale(ax, list(vals) + ([] if err is None else list(vals + err)), "x")
+            _bar_axis(ax, vals, ends=None if err is None else vals + err)
             ax.set_yticks(range(len(names)))
             ax.set_yticklabels(ylabels(), fontsize=9)
             ax.set_xlabel("trace tr H_c (loss / param²)" + ("  ± 2 s.e." if err is not None else ""))
@@ -1008,7 +1286,7 @@ class HessianVisualizer:
                     ax.plot(top[1:], np.full(top.size - 1, j), "o", color="0.15", ms=3.5,
                             label="other top eigenvalues" if j == 0 else None)
                     every.extend(top[1:].tolist())
-            _apply_scale(ax, every, "x")
+            _bar_axis(ax, vals, extra=every)
             ax.set_yticks(range(len(names)))
             ax.set_yticklabels(ylabels() if not has_t else names, fontsize=9)
             ax.set_xlabel("eigenvalue (loss / param²)")
@@ -1327,7 +1605,7 @@ def _plot_density_series(items: list[tuple[Any, Any]], save_path: Optional[str],
             ax.plot(g, np.clip(dens, lo, None), color=c, lw=1.4, label=f"step {label}")
         ax.set_yscale("log")
         ax.set_ylim(lo, top * 3)
-        ax.axvline(0.0, color="0.4", lw=1, ls="--")
+        _guide(ax.axvline(0.0, color="0.4", lw=1, ls="--"))
         ax.set_xlabel("eigenvalue λ (loss / param²)")
         ax.set_ylabel("density φ(λ) (1 / eigenvalue unit)")
         ax.grid(True, alpha=0.3)
@@ -1372,7 +1650,7 @@ _KEY_METRICS = [
     ("hessian", "min_eigenvalue", "λ_min"),
     ("hessian", "hessian_trace_estimate", "trace"),
     ("hessian", "negative_count", "# negative"),
-    ("hessian", "condition_number", "condition number"),
+    ("hessian", "condition_number", "cond. (top-k)"),
     ("hessian", "effective_rank_entropy", "effective rank"),
     ("alignment", "grad_Hg_alignment", "cos(g, Hg)"),
     ("sharpness", "max_sharpness", "max sharpness"),

@@ -951,3 +951,16 @@ def test_reports_are_written_atomically(tmp_path: Any, monkeypatch: pytest.Monke
     HessianVisualizer.create_comprehensive_report(history={1: res}, save_path=str(report))
     assert {"model_analysis_summary.txt", "index.html"} <= {os.path.basename(p) for p in replaced}
     assert not [f for f in os.listdir(report) if f.startswith(".tmp")]
+
+
+def test_saved_data_has_ordinary_permissions(tmp_path: Any) -> None:
+    """JSON/NPZ written atomically get the permissions of an ordinary ``open(path, "w")``, not mkstemp's 0600."""
+    an, res = _results()
+    an.config.output_dir = str(tmp_path)
+    umask = os.umask(0o022)
+    try:
+        paths = an.save_hessian_data(res)
+    finally:
+        os.umask(umask)
+    for p in paths.values():
+        assert os.stat(p).st_mode & 0o777 == 0o644, p

@@ -50,7 +50,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for link in links:
         assert (out / link).is_file(), f"index.html links a missing file: {link}"
     for quantity in ("training_curves", "eigenvalue_evolution", "complexity_metrics", "component_comparison",
-                     "component_bars", "gradient_alignment", "memorization_metrics", "sharpness"):
+                     "component_bars", "gradient_alignment", "memorization_metrics", "sharpness",
+                     # the final-parameter extras: Ritz values with error bars, SLQ density, loss landscapes
+                     "top_spectrum", "spectral_density", "loss_landscape_1d", "loss_landscape_2d"):
         assert f"{name}_{quantity}.png" in links, quantity
         png = out / f"{name}_{quantity}.png"
         img = __import__("matplotlib.image", fromlist=["imread"]).imread(str(png))
@@ -68,6 +70,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         .create_decoder_only_transformer(vocab_size=5, d_model=MODEL_SIZES["tiny"][0],
                                          num_heads=MODEL_SIZES["tiny"][1], num_layers=MODEL_SIZES["tiny"][2],
                                          d_ff=MODEL_SIZES["tiny"][3], max_seq_length=8).parameters())
+    # the report is readable wherever its PNGs are (no private 0600 files from the atomic writer)
+    for f in ("index.html", f"{name}_analysis_summary.txt", f"{name}_history.json"):
+        assert (out / f).stat().st_mode & 0o044 == (out / f"{name}_sharpness.png").stat().st_mode & 0o044, f
     summary = (out / f"{name}_analysis_summary.txt").read_text()
     assert "3 analysed steps" in summary and "train loss" in summary
 

@@ -557,3 +557,202 @@ def test_plots_of_a_real_tiny_analysis(tmp_path, one_thread):
     ax = [a for a in fig.axes if a.get_title() == "Extreme eigenvalues"][0]
     line = [ln for ln in ax.get_lines() if ln.get_label() == "λ_max"][0]
     assert list(line.get_ydata()) == pytest.approx([history[s]["hessian"]["max_eigenvalue"] for s in (0, 1)])
+
+
+# ----------------------------------------------------------------------------- readability at a glance
+def _drawn(fig):
+    """Lay the figure out as it is saved (so that display coordinates are final)."""
+    fig.draw_without_rendering()
+    return fig
+
+
+def _legend_hits(ax, leg):
+    """True if ``leg`` lies on a data point or a data line of ``ax`` or its twins (reference lines aside),
+    checked independently of hessext: line vertices and points sampled along every segment."""
+    box = leg.get_window_extent()
+    siblings = [a for a in ax.figure.axes if a.bbox.bounds == ax.bbox.bounds]
+    for a in siblings:
+        for ln in a.get_lines():
+            if ln.get_gid() == "hessext-guide" or ln.get_label() == "equal curvature":
+                continue
+            xy = ln.get_transform().transform(np.asarray(ln.get_xydata(), float))
+            pts = [xy]
+            if ln.get_linestyle() not in ("None", "none", ""):
+                t = np.linspace(0, 1, 40)[None, :, None]
+                pts.append((xy[:-1, None, :] + t * (xy[1:] - xy[:-1])[:, None, :]).reshape(-1, 2))
+            for p in pts:
+                p = p[np.all(np.isfinite(p), axis=1)]
+                if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
+                    return True
+    return False
+
+
+def _inner_legends(fig):
+    out = []
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is not None:
+            lb, ab = leg.get_window_extent(), ax.get_window_extent()
+            if lb.x0 >= ab.x0 - 1 and lb.x1 <= ab.x1 + 1 and lb.y0 >= ab.y0 - 1 and lb.y1 <= ab.y1 + 1:
+                out.append((ax, leg))
+    return out
+
+
+def crowded_history():
+    """The demo's worst case: λ_max along the top and λ_min along the bottom of a symlog panel, and series
+    that fill every corner of a linear panel."""
+    steps = range(0, 241, 40)
+    lmax = [4.8, 4.4, 6.4, 8.0, 21.0, 30.1, 25.8]
+    lmin = [-1.0, -0.18, -0.64, -1.0, -2.6, -7.2, -7.1]
+    hist = {}
+    for i, s in enumerate(steps):
+        hist[s] = {"hessian": {"max_eigenvalue": lmax[i], "min_eigenvalue": lmin[i]},
+                   "alignment": {"grad_Hg_alignment": [0.9, 0.1, 0.9, 0.1, 0.9, 0.1, 0.9][i],
+                                 "weighted_alignment": [0.1, 0.9, 0.1, 0.9, 0.1, 0.9, 0.1][i]},
+                   "sharpness": {"max_sharpness": 1.0 + i, "spectral_norm": 7.0 - i,
+                                 "top_k_mean_sharpness": 4.0 + (-1) ** i * 3, "mean_sharpness": 4.0}}
+    return hist
+
+
+def test_legends_never_cover_data(tmp_path, hist):
+    crowded = crowded_history()
+    figs = {q: make(save_path=str(tmp_path), model_name="m", dpi=DPI) for q, make in _cases(hist).items()}
+    figs["crowded_extremes"] = HessianVisualizer.plot_eigenvalue_evolution(crowded, str(tmp_path), "c", dpi=DPI)
+    figs["crowded_alignment"] = HessianVisualizer.plot_gradient_alignment(crowded, str(tmp_path), "c", dpi=DPI)
+    figs["crowded_sharpness"] = HessianVisualizer.plot_sharpness(crowded, str(tmp_path), "c", dpi=DPI)
+    checked = 0
+    for name, fig in figs.items():
+        _drawn(fig)
+        for ax, leg in _inner_legends(fig):
+            checked += 1
+            assert not _legend_hits(ax, leg), f"{name}: the legend of {ax.get_title()!r} covers data"
+    assert checked >= 12
+    # the crowded panels keep all their data in view (the legend got room, not the data cut)
+    ax = {a.get_title(): a for a in figs["crowded_sharpness"].axes}["Sharpness"]
+    lo, hi = ax.get_ylim()
+    assert lo <= 1.0 and hi >= 7.0
+
+
+def test_log_axes_keep_the_extreme_points_off_the_frame(hist):
+    fig = _drawn(HessianVisualizer.plot_eigenvalue_evolution(crowded_history(), None, "m"))
+    ax = {a.get_title(): a for a in fig.axes}["Extreme eigenvalues"]
+    assert ax.get_yscale() == "symlog"
+    box = ax.get_window_extent()
+    for ln in ax.get_lines():
+        if ln.get_gid() == "hessext-guide":
+            continue
+        y = ln.get_transform().transform(np.asarray(ln.get_xydata(), float))[:, 1]
+        # at least 3 % of the axes height between every point and the frame (the markers stay whole)
+        assert np.all(y > box.y0 + 0.03 * box.height) and np.all(y < box.y1 - 0.03 * box.height), ln.get_label()
+
+
+def test_bars_on_a_log_axis_start_a_decade_down_and_carry_their_values(hist):
+    comps = hist[30]["components"]  # λ_max spans 0.1 … 40: a log axis
+    fig = HessianVisualizer.plot_component_bars(comps, None, "m")
+    ax = [a for a in fig.axes if a.get_title().startswith("Largest eigenvalue")][0]
+    assert ax.get_xscale() == "log"
+    lo = ax.get_xlim()[0]
+    lmax = [comps[c]["max_eigenvalue"] for c in COMPS]
+    assert lo <= min(lmax) / 1.2 and math.log10(lo) == int(math.log10(lo))  # a round decade below the data
+    texts = {t.get_text() for t in ax.texts}
+    assert {viz._fmt(v, 3) for v in lmax} <= texts  # every bar says its value
+    fig = HessianVisualizer.plot_component_comparison(section(hist, "components"), None, "m")
+    ax = [a for a in fig.axes if a.get_title().startswith("λ_max by component")][0]
+    assert ax.get_xscale() == "log" and {viz._fmt(v, 3) for v in lmax} <= {t.get_text() for t in ax.texts}
+
+
+def test_component_history_with_named_steps_in_both_orders(tmp_path, hist):
+    step_major = {f"epoch_{i}": hist[s]["components"] for i, s in enumerate(hist)}
+    comp_major = {c: {e: per[c] for e, per in step_major.items()} for c in COMPS}
+    ref = None
+    for h in (step_major, comp_major):
+        fig = HessianVisualizer.plot_component_comparison(h, str(tmp_path), "m", dpi=DPI)
+        lines = _component_lines(fig)
+        assert {label for _, label in lines} == set(COMPS)
+        ax = [a for a in fig.axes if a.get_title() == "Trace of each block"][0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(step_major)
+        ref = ref or lines
+        assert lines == ref
+    assert ref[("Trace of each block", "ffn")][1][2] == pytest.approx(hist[20]["components"]["ffn"]["trace"])
+
+
+def test_train_and_validation_share_a_colour_per_quantity():
+    h = {s: {"train_max_eigenvalue": 5.0 + s, "val_max_eigenvalue": 4.0 + s, "train_trace": 50.0 * (s + 1),
+             "val_trace": 40.0 * (s + 1)} for s in range(4)}
+    fig = HessianVisualizer.plot_memorization_metrics(h, None, "m")
+    ax = [a for a in fig.axes if a.get_title() == "Curvature on train and validation data"][0]
+    st = {ln.get_label(): (matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle()) for ln in ax.get_lines()}
+    assert st["λ_max train"][0] == st["λ_max validation"][0] != st["tr H train"][0] == st["tr H validation"][0]
+    assert st["λ_max train"][1] == st["tr H train"][1] != st["λ_max validation"][1] == st["tr H validation"][1]
+
+
+def test_one_unit_per_axis_in_the_complexity_figure(hist):
+    h = {s: {**r["hessian"], "eigenvalue_std": 1.0 + s, "eigenvalue_skew": 0.1 * s, "num_eigenvalues": 6}
+         for s, r in hist.items()}
+    fig = HessianVisualizer.plot_complexity_metrics(h, None, "m")
+    by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert by_title["Eigenvalue spread"].get_ylabel().startswith("standard deviation")
+    assert by_title["Eigenvalue skewness"].get_ylabel().startswith("skewness")
+    labels = [ln.get_label() for ln in by_title["Effective rank"].get_lines()]
+    assert any(lab.startswith("k (") for lab in labels)  # the ceiling the effective ranks cannot pass
+    # without effective ranks the ceiling alone draws no panel
+    fig = HessianVisualizer.plot_complexity_metrics({0: {"num_eigenvalues": 6, "condition_number": 3.0}},
+                                                    None, "m")
+    assert "Effective rank" not in {ax.get_title() for ax in fig.axes}
+
+
+def test_report_files_have_ordinary_permissions(tmp_path, hist):
+    umask = os.umask(0o022)
+    try:
+        report = HessianVisualizer.create_comprehensive_report(history=hist, save_path=str(tmp_path),
+                                                               model_name="m", dpi=DPI)
+        text_path = tmp_path / "solo" / "x_analysis_summary.txt"
+        HessianVisualizer.save_analysis_summary(hist[0], str(text_path.parent), "x")
+    finally:
+        os.umask(umask)
+    for p in (report["index"], report["summary"], text_path, report["figures"]["eigenvalue_evolution"][0]):
+        assert os.stat(p).st_mode & 0o777 == 0o644, p  # readable by a web server like the PNGs beside them
+
+
+def test_every_plot_of_a_real_engine_run(tmp_path, one_thread):
+    """Top-k spectrum, spectral density, loss landscapes and component bars from the engine's own results,
+    and nothing of the model changes."""
+    pytest.importorskip("hessext.lanczos")
+    from hessext.density import spectral_density
+    from hessext.hvp import HessianOperator
+    from hessext.lanczos import lanczos
+    model = tiny_mlp().double()
+    model.train()
+    g = torch.Generator().manual_seed(5)
+    X, Y = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 2, (16,), generator=g)
+    ce = torch.nn.CrossEntropyLoss()
+    snap = _snapshot(model)
+    H = HessianOperator(model, ce, (X, Y))
+    eig = lanczos(H, k=4, which="LA", tol=1e-8, seed=0, compute_residuals=True)
+    dens = spectral_density(H, num_probes=2, num_iter=12, seed=0)
+    l1 = loss_landscape_1d(model, ce, (X, Y), eig, radius=0.5, num_points=7)
+    l2 = loss_landscape_2d(model, ce, (X, Y), eig, radius=0.5, num_points=5)
+    _assert_same(model, snap)
+    dense = torch.linalg.eigvalsh(dense_hessian(model, ce, [(X, Y)]))
+    V = HessianVisualizer
+    figs = {"top_spectrum": V.plot_top_spectrum(eig, str(tmp_path), "real", step=3, dpi=DPI),
+            "spectral_density": V.plot_spectral_density(dens, str(tmp_path), "real", dpi=DPI),
+            "loss_landscape_1d": V.plot_loss_landscape_1d(l1, str(tmp_path), "real", dpi=DPI),
+            "loss_landscape_2d": V.plot_loss_landscape_2d(l2, str(tmp_path), "real", dpi=DPI)}
+    for q in figs:
+        assert_png(tmp_path / f"real_{q}.png")
+    _assert_same(model, snap)
+    # the plotted Ritz values are the true top eigenvalues, within the plotted error bars
+    ys = np.sort(figs["top_spectrum"].axes[0].collections[-1].get_offsets()[:, 1])[::-1]
+    np.testing.assert_allclose(ys, np.sort(dense.numpy())[::-1][:4], rtol=1e-6, atol=1e-8)
+    assert "step 3" in figs["top_spectrum"].axes[0].get_title()
+    # the 1-D slice's marked base point is the model's loss
+    base = [ln for ln in figs["loss_landscape_1d"].axes[0].get_lines() if ln.get_label() == "current parameters θ"]
+    with torch.no_grad():
+        loss0 = float(ce(model(X), Y))
+    assert base and float(base[0].get_ydata()[0]) == pytest.approx(loss0, rel=1e-9)
+    report = V.create_comprehensive_report(eigen=eig, density=dens, landscape_1d=l1, landscape_2d=l2,
+                                           save_path=str(tmp_path / "rep"), model_name="real", dpi=DPI)
+    assert report["failures"] == {} and set(report["figures"]) == set(figs)
+    page = Path(report["index"]).read_text()
+    assert all((tmp_path / "rep" / link).is_file() for link in _links(page))
