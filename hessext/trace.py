@@ -25,7 +25,7 @@ from .lanczos import _check_int, _work_dtype
 from .linop import LinearOperator, as_operator
 from .results import TraceResult
 
-__all__ = ["hutchinson", "hutchpp", "xtrace", "estimate_trace", "TRACE_METHODS"]
+__all__ = ["hutchinson", "hutchpp", "xtrace", "adaptive_trace", "estimate_trace", "TRACE_METHODS"]
 
 TRACE_METHODS = ("auto", "hutchinson", "hutchpp", "xtrace")
 BlockIndex = Union[Tensor, slice, np.ndarray, list, tuple]
@@ -299,14 +299,28 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     start = op.num_matvecs
     s = m // 2
     if s >= n:          # the exact trace with n unit vectors costs fewer matvecs than the sketch
-        est = float(op.matmat(torch.eye(n, dtype=dtype, device=device)).diagonal().sum())
-        if not math.isfinite(est):
-            raise RuntimeError("xtrace: the operator returned NaN/Inf")
-        return TraceResult(estimate=est, std_error=0.0, num_matvecs=op.num_matvecs - start, method="xtrace")
+        return _exact_trace(op, start, "xtrace")
     Om = ops.rademacher(n, s, seed=seed, dtype=dtype, device=device)
     Y = op.matmat(Om)
     _check_finite(Y, "xtrace")
-    Q, R = torch.linalg.qr(Y, mode="reduced")
+    return _xtrace_finish(op, Om, Y, torch.linalg.qr(Y, mode="reduced"), start)
+
+
+def _exact_trace(op: LinearOperator, start: int, method: str) -> TraceResult:
+    """``tr(A)`` from the n products ``A e_i`` (cheaper than a sketch when the budget reaches n)."""
+    n, dtype, device = op.n, _work_dtype(op), op.device
+    est = float(op.matmat(torch.eye(n, dtype=dtype, device=device)).diagonal().sum())
+    if not math.isfinite(est):
+        raise RuntimeError(f"{method}: the operator returned NaN/Inf")
+    return TraceResult(estimate=est, std_error=0.0, num_matvecs=op.num_matvecs - start, method=method)
+
+
+def _xtrace_finish(op: LinearOperator, Om: Tensor, Y: Tensor, QR: tuple[Tensor, Tensor], start: int,
+                   method: str = "xtrace") -> TraceResult:
+    """XTrace from its sketch ``Y = AΩ = QR``: the second half of the budget (``A Q``) and the estimate."""
+    Q, R = QR
+    dtype = Y.dtype
+    s = Y.shape[1]
     Z = op.matmat(Q)
     H = Q.T @ Z
     H = 0.5 * (H + H.T)
@@ -319,7 +333,7 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
         if not bool(torch.isfinite(t).all()):
             raise RuntimeError("xtrace: the operator returned NaN/Inf")
         est, se = _mean_se(t)
-        return TraceResult(estimate=est, std_error=se, num_matvecs=op.num_matvecs - start, method="xtrace")
+        return TraceResult(estimate=est, std_error=se, num_matvecs=op.num_matvecs - start, method=method)
     # everything below lives in the s-dimensional coordinates of range(Q): no more matvecs
     R64, H64, W64, d64 = (x.to(torch.float64) for x in (R, H, W, diag_OY))
     t = _xtrace_samples(R64, H64, W64, d64).cpu()
@@ -330,7 +344,70 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     # so with R_{-j} = Q̂ R̂: Q' = QQ̂, R' = R̂, H' = Q̂ᵀHQ̂, W' = Q̂ᵀW_{-j}; A Q' = Z Q̂ costs no matvec.
     loo = _xtrace_jackknife(R64, H64, W64, d64).cpu()
     se = float(torch.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum())) if s > 1 else float("nan")
-    return TraceResult(estimate=est, std_error=se, num_matvecs=op.num_matvecs - start, method="xtrace")
+    return TraceResult(estimate=est, std_error=se, num_matvecs=op.num_matvecs - start, method=method)
+
+
+#: ``adaptive_trace`` takes XTrace when the sketch leaves less than this fraction of ‖A‖_F² outside it.
+ADAPTIVE_THRESHOLD = 0.5
+
+
+def adaptive_trace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> TraceResult:
+    """Hutchinson or XTrace at the same budget m, chosen from the first ``s = ⌊m/2⌋`` products.
+
+    Both estimators start with the same products ``Y = AΩ`` of the first s Rademacher probes (probe i has
+    counters ``[i·n, (i+1)·n)``, as in :func:`hutchinson` and :func:`xtrace`), so the choice costs no matvec.
+    With m probes Hutchinson has variance ``≈ 2‖A‖_F²/m``; XTrace spends s probes on the sketch and its
+    variance is that of a quadratic form of the deflated ``(I − P)A(I − P)``, ``≲ 2‖(I − P)A‖_F²/s``. Both
+    Frobenius norms are estimated from ``Y = QR`` alone: ``‖A‖_F² ≈ ‖Y‖_F²/s`` and, for each probe i, the
+    part of ``y_i = Aω_i`` outside the span of the *other* columns, ``‖(I − P_{−i})y_i‖ = 1/‖R^{−ᵀ}e_i‖``
+    (an unbiased sample of ``‖(I − P_{−i})A‖_F²``, since ω_i is independent of ``P_{−i}``). With
+
+        ρ = mean_i ‖(I − P_{−i}) y_i‖² / (‖Y‖_F²/s)     (the fraction of ‖A‖_F² the sketch misses),
+
+    XTrace is taken when ``ρ < s/m ≈ 1/2`` (:data:`ADAPTIVE_THRESHOLD`), i.e. when its predicted variance is
+    below Hutchinson's; otherwise the remaining ``m − s`` probes complete Hutchinson. The result is then
+    ``hutchinson(A, m, seed)`` or ``xtrace(A, m, seed)`` with the same probes (``method`` says which). Measured on dense
+    operators, n = 300, 60 seeds (RMSE ratio XTrace/Hutchinson and ρ): flat spectrum 2.0–3.6× (ρ ≈ 0.8–0.98),
+    indefinite Gaussian 1.1–1.4× (ρ ≈ 0.6–0.96), λ_k = 1/k 0.98–0.21× (ρ ≈ 0.36–0.03), λ_k = 1/k² and a
+    few spikes on noise 0.12–0.004× (ρ < 0.1): the rule picks the better one in every case. The choice
+    depends on the first s products only through their spread, not their mean, so the estimate stays
+    unbiased to within its standard error (tested).
+
+    Args:
+        A: operator or dense symmetric ``[n, n]`` tensor.
+        num_matvecs: budget m ≥ 2.
+        seed: probe seed.
+    """
+    op = as_operator(A)
+    m = _check_int("num_matvecs", num_matvecs, 2)
+    seed = _check_int("seed", seed, -(1 << 63))
+    n, dtype, device = op.n, _work_dtype(op), op.device
+    start = op.num_matvecs
+    s = m // 2
+    if s >= n:
+        return _exact_trace(op, start, "xtrace")
+    Om = ops.rademacher(n, s, seed=seed, dtype=dtype, device=device)
+    Y = op.matmat(Om)
+    _check_finite(Y, "adaptive_trace")
+    Q, R = torch.linalg.qr(Y, mode="reduced")
+    R64 = R.to(torch.float64)
+    rd = R64.diagonal().abs()
+    if bool(rd.min() > 1e3 * torch.finfo(dtype).eps * rd.max()):
+        Rinv_t = torch.linalg.solve_triangular(R64.T, torch.eye(s, dtype=torch.float64, device=R.device),
+                                               upper=False)
+        missed = (1.0 / (Rinv_t ** 2).sum(0)).mean()
+        rho = float(missed / ((Y.to(torch.float64) ** 2).sum() / s))
+    else:
+        rho = 0.0        # rank A < s: the sketch holds range(A) and XTrace is (nearly) exact
+    if rho < ADAPTIVE_THRESHOLD:
+        return _xtrace_finish(op, Om, Y, (Q, R), start)
+    vals = [(Om * Y).sum(0)]
+    for v, _ in _probe_blocks(op, s, m - s, seed, _default_block(n, m - s), {}):
+        vals.append(v)
+    res = _hutch_result(op, vals, {}, op.num_matvecs - start)
+    if not math.isfinite(res.estimate):
+        raise RuntimeError("adaptive_trace: the operator returned NaN/Inf")
+    return res
 
 
 # ----------------------------------------------------------------------------------------------- front door
@@ -372,9 +449,10 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
           stopping rule stays valid and every probe so far is reused;
         - neither given: adaptive with ``rtol = 1e-2``.
 
-    ``method="auto"`` with a fixed budget: XTrace when ``num_matvecs ≥ 10``, else Hutchinson; Hutch++ when
-    ``blocks`` are requested (XTrace has no per-block form here; Hutchinson below 3 matvecs). Measured
-    relative RMSE over 100–200 seeds (dense float64 operators):
+    ``method="auto"`` with a fixed budget: :func:`adaptive_trace` (Hutchinson or XTrace, chosen from the
+    first half of the products at no extra cost); Hutch++ when ``blocks`` are requested (XTrace has no
+    per-block form here; Hutchinson below 3 matvecs). Measured relative RMSE of the fixed estimators over
+    100–200 seeds (dense float64 operators):
 
     ==========================================  ====  ==========  =======  ======
     spectrum                                     m    Hutchinson  Hutch++  XTrace
@@ -390,8 +468,8 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
     tiny transformer Hessian                     30     0.17       0.17     0.13
     ==========================================  ====  ==========  =======  ======
 
-    XTrace loses at most ~2.7× on flat spectra and very small budgets and wins by up to ~45× when the
-    spectrum decays (a few outliers carry the trace, as for trained networks), so it is the default.
+    XTrace loses up to ~3.6× on flat spectra and wins by up to ~45× when the spectrum decays (a few outliers
+    carry the trace, as for trained networks); neither is right everywhere, hence the adaptive default.
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
@@ -427,8 +505,10 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
     if method == "auto":
         if blocks is not None:
             method = "hutchpp" if m >= 3 else "hutchinson"
+        elif m >= 2:
+            return adaptive_trace(op, m, seed=seed)
         else:
-            method = "xtrace" if m >= 10 else "hutchinson"
+            method = "hutchinson"
     if method == "hutchinson":
         return hutchinson(op, m, seed=seed, blocks=blocks)
     if method == "hutchpp":
