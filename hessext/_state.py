@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["preserve_model_state", "rng_state", "restore_rng_state"]
+__all__ = ["preserve_model_state", "ModelStructure", "rng_state", "restore_rng_state"]
 
 
 def rng_state() -> dict:
@@ -58,9 +58,24 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class ModelStructure:
+    """The parts of a module tree the guard walks: its modules, parameters and named parameters + buffers.
+
+    Walking ``model.modules()`` / ``named_parameters()`` costs ~0.1 ms per call on a small model; an operator
+    that guards every product takes this snapshot once (the tree does not change under an analysis)."""
+
+    __slots__ = ("modules", "params", "named_tensors")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = list(model.modules())
+        self.params = list(model.parameters())
+        self.named_tensors = list(model.named_parameters()) + list(model.named_buffers())
+
+
 @contextlib.contextmanager
 def preserve_model_state(model: nn.Module, eval_mode: bool | None = True,
-                         strict: bool | None = None) -> Iterator[nn.Module]:
+                         strict: bool | None = None,
+                         structure: ModelStructure | None = None) -> Iterator[nn.Module]:
     """Context manager: snapshot the model's mutable state, set the analysis mode, restore on exit.
 
     Args:
@@ -69,6 +84,7 @@ def preserve_model_state(model: nn.Module, eval_mode: bool | None = True,
             leave the modes as they are.
         strict: raise ``RuntimeError`` (instead of warning) if a parameter or buffer was written in place.
             Default: the environment variable ``HESSEXT_DEBUG=1``.
+        structure: a :class:`ModelStructure` of ``model`` taken earlier (saves walking the tree).
 
     Yields:
         The model.
@@ -77,20 +93,22 @@ def preserve_model_state(model: nn.Module, eval_mode: bool | None = True,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if strict is None:
         strict = os.environ.get("HESSEXT_DEBUG", "") not in ("", "0")
-    modes = [(m, m.training) for m in model.modules()]
-    params = list(model.parameters())
+    if structure is None:
+        structure = ModelStructure(model)
+    modes = [(m, m.training) for m in structure.modules]
+    params = structure.params
     requires = [(p, p.requires_grad) for p in params]
     grads = []
     for p in params:
         g = p.grad
         grads.append((p, g, None if g is None else g._version, None if g is None else g.detach().clone()))
-    named_tensors = list(model.named_parameters()) + list(model.named_buffers())
-    versions = [(k, t, t._version) for k, t in named_tensors]
+    versions = [(k, t, t._version) for k, t in structure.named_tensors]
     rng = rng_state()
     failed = False
     try:
         if eval_mode is True:
-            model.eval()
+            if any(flag for _, flag in modes):       # already all in eval mode: nothing to switch
+                model.eval()
         elif eval_mode is False:
             model.train()
         elif eval_mode is not None:
@@ -101,7 +119,8 @@ def preserve_model_state(model: nn.Module, eval_mode: bool | None = True,
         raise
     finally:
         for m, flag in modes:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         for p, flag in requires:
             if p.requires_grad != flag:
                 p.requires_grad_(flag)

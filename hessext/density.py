@@ -25,12 +25,13 @@ from torch import Tensor
 
 from . import ops
 from .lanczos import _check_int, _lanczos_steps, _work_dtype
-from .linop import LinearOperator, as_operator
+from .linop import LinearOperator, as_operator, holds_session
 from .results import DensityResult
 
 __all__ = ["spectral_density", "slq_quadrature"]
 
 
+@holds_session
 def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_iter: int = 30,
                    seed: int = 0) -> tuple[Tensor, Tensor, int]:
     """Gauss quadrature nodes and weights of ``p`` normalised Rademacher probes.
@@ -81,6 +82,7 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
     return torch.from_numpy(nodes), torch.from_numpy(weights), op.num_matvecs - start
 
 
+@holds_session
 def spectral_density(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_iter: int = 30,
                      sigma: Optional[float] = None, grid: Optional[Tensor] = None, num_grid: int = 400,
                      seed: int = 0) -> DensityResult:

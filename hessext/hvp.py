@@ -50,7 +50,7 @@ import contextlib
 import contextvars
 import math
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ from .data import (LossNotFiniteError, check_loss, check_loss_finite, make_batch
                    normalize_data, tensors_of)
 from .layout import ParamLayout
 from .linop import LinearOperator
-from ._state import preserve_model_state, restore_rng_state, rng_state
+from ._state import ModelStructure, preserve_model_state, restore_rng_state, rng_state
 
 __all__ = ["HessianOperator", "HVP_MODES"]
 
@@ -199,6 +199,9 @@ class HessianOperator(LinearOperator):
         self._loss = make_batch_loss(loss_fn, model, model_type=model_type, batch_loss=batch_loss)
         self.loss_fn, self.model_type = loss_fn, model_type
 
+        self._guard_depth = 0          # > 0 while the model-state guard is held (see _context / session)
+        self._structure: ModelStructure | None = None   # the model's module tree, walked once
+        self._zero: Tensor | None = None  # [n] zeros: H x · 0 is 0 iff H x is finite (one GEMV, see _apply)
         self.mode = mode
         self._mode_used: str | None = None if mode == "auto" else mode
         self.fallback_reason: str | None = None
@@ -366,12 +369,34 @@ class HessianOperator(LinearOperator):
             return self._hvp_double_backward(i, Vs, use_cache)
         return self._hvp_forward_over_reverse(i, Vs)
 
-    def _context(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(preserve_model_state(self.model, self.eval_mode))
-        if self.force_math_sdpa:
-            stack.enter_context(_sdpa_math())
-        return stack
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        """The model-state guard (and the math attention backend) around a public call; re-entrant: inside an
+        active guard (a :meth:`session`, or a nested call) it costs nothing."""
+        if self._guard_depth > 0:
+            self._guard_depth += 1
+            try:
+                yield
+            finally:
+                self._guard_depth -= 1
+            return
+        with contextlib.ExitStack() as stack:
+            if self._structure is None:
+                self._structure = ModelStructure(self.model)
+            stack.enter_context(preserve_model_state(self.model, self.eval_mode, structure=self._structure))
+            if self.force_math_sdpa:
+                stack.enter_context(_sdpa_math())
+            self._guard_depth = 1
+            try:
+                yield
+            finally:
+                self._guard_depth = 0
+
+    def session(self) -> contextlib.AbstractContextManager:
+        """Hold the model-state guard for a whole run of products (lanczos, the trace estimators and SLQ do):
+        the model is put in the analysis mode once and restored — flags, ``.grad``, RNG states — when the
+        run ends or raises, instead of around every product (~0.15 ms each on the CPU)."""
+        return self._context()
 
     def _ensure_mode(self) -> str:
         """Resolve ``mode="auto"`` by a probe HVP on batch 0 (inside an active :meth:`_context`)."""
@@ -412,17 +437,22 @@ class HessianOperator(LinearOperator):
         return bool(self.progress)
 
     def _apply(self, X: Tensor, use_cache: bool = True) -> Tensor:
-        """``H X`` for ``X: [n, m]`` (inside an active :meth:`_context`)."""
+        """``H X`` for ``X: [n, m]`` (inside an active :meth:`_context`).
+
+        Hot path (one HVP costs ~1.4 gradients on the CPU, so every pass over n counts): per batch one
+        flatten (``cat``) and one fused finiteness test; with one batch the result is that batch's product
+        itself (no weighting, no division); the weighted sum over several batches is accumulated in place.
+        """
         mode = self._ensure_mode()
         Vs = self.layout.unflatten_batched(X)
-        m = X.shape[1]
-        total = torch.zeros(m, self.n, dtype=self.dtype, device=self.device)
+        total: Tensor | None = None
         weight_sum = 0.0
         finite: list[Tensor] = []
         batches: Iterable[int] = range(self.num_batches)
         if self._progress():
             from tqdm import tqdm
             batches = tqdm(batches, desc="HVP batches", leave=False)
+        single = self.num_batches == 1 and type(self)._reduce is HessianOperator._reduce
         for i in batches:
             try:
                 hv, w = self._batch_hvp(mode, i, Vs, use_cache)
@@ -431,16 +461,32 @@ class HessianOperator(LinearOperator):
             except (RuntimeError, NotImplementedError) as e:
                 raise RuntimeError(f"HVP with mode={mode!r} failed on batch {i}: {type(e).__name__}: {e}. "
                                    "Try another mode= ('double_backward' or 'forward_over_reverse').") from e
-            finite.append(torch.stack([torch.isfinite(h).all() for h in hv]))
-            total.add_(self.layout.flatten_batched(hv), alpha=w)
+            flat = self.layout.flatten_batched(hv)                 # [m, n], a fresh tensor
+            # finiteness in one GEMV: x·0 = ±0 for finite x and NaN for NaN/Inf, so flat @ 0 is 0 exactly
+            # when every entry is finite (measured: 5 µs vs 107 µs for isfinite(flat).all() at n = 85k)
+            if self._zero is None:
+                self._zero = torch.zeros(self.n, dtype=flat.dtype, device=flat.device)
+            finite.append(flat @ self._zero)
+            if total is None:
+                total = flat if single else flat.mul_(w)
+            else:
+                total.add_(flat, alpha=w)
             weight_sum += w
-        ok = torch.stack(finite)
+        ok = torch.stack(finite).eq(0).all(dim=1)                 # [batches]
         if not bool(ok.all()):
-            b, p = (~ok).nonzero()[0].tolist()
-            bad = [self.layout.names[j] for j in (~ok[b]).nonzero().reshape(-1).tolist()]
-            raise RuntimeError(f"Hessian-vector product contains NaN/Inf on batch {b} in parameter(s) {bad} "
-                               f"(mode {mode!r})")
+            b = int((~ok).nonzero()[0])
+            self._raise_not_finite(mode, b, Vs, use_cache)
+        assert total is not None
+        if single:
+            return total.T.contiguous()
         return self._reduce(total.T, weight_sum).contiguous()
+
+    def _raise_not_finite(self, mode: str, b: int, Vs: list[Tensor], use_cache: bool) -> None:
+        """Name the parameters whose HVP block is NaN/Inf on batch ``b`` (error path: recomputes it)."""
+        hv, _ = self._batch_hvp(mode, b, Vs, use_cache)
+        bad = [k for k, h in zip(self.layout.names, hv) if not bool(torch.isfinite(h).all())]
+        raise RuntimeError(f"Hessian-vector product contains NaN/Inf on batch {b} in parameter(s) {bad} "
+                           f"(mode {mode!r})")
 
     def _reduce(self, hv_sum: Tensor, weight_sum: float) -> Tensor:
         """Turn this process's weighted sums into the mean: ``hv_sum / weight_sum``.

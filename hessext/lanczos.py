@@ -32,7 +32,7 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from . import ops
-from .linop import LinearOperator, as_operator
+from .linop import LinearOperator, as_operator, holds_session
 from .results import EigenResult
 
 __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter"]
@@ -399,6 +399,7 @@ def _parse_which(which: object) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- public API
+@holds_session
 def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_iter: Optional[int] = None,
             tol: float = 1e-6, seed: int = 0, v0: Optional[Tensor] = None, check_every: Optional[int] = None,
             return_vectors: bool = True, progress: bool = False,
@@ -479,6 +480,7 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
 eigsh = lanczos
 
 
+@holds_session
 def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: int = 1,
                        **kwargs) -> tuple[EigenResult, EigenResult]:
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs from ONE Krylov space.

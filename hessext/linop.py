@@ -8,22 +8,26 @@ A subclass implements a single method, ``_matmat(X: [n, m]) -> [n, m]``, and inh
   ``P ∈ R^{n×|S|}`` embeds ``R^{|S|}`` into ``R^n`` (zero outside S);
 - ``to_dense()`` (``A I`` in column blocks) and ``to_scipy()`` (a float64 numpy
   ``scipy.sparse.linalg.LinearOperator``);
-- ``num_matvecs``: the number of vectors multiplied so far (``matmat`` with m columns adds m).
+- ``num_matvecs``: the number of vectors multiplied so far (``matmat`` with m columns adds m);
+- ``session()``: a context manager an algorithm holds around its loop of products, so that per-product setup
+  (for a :class:`~hessext.hvp.HessianOperator`: the model-state guard) is done once per run, not per product.
 
 Inputs may have any floating dtype and any device: the operator computes in its own ``dtype``/``device``
 and returns the result in the input's dtype and on the input's device.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import numbers
-from typing import Sequence, Union
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ["LinearOperator", "DenseOperator", "SumOperator", "ScaledOperator", "RestrictedOperator",
-           "as_operator"]
+           "as_operator", "holds_session"]
 
 IndexLike = Union[Tensor, slice, Sequence[int], np.ndarray]
 
@@ -55,6 +59,10 @@ class LinearOperator:
     @property
     def n(self) -> int:
         return self.shape[0]
+
+    def session(self) -> contextlib.AbstractContextManager:
+        """Context for a run of many products (an algorithm's loop); nothing to set up here."""
+        return contextlib.nullcontext()
 
     def _prepare(self, X: Tensor, what: str) -> Tensor:
         if not isinstance(X, Tensor):
@@ -218,6 +226,12 @@ class SumOperator(LinearOperator):
         super().__init__(flat[0].n, dtype, device)
         self.ops = flat
 
+    def session(self) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for op in self.ops:
+            stack.enter_context(op.session())
+        return stack
+
     def _matmat(self, X: Tensor) -> Tensor:
         out = self.ops[0].matmat(X)
         for op in self.ops[1:]:
@@ -233,6 +247,9 @@ class ScaledOperator(LinearOperator):
             op, c = op.op, c * op.c
         super().__init__(op.n, op.dtype, op.device)
         self.op, self.c = op, float(c)
+
+    def session(self) -> contextlib.AbstractContextManager:
+        return self.op.session()
 
     def _matmat(self, X: Tensor) -> Tensor:
         return self.c * self.op.matmat(X)
@@ -278,6 +295,9 @@ class RestrictedOperator(LinearOperator):
         self.op = op
         self.indices = idx.to(op.device)
 
+    def session(self) -> contextlib.AbstractContextManager:
+        return self.op.session()
+
     def _matmat(self, X: Tensor) -> Tensor:
         full = X.new_zeros(self.op.n, X.shape[1])
         full[self.indices] = X
@@ -291,3 +311,17 @@ def as_operator(A: "LinearOperator | Tensor | np.ndarray") -> LinearOperator:
     if isinstance(A, (Tensor, np.ndarray)):
         return DenseOperator(A)
     raise TypeError(f"A must be a LinearOperator or a square [n, n] tensor, got {type(A).__name__}")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def holds_session(fn: F) -> F:
+    """Decorator for an algorithm ``fn(A, ...)``: ``A`` becomes an operator (:func:`as_operator`) and its
+    :meth:`LinearOperator.session` is held for the whole call, so per-product setup happens once."""
+    @functools.wraps(fn)
+    def wrapper(A: Any, *args: Any, **kwargs: Any) -> Any:
+        op = as_operator(A)
+        with op.session():
+            return fn(op, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import ops
 from .lanczos import _check_int, _work_dtype
-from .linop import LinearOperator, as_operator
+from .linop import LinearOperator, as_operator, holds_session
 from .results import TraceResult
 
 __all__ = ["hutchinson", "hutchpp", "xtrace", "adaptive_trace", "estimate_trace", "TRACE_METHODS"]
@@ -113,6 +113,7 @@ def _check_finite(x: Tensor, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- estimators
+@holds_session
 def hutchinson(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
                blocks: Optional[Mapping[str, BlockIndex]] = None,
                block_size: Optional[int] = None) -> TraceResult:
@@ -156,6 +157,7 @@ def _qr_q(Y: Tensor) -> Tensor:
     return torch.linalg.qr(Y, mode="reduced")[0]
 
 
+@holds_session
 def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
             blocks: Optional[Mapping[str, BlockIndex]] = None) -> TraceResult:
     """Hutch++ (Meyer, Musco, Musco, Woodruff, SOSA 2021).
@@ -259,6 +261,7 @@ def _xtrace_jackknife(R: Tensor, H: Tensor, W: Tensor, diag_OY: Tensor) -> Tenso
     return out
 
 
+@holds_session
 def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> TraceResult:
     """XTrace, the exchangeable trace estimator (Epperly, Tropp, Webber, SIAM J. Matrix Anal. Appl. 2024).
 
@@ -351,6 +354,7 @@ def _xtrace_finish(op: LinearOperator, Om: Tensor, Y: Tensor, QR: tuple[Tensor, 
 ADAPTIVE_THRESHOLD = 0.5
 
 
+@holds_session
 def adaptive_trace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> TraceResult:
     """Hutchinson or XTrace at the same budget m, chosen from the first ``s = ⌊m/2⌋`` products.
 
@@ -437,6 +441,7 @@ def _adaptive_hutchinson(op: LinearOperator, rtol: float, max_matvecs: int, seed
     return _hutch_result(op, vals, bvals, op.num_matvecs - start)
 
 
+@holds_session
 def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = None, *, method: str = "auto",
                    rtol: Optional[float] = None, max_matvecs: int = 1000, seed: int = 0,
                    blocks: Optional[Mapping[str, BlockIndex]] = None) -> TraceResult:

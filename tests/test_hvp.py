@@ -593,3 +593,62 @@ def test_guard_reports_in_place_writes_and_unused_parameters_give_zero(monkeypat
     fwd = HessianOperator(model, mse, (x, y), mode="forward_over_reverse")
     with pytest.raises(RuntimeError, match="failed on batch 0"):
         fwd @ rand(fwd.n, dtype=torch.float32)
+
+
+def test_nan_hvp_on_a_later_batch_is_located():
+    """Several batches: the finiteness test (one GEMV with a zero vector per batch) names the batch and the
+    parameters whose block is NaN/Inf."""
+    model, batch, loss, _ = case("mlp")
+    far = (batch[0], batch[1] + 100.0)
+
+    def sometimes_nan(out, y):   # NaN second derivatives (sqrt at 0) on the batch with large targets only
+        extra = torch.sqrt(((out - out.detach()) ** 2).sum()) if float(y.mean()) > 50 else 0.0
+        return loss(out, y) + extra
+
+    op = HessianOperator(model, sometimes_nan, [batch, far], mode="double_backward")
+    with pytest.raises(RuntimeError, match=r"NaN/Inf on batch 1 in parameter\(s\) \['0.weight'"):
+        op @ torch.ones(op.n, 3)
+    # a finite product is exactly what the dense Hessian gives, also through the multi-batch path
+    op2 = HessianOperator(model, loss, [batch, far], dtype=F64)
+    H = dense_hessian(model, loss, [batch, far])
+    V = rand(op2.n, 3)
+    assert_close(op2 @ V, H @ V, 1e-10)
+
+
+def test_session_holds_the_guard_once_for_a_whole_algorithm(monkeypatch):
+    """lanczos / trace estimators hold the model-state guard once per run (not per product); the model is
+    restored when the run ends and when it raises."""
+    from hessext import _state
+    from hessext.lanczos import lanczos
+    from hessext.trace import hutchinson
+
+    model, batch, loss, _ = case("mlp")
+    model.train()
+    entered = []
+    real = _state.preserve_model_state
+
+    def counting(*a, **kw):
+        entered.append(1)
+        return real(*a, **kw)
+
+    import hessext.hvp as hvp_mod
+    monkeypatch.setattr(hvp_mod, "preserve_model_state", counting)
+    op = HessianOperator(model, loss, batch)
+    res = lanczos(op, k=2, max_iter=20, tol=1e-30)
+    assert res.num_matvecs >= 20 and len(entered) == 1
+    assert model.training                                     # back in train mode after the run
+    entered.clear()
+    hutchinson(op, 12, block_size=1)
+    assert len(entered) == 1
+    # without a session every product is guarded on its own
+    entered.clear()
+    op @ torch.ones(op.n)
+    op @ torch.ones(op.n)
+    assert len(entered) == 2
+    # an exception inside the session still restores the model
+    with pytest.raises(KeyError):
+        with op.session():
+            assert not model.training
+            op @ torch.ones(op.n)
+            raise KeyError("boom")
+    assert model.training
