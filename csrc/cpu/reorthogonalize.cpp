@@ -3,7 +3,7 @@
 //
 //   sweep 1:  h1 = B w                                            (read B)
 //   sweep 2:  per column tile:  w' = w - B_tileᵀ h1  then  h2 += B_tile w'   (read B once: the tile's
-//             columns are sized so that k * tile fits in ~40% of L2, and its second read hits L2)
+//             columns are sized so that k * tile fits in 3/4 of the per-core L2, and its second read hits L2)
 //   sweep 3:  w'' = w' - Bᵀ h2  and  ‖w''‖²                        (read B)
 //
 // Work is split into one contiguous column range per thread (torch::stable::parallel_for); every thread
@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <tuple>
 #include <vector>
+
+#include <unistd.h>
 
 namespace hessext {
 namespace isa_base {
@@ -58,8 +60,21 @@ struct Plan {
   int64_t chunks;      // contiguous column ranges, one per thread
   int64_t chunk_cols;  // columns per range (a multiple of 64 elements: threads never share a cache line)
   int64_t tile;        // tile of the streaming sweeps: the tile of w stays in L2
-  int64_t fused_tile;  // tile of the fused sweep: k * fused_tile * sizeof(T) <= 384 KiB (L2 is 512 KiB+)
+  int64_t fused_tile;  // tile of the fused sweep: k * fused_tile * sizeof(T) <= 3/4 of the L2
 };
+
+// Bytes of the basis tile that the fused sweep keeps in L2 for its second read: 3/4 of the per-core L2
+// (sysconf; 512 KiB assumed when unknown). Longer row segments per tile keep the hardware prefetchers
+// streaming; the rest of L2 holds the w/out tiles and the prefetched next block.
+inline int64_t fused_budget_bytes() {
+  static const int64_t bytes = [] {
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (l2 <= 0) l2 = 512 * 1024;
+    l2 = std::clamp<long>(l2, 256 * 1024, 4 * 1024 * 1024);
+    return static_cast<int64_t>(l2) * 3 / 4;
+  }();
+  return bytes;
+}
 
 template <typename T>
 Plan make_plan(int64_t k, int64_t n) {
@@ -71,7 +86,7 @@ Plan make_plan(int64_t k, int64_t n) {
   p.chunk_cols = ((n + p.chunks - 1) / p.chunks + 63) / 64 * 64;
   p.chunks = std::max<int64_t>(1, (n + p.chunk_cols - 1) / p.chunk_cols);
   p.tile = int64_t{64} * 1024 / static_cast<int64_t>(sizeof(T));
-  const int64_t budget = int64_t{384} * 1024 / static_cast<int64_t>(sizeof(T));
+  const int64_t budget = fused_budget_bytes() / static_cast<int64_t>(sizeof(T));
   p.fused_tile = std::clamp<int64_t>(budget / std::max<int64_t>(k, 1) / 64 * 64, 256, p.tile);
   return p;
 }
