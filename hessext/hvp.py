@@ -398,15 +398,20 @@ class HessianOperator(LinearOperator):
         run ends or raises, instead of around every product (~0.15 ms each on the CPU)."""
         return self._context()
 
-    def _ensure_mode(self) -> str:
-        """Resolve ``mode="auto"`` by a probe HVP on batch 0 (inside an active :meth:`_context`)."""
+    def _ensure_mode(self, Vs: list[Tensor] | None = None,
+                     use_cache: bool = True) -> tuple[str, tuple[list[Tensor], float] | None]:
+        """Resolve ``mode="auto"`` (inside an active :meth:`_context`): the first product on batch 0 is tried
+        with double backward, then forward-over-reverse; the mode that works is kept. With ``Vs`` (the
+        caller's own block) that product is the caller's first result and is returned with the mode, so
+        resolving costs no extra HVP; without, a probe vector of ones is used."""
         if self._mode_used is not None:
-            return self._mode_used
-        probe = [torch.ones(1, *s, dtype=self.dtype, device=self.device) for s in self.layout.shapes]
+            return self._mode_used, None
+        probe = Vs if Vs is not None else [torch.ones(1, *s, dtype=self.dtype, device=self.device)
+                                           for s in self.layout.shapes]
         errors: dict[str, BaseException] = {}
         for mode in ("double_backward", "forward_over_reverse"):
             try:
-                self._batch_hvp(mode, 0, probe, use_cache=True)
+                first = self._batch_hvp(mode, 0, probe, use_cache=use_cache)
             except (LossNotFiniteError, ValueError, TypeError, torch.OutOfMemoryError):
                 raise
             except (RuntimeError, NotImplementedError) as e:
@@ -419,7 +424,7 @@ class HessianOperator(LinearOperator):
                 warnings.warn(f"mode='auto': double backward failed on this model, using "
                               "forward-over-reverse "
                               f"({str(errors['double_backward'])[:200]})", RuntimeWarning, stacklevel=4)
-            return mode
+            return mode, (first if Vs is not None else None)
         msg = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in errors.items())
         raise RuntimeError(f"no HVP mode works on this model ({msg})") from errors["forward_over_reverse"]
 
@@ -443,8 +448,8 @@ class HessianOperator(LinearOperator):
         flatten (``cat``) and one fused finiteness test; with one batch the result is that batch's product
         itself (no weighting, no division); the weighted sum over several batches is accumulated in place.
         """
-        mode = self._ensure_mode()
         Vs = self.layout.unflatten_batched(X)
+        mode, first = self._ensure_mode(Vs, use_cache)       # resolving "auto" computes batch 0's product
         total: Tensor | None = None
         weight_sum = 0.0
         finite: list[Tensor] = []
@@ -455,7 +460,7 @@ class HessianOperator(LinearOperator):
         single = self.num_batches == 1 and type(self)._reduce is HessianOperator._reduce
         for i in batches:
             try:
-                hv, w = self._batch_hvp(mode, i, Vs, use_cache)
+                hv, w = first if (i == 0 and first is not None) else self._batch_hvp(mode, i, Vs, use_cache)
             except (LossNotFiniteError, ValueError, TypeError, torch.OutOfMemoryError):
                 raise   # an out-of-memory error keeps its type: callers catch it to retry smaller
             except (RuntimeError, NotImplementedError) as e:

@@ -244,13 +244,12 @@ def test_host_synchronisations_only_at_convergence_tests(monkeypatch):
     monkeypatch.setattr(L, "eigh_tridiagonal", counting)
     A = with_spectrum(np.linspace(0, 1, 200) ** 2)
     res = lanczos(A, k=2, tol=1e-8)
-    # default schedule: first test at max(k + 5, 8) = 8 vectors, then every max(3, min(10, j // 10)) steps
-    expected, j = [], 8
-    while j < res.iterations:
-        expected.append(j)
-        j += max(3, min(10, j // 10))
-    expected.append(res.iterations)
-    assert calls == expected
+    # default schedule on the CPU: first test at max(k + 5, 8) = 8 vectors, then after every step
+    assert calls == list(range(8, res.iterations + 1))
+    # on an accelerator every max(3, min(10, j // 10)) steps (a test is a host synchronisation there)
+    cuda = torch.device("cuda")
+    assert [L._check_every_interval(j, cuda) for j in (8, 39, 40, 100, 500)] == [3, 3, 4, 10, 10]
+    assert L._check_every_interval(500, torch.device("cpu")) == 1
     calls.clear()
     res = lanczos(A, k=2, tol=1e-8, check_every=7, max_iter=40)
     assert calls == list(range(7, res.iterations, 7)) + [res.iterations]
