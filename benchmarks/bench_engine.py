@@ -72,9 +72,12 @@ class TinyDecoder(nn.Module):
         return self.head(self.norm(h))
 
 
-class SeqCE(nn.Module):
+class SeqCE(nn.CrossEntropyLoss):
+    """Token-level cross-entropy of [B, L, V] logits (a CrossEntropyLoss, so peers that read ``reduction``
+    — curvlinops — accept it)."""
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return super().forward(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 def make_workload(name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], nn.Module]:
