@@ -437,10 +437,11 @@ def test_state_unchanged_after_interrupt(name: str, mode: str, exc: str) -> None
 
 def test_fault_is_injected_inside_the_iteration() -> None:
     """The tripwire sees one HVP per product: Lanczos with m steps records m HVPs after one forward
-    (plus the operator's HVP-mode probe), so the middle-HVP fault is inside the iteration."""
+    (resolving mode="auto" uses the first product itself: no probe), so the middle-HVP fault is inside the
+    iteration."""
     events = _dry_run("lanczos_LA", "eval")
     assert events[0] == "fwd" and events.count("fwd") == 1
-    assert events.count("hvp") == 10 + 1
+    assert events.count("hvp") == 10
     assert _fault_index(events) > 3
 
 
