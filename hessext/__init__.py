@@ -2,7 +2,7 @@
 
 The engine (flat vectors and symmetric operators):
     HessianOperator, ParamLayout, LinearOperator, hessext.lanczos.lanczos (also as eigsh) / extreme_eigenpairs,
-    hutchinson / hutchpp / xtrace / estimate_trace, spectral_density, EigenResult / TraceResult / DensityResult.
+    hutchinson / hutchpp / xtrace / adaptive_trace / estimate_trace, spectral_density, EigenResult / TraceResult / DensityResult.
 API A (``oxford_loss_landscapes`` → ``hessext``): ModelWrapper, min_max_hessian_eigs, hessian_trace.
 API B (``project.hessian`` → ``hessext.hessian``): HessianAnalyzer, HessianConfig, ComponentAnalyzer, …
 Pictures: HessianVisualizer (matplotlib, imported lazily), loss_landscape_1d / loss_landscape_2d.
@@ -23,7 +23,7 @@ from .hvp import HessianOperator
 from .results import DensityResult, EigenResult, TraceResult
 # The function `lanczos` is not bound here: `hessext.lanczos` stays the module (import hessext.lanczos as L).
 from .lanczos import eigsh, extreme_eigenpairs
-from .trace import estimate_trace, hutchinson, hutchpp, xtrace
+from .trace import adaptive_trace, estimate_trace, hutchinson, hutchpp, xtrace
 from .density import spectral_density
 from .landscape import loss_landscape_1d, loss_landscape_2d, random_direction, suggest_radius
 from .distributed import DistributedHessianOperator, init_from_env, shard
@@ -44,7 +44,7 @@ __all__ = [
     "BACKEND", "ops", "__version__", "preserve_model_state",
     "ParamLayout", "LinearOperator", "DenseOperator", "as_operator", "HessianOperator",
     "EigenResult", "TraceResult", "DensityResult",
-    "eigsh", "extreme_eigenpairs", "hutchinson", "hutchpp", "xtrace", "estimate_trace",
+    "eigsh", "extreme_eigenpairs", "hutchinson", "hutchpp", "xtrace", "adaptive_trace", "estimate_trace",
     "spectral_density", "loss_landscape_1d", "loss_landscape_2d", "random_direction", "suggest_radius",
     "DistributedHessianOperator", "init_from_env", "shard",
     "ModelWrapper", "min_max_hessian_eigs", "hessian_trace",
