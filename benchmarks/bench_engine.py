@@ -10,8 +10,10 @@ Protocol (one process, one fixed thread count, same models and data for every to
 3. Eigenvalue tasks (top-1, top-10, smallest): every tool is run on an increasing ladder of its own
    accuracy knob (tol or iteration count) and the cheapest setting whose relative error against the
    reference is <= 1e-3 is reported (time, HVPs, error). "Equal accuracy" is thus enforced, not assumed.
-4. Trace at 10/30/100 matvecs: root-mean-square relative error over several seeds, per estimator, and
-   for hessext the fraction of runs with the truth inside +-2 reported standard errors.
+4. Trace at 10/30/100 matvecs: root-mean-square relative error over 32 seeds per estimator with a 90 %
+   bootstrap interval, for hessext the fraction of runs with the truth inside +-2 reported standard errors,
+   and per budget a verdict for hessext's default (``auto``) against the best peer: better / worse when the
+   intervals are disjoint, else "within noise". The reference is float64 XTrace with 2000 products.
 
 Peers are optional imports (`make bench` installs them); a missing peer is reported as "n/a".
 All timings are wall-clock on the CPU, float32, median of repeats where cheap.
@@ -406,12 +408,44 @@ def trace_rows(name, model, batch, crit, ref_trace: float, seeds: int) -> list[R
                                 f"failed: {type(exc).__name__}: {str(exc)[:80]}"))
                 continue
             rms = float(np.sqrt(np.mean(np.square(errs))))
-            extra = {"within_2se": inside / seeds} if tool.startswith("hessext") else {}
+            lo, hi = rms_interval(np.asarray(errs))
+            extra = {"rms_lo": lo, "rms_hi": hi}
+            if tool.startswith("hessext"):
+                extra["within_2se"] = inside / seeds
             rows.append(Row(name, f"trace@{budget}", tool, float(np.median(secs)), budget, rms,
                             f"{seeds} seeds", extra))
-            print(f"  trace@{budget:<4d} {tool:34s} {np.median(secs):.3f} s  rms rel err={rms:.2e} {extra}",
-                  flush=True)
+            print(f"  trace@{budget:<4d} {tool:34s} {np.median(secs):.3f} s  rms rel err={rms:.2e} "
+                  f"[{lo:.2e}, {hi:.2e}] {extra.get('within_2se', '')}", flush=True)
+        rows.append(trace_verdict(name, budget, [r for r in rows if r.task == f"trace@{budget}"]))
+        print(f"  trace@{budget:<4d} verdict: {rows[-1].setting}", flush=True)
     return rows
+
+
+def rms_interval(errs: np.ndarray, level: float = 0.9, draws: int = 4000) -> tuple[float, float]:
+    """Bootstrap ``level`` interval of the root-mean-square of per-seed errors (seeds resampled)."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, errs.size, size=(draws, errs.size))
+    boot = np.sqrt(np.mean(np.square(errs[idx]), axis=1))
+    return float(np.quantile(boot, (1 - level) / 2)), float(np.quantile(boot, (1 + level) / 2))
+
+
+def trace_verdict(name: str, budget: int, rows: list[Row]) -> Row:
+    """hessext's default (``auto``) against the best peer at one budget: "better" / "worse" when the two 90 %
+    bootstrap intervals of the RMS error do not overlap, else "within noise" (the seeds cannot tell them
+    apart). The best peer is the one with the smallest RMS error at this budget."""
+    ours = next((r for r in rows if r.tool == "hessext auto" and r.error is not None), None)
+    peers = [r for r in rows if not r.tool.startswith("hessext") and r.error is not None]
+    if ours is None or not peers:
+        return Row(name, f"trace@{budget}", "verdict", None, budget, None, "no comparison")
+    best = min(peers, key=lambda r: r.error)
+    if ours.extra["rms_hi"] < best.extra["rms_lo"]:
+        word = "better"
+    elif ours.extra["rms_lo"] > best.extra["rms_hi"]:
+        word = "worse"
+    else:
+        word = "within noise"
+    return Row(name, f"trace@{budget}", "verdict", None, budget, ours.error / best.error,
+               f"hessext auto vs {best.tool}: {word} (error ratio {ours.error / best.error:.2f})")
 
 
 def fmt(x, spec: str) -> str:
@@ -444,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="MLP only, fewer seeds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workloads", default="mlp,cnn,transformer")
-    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--seeds", type=int, default=32, help="seeds per trace estimator and budget")
+    ap.add_argument("--ref-trace-matvecs", type=int, default=2000,
+                    help="products of the float64 XTrace reference trace")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -464,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             op64 = hessext_op(model, batch, crit, dtype=torch.float64)
             top = lanczos(op64, k=10, which="LA", tol=1e-10, max_iter=400, seed=1, return_vectors=False)
             bot = lanczos(op64, k=1, which="SA", tol=1e-10, max_iter=400, seed=1, return_vectors=False)
-            ref_budget = 64 if args.quick else 600
+            ref_budget = 64 if args.quick else args.ref_trace_matvecs
             tr = htrace.xtrace(op64, ref_budget, seed=12345)
             refs[name] = {"n": n, "top10": top.eigenvalues.tolist(), "min": bot.eigenvalues.tolist(),
                           "trace": tr.estimate, "trace_std_error": tr.std_error,
