@@ -1,7 +1,9 @@
 """Lanczos with full reorthogonalisation: extreme eigenpairs of a symmetric operator.
 
 For a symmetric ``A ∈ R^{n×n}`` and a unit start vector ``q_0``, step ``j`` computes ``w = A q_j``, removes
-its components along **all** previous basis vectors with CGS2 (:func:`hessext.ops.reorthogonalize`), and sets
+its components along **all** previous basis vectors (:func:`hessext.ops.reorthogonalize`: CGS2 on
+accelerators; on the CPU the three-term recurrence, one Gram–Schmidt pass and a second only when the DGKS test
+asks for it, see :func:`_orthogonalize_selective`), and sets
 
     α_j = q_jᵀ A q_j,     β_j = ‖w − Σ_{i≤j} (q_iᵀ w) q_i‖,     q_{j+1} = (that vector) / β_j,
 
@@ -15,8 +17,9 @@ Full reorthogonalisation keeps ``Q_m`` orthonormal to working precision, so ther
 Eigenvalue Problem*, 1998, ch. 13; Golub & Van Loan, *Matrix Computations*, 4th ed., §10.1).
 
 Design (see ``docs/internals.md``): the basis is preallocated as ``[max_iter + 1, n]`` rows (``basis[:j]``
-is a view); α and β stay in device buffers; the host synchronises only at convergence tests, where the small
-tridiagonal is copied over and solved with ``scipy.linalg.eigh_tridiagonal``.
+is a view); α and β stay in device buffers; on accelerators the host synchronises only at convergence tests,
+where the small tridiagonal is copied over and solved with ``scipy.linalg.eigh_tridiagonal`` (on the CPU, where
+a synchronisation is free, also once per step for the DGKS test).
 """
 from __future__ import annotations
 
