@@ -3,7 +3,8 @@
 //
 //   sweep 1:  h1 = B w                                            (read B)
 //   sweep 2:  per column tile:  w' = w - B_tileᵀ h1  then  h2 += B_tile w'   (read B once: the tile's
-//             columns are sized so that k * tile fits in 3/4 of the per-core L2, and its second read hits L2)
+//             columns are sized so that k * tile fits in 3/4 of the per-core L2, and its second read hits L2;
+//             both phases prefetch the next tile, so memory keeps streaming while the dots read L2)
 //   sweep 3:  w'' = w' - Bᵀ h2  and  ‖w''‖²                        (read B)
 //
 // Work is split into one contiguous column range per thread (torch::stable::parallel_for); every thread
@@ -85,7 +86,9 @@ Plan make_plan(int64_t k, int64_t n) {
   p.chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n / min_cols));
   p.chunk_cols = ((n + p.chunks - 1) / p.chunks + 63) / 64 * 64;
   p.chunks = std::max<int64_t>(1, (n + p.chunk_cols - 1) / p.chunk_cols);
-  p.tile = int64_t{64} * 1024 / static_cast<int64_t>(sizeof(T));
+  // Streaming sweeps: 256 KiB row segments (the tile of w stays in L2); longer segments keep the hardware
+  // prefetchers streaming (measured single-threaded: ~81 % of a flat read with 64 KiB, ~90 % with 256 KiB).
+  p.tile = int64_t{256} * 1024 / static_cast<int64_t>(sizeof(T));
   const int64_t budget = fused_budget_bytes() / static_cast<int64_t>(sizeof(T));
   p.fused_tile = std::clamp<int64_t>(budget / std::max<int64_t>(k, 1) / 64 * 64, 256, p.tile);
   return p;
