@@ -17,6 +17,7 @@ and returns the result in the input's dtype and on the input's device.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import numbers
@@ -32,8 +33,9 @@ __all__ = ["LinearOperator", "DenseOperator", "SumOperator", "ScaledOperator", "
 IndexLike = Union[Tensor, slice, Sequence[int], np.ndarray]
 
 
-class LinearOperator:
-    """Base class of square (symmetric) linear operators ``A ∈ R^{n×n}``.
+class LinearOperator(abc.ABC):
+    """Base class of square (symmetric) linear operators ``A ∈ R^{n×n}`` (abstract: subclasses implement
+    :meth:`_matmat`).
 
     Args:
         n: size.
@@ -51,9 +53,9 @@ class LinearOperator:
         self.num_matvecs: int = 0
 
     # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
     def _matmat(self, X: Tensor) -> Tensor:
         """``A X`` for ``X: [n, m]`` in ``self.dtype`` on ``self.device``; returns ``[n, m]``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _matmat")
 
     # ------------------------------------------------------------------ products
     @property

@@ -61,8 +61,14 @@ def test_shape_and_type_errors():
         op + DenseOperator(sym(4))
     with pytest.raises(TypeError):
         op * "2"
-    with pytest.raises(NotImplementedError):
-        LinearOperator(3).matvec(torch.zeros(3))
+    with pytest.raises(TypeError, match="abstract.*_matmat"):   # a subclass without _matmat cannot exist
+        LinearOperator(3)
+
+    class NoMatmat(LinearOperator):
+        pass
+
+    with pytest.raises(TypeError, match="abstract.*_matmat"):
+        NoMatmat(3)
 
 
 def test_dtype_and_device_follow_the_input():
