@@ -258,8 +258,8 @@ def test_host_synchronisations_only_at_convergence_tests(monkeypatch):
 @pytest.mark.parametrize("dtype,tol", [(F32, 1e-6), (F64, 1e-13)])
 def test_selective_reorthogonalisation_second_pass_only_when_needed(monkeypatch, dtype, tol):
     """DGKS (CPU): one Gram–Schmidt pass when it keeps most of w, a second when it removed more than half of
-    its energy; either way w' is orthogonal to the basis and (w', α, β) satisfy w = α q_j + β_prev q_{j−1} +
-    Σ c_i q_i + w'."""
+    its energy; either way w' is orthogonal to the basis, the returned norm is ‖w'‖ and α is w's component
+    along q_j."""
     import hessext.lanczos as L
 
     passes = []
