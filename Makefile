@@ -1,5 +1,5 @@
 # hessext: every target sets up .venv idempotently, then runs.
-#   make test    build + run the test suite (compiled backend, then HESSEXT_FORCE_PYTHON=1)
+#   make test    lint (ruff E, F, I) + build + run the test suite (compiled backend, then HESSEXT_FORCE_PYTHON=1)
 #   make demo    train a tiny transformer and write a Hessian report to ./hessext-demo
 #   make bench   kernel and engine benchmarks (installs the peer libraries into the venv)
 PYTHON ?= python3
@@ -12,7 +12,9 @@ BUILD_STAMP = $(VENV)/.hessext-installed
 BENCH_STAMP = $(VENV)/.bench-installed
 SOURCES = setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: venv install test test-compiled test-python demo bench bench-kernels bench-engine cuda-check info clean
+LINT_STAMP = $(VENV)/.lint-installed
+
+.PHONY: venv install lint test test-compiled test-python demo bench bench-kernels bench-engine cuda-check info clean
 
 venv: $(BASE_STAMP)
 $(BASE_STAMP):
@@ -26,7 +28,15 @@ $(BUILD_STAMP): $(BASE_STAMP) $(SOURCES)
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $@
 
-test: install
+# ruff (rules E, F, I; pyproject.toml) over the package, tests, benchmarks, examples and tools.
+$(LINT_STAMP): $(BASE_STAMP)
+	$(BIN)/pip install -q ruff
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check hessext tests benchmarks examples tools setup.py
+
+test: install lint
 	$(MAKE) test-compiled test-python
 
 # pytest exits 5 when it collects no test: that is not a failure of the build.

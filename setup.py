@@ -85,7 +85,8 @@ def _extensions(info: dict) -> tuple[list, dict]:
         import torch.utils.cpp_extension as cpp
     except ImportError:
         print("hessext setup: torch is not importable here, installing without the compiled extension "
-              "(install torch first, then `pip install --no-build-isolation -e .` builds it)", file=sys.stderr)
+              "(install torch first, then `pip install --no-build-isolation -e .` builds it)",
+              file=sys.stderr)
         info["extension"] = False
         return [], {}
 

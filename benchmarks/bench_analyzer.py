@@ -24,39 +24,47 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hessext.analyzer import HessianAnalyzer, HessianConfig, make_operator  # noqa: E402
-from hessext.hvp import HessianOperator  # noqa: E402
+from hessext.analysis import HessianAnalyzer, HessianConfig, make_operator  # noqa: E402
+from hessext.hvp import DoubleBackward, ForwardOverReverse, HessianOperator  # noqa: E402
 from hessext.models import TransformerFactory  # noqa: E402
 
 
 class HVPCounter:
     """Counts every Hessian-vector product the operators really run (columns of batch 0, so that one product
     over all batches counts once), including any the analysis does not book — e.g. the operator's HVP-mode
-    probe — and the gradient evaluations. Independent of ``results["meta"]``."""
+    probe — and the gradient evaluations. Independent of ``results["meta"]``: it wraps the public ``hvp``
+    method of the operators' HVP strategies (``DoubleBackward``, ``ForwardOverReverse``) and
+    ``HessianOperator.loss_and_grad`` for the duration of the ``with`` block."""
+
+    STRATEGIES = (DoubleBackward, ForwardOverReverse)
 
     def __init__(self) -> None:
         self.hvps = 0
         self.grads = 0
-        self._hvp = HessianOperator._batch_hvp
+        self._hvp = {cls: cls.hvp for cls in self.STRATEGIES}
         self._grad = HessianOperator.loss_and_grad
 
     def __enter__(self) -> "HVPCounter":
         counter = self
 
-        def batch_hvp(op, mode, i, Vs, use_cache):
-            if i == 0:
-                counter.hvps += int(Vs[0].shape[0])
-            return counter._hvp(op, mode, i, Vs, use_cache)
+        def counted(orig):
+            def hvp(strategy, i, Vs, use_cache=True):
+                if i == 0:
+                    counter.hvps += int(Vs[0].shape[0])
+                return orig(strategy, i, Vs, use_cache)
+            return hvp
 
         def loss_and_grad(op):
             counter.grads += 1
             return counter._grad(op)
-        HessianOperator._batch_hvp = batch_hvp
+        for cls, orig in self._hvp.items():
+            cls.hvp = counted(orig)
         HessianOperator.loss_and_grad = loss_and_grad
         return self
 
     def __exit__(self, *exc) -> None:
-        HessianOperator._batch_hvp = self._hvp
+        for cls, orig in self._hvp.items():
+            cls.hvp = orig
         HessianOperator.loss_and_grad = self._grad
 
 
@@ -128,8 +136,8 @@ def main() -> int:
     for name, k, t in rows:
         print(f"| {name} | {k} | {t:.2f} | {t / t_grad:.0f} |")
     print(f"\nHVPs booked by the sections: {mv['total']}; counted at the operators: {total} "
-          f"(the difference: {total - mv['total']} HVP-mode probe(s), one per operator); gradient evaluations: "
-          f"{counted.grads}")
+          f"(the difference: {total - mv['total']} HVP-mode probe(s), one per operator); "
+          f"gradient evaluations: {counted.grads}")
     print(f"Lanczos HVPs needed: {lanczos_total} (full model {lz['hessian']}, components "
           f"{sum(lz.get('components', {}).values())}, validation {lz.get('val', 0)}); total HVPs: {total}; "
           f"ratio {ratio:.3f} ({'OK' if ratio <= 1.5 else 'ABOVE'} the 1.5 bound)")
@@ -137,8 +145,8 @@ def main() -> int:
                                         for c, r in res["components"].items()))
     if args.json:
         out = {"n": n, "grad_s": t_grad, "wall_s": wall, "matvecs": mv, "time_s": ts, "ratio": ratio,
-               "lanczos_matvecs": lanczos_total, "counted_hvps": total, "gradients": counted.grads, "torch": torch.__version__, "machine": platform.platform(),
-               "threads": torch.get_num_threads()}
+               "lanczos_matvecs": lanczos_total, "counted_hvps": total, "gradients": counted.grads,
+               "torch": torch.__version__, "machine": platform.platform(), "threads": torch.get_num_threads()}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0 if ratio <= 1.5 else 2

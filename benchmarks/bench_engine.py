@@ -24,7 +24,6 @@ Run: `make bench-engine` or `python benchmarks/bench_engine.py [--quick] [--thre
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -44,11 +43,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import hessext  # noqa: E402
+from hessext import trace as htrace  # noqa: E402
 from hessext.hvp import HessianOperator  # noqa: E402
 from hessext.lanczos import lanczos  # noqa: E402
-from hessext import trace as htrace  # noqa: E402
 
 TARGET_ERR = 1e-3
+
+
 def math_sdpa():
     """Every tool runs under the math attention backend (CPU flash attention has no double backward)."""
     return torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
@@ -87,7 +88,8 @@ def make_workload(name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tenso
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     if name == "mlp":  # 85,002 parameters, batch 512
-        model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
+        model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
+                              nn.Linear(256, 10))
         X = torch.randn(512, 64, generator=g)
         y = torch.randint(0, 10, (512,), generator=g)
         return model, (X, y), nn.CrossEntropyLoss()
@@ -308,7 +310,8 @@ def hvp_cost(model, batch, crit, repeat: int) -> dict:
                         times[k].append(time.perf_counter() - t0)
             med = {k: float(np.median(t)) for k, t in times.items()}
             out.setdefault("gradient_s", med["grad"])
-            out[mode] = {"hvp_s": med["hvp"], "gradient_s": med["grad"], "hvp_per_grad": med["hvp"] / med["grad"],
+            out[mode] = {"hvp_s": med["hvp"], "gradient_s": med["grad"],
+                         "hvp_per_grad": med["hvp"] / med["grad"],
                          "hvp_in_session_per_grad": med["hvp_session"] / med["grad"],
                          "block8_per_vector_per_grad": med["block8"] / 8 / med["grad"]}
         except Exception as exc:
@@ -327,7 +330,8 @@ def eig_rows(name, model, batch, crit, ref_top, ref_min, quick: bool) -> list[Ro
             ("hessext", tol_ladder, run_hessext_eig(model, batch, crit, k, which)),
         ]
         if which == "LA":
-            candidates.append(("PyHessian 0.1 (power iteration)", [1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 1e-6],
+            candidates.append(("PyHessian 0.1 (power iteration)",
+                               [1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 1e-6],
                                lambda: run_pyhessian_eig(model, batch, crit, k)))
         if k == 1:
             iters = sorted({int(round(2 * 1.35 ** i)) for i in range(20) if 2 * 1.35 ** i <= 250} | {250})
@@ -348,7 +352,8 @@ def eig_rows(name, model, batch, crit, ref_top, ref_min, quick: bool) -> list[Ro
                 continue
             secs, hvps, err, setting = first_accurate(ladder, run, ref)
             rows.append(Row(name, task, tool, secs, hvps, err, setting))
-            print(f"  {task:9s} {tool:34s} {fmt(secs, '.3f')} s  hvps={hvps}  err={fmt(err, '.1e')}  {setting}",
+            print(f"  {task:9s} {tool:34s} {fmt(secs, '.3f')} s  hvps={hvps}  err={fmt(err, '.1e')}  "
+                  f"{setting}",
                   flush=True)
     return rows
 
@@ -357,11 +362,16 @@ def trace_rows(name, model, batch, crit, ref_trace: float, seeds: int) -> list[R
     rows: list[Row] = []
     op = hessext_op(model, batch, crit)
     estimators: dict[str, Callable[[int, int], tuple[float, float | None]]] = {}
+
+    def hessext_estimator(fn: Callable) -> Callable[[int, int], tuple[float, float | None]]:
+        def run(m: int, s: int) -> tuple[float, float | None]:
+            r = fn(op, m, seed=s)
+            return r.estimate, r.std_error
+        return run
+
     for meth in ("hutchinson", "hutchpp", "xtrace"):
-        fn = getattr(htrace, meth)
-        estimators[f"hessext {meth}"] = (lambda f: lambda m, s: (lambda r: (r.estimate, r.std_error))(f(op, m, seed=s)))(fn)
-    estimators["hessext auto"] = lambda m, s: (lambda r: (r.estimate, r.std_error))(
-        htrace.estimate_trace(op, m, seed=s))
+        estimators[f"hessext {meth}"] = hessext_estimator(getattr(htrace, meth))
+    estimators["hessext auto"] = hessext_estimator(htrace.estimate_trace)
     try:
         import importlib
 
@@ -518,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"trace={tr.estimate:.6g} ± {tr.std_error:.2g}", flush=True)
             hvp[name] = hvp_cost(model, batch, crit, repeat=30)
             print(f"  hvp cost: {json.dumps(hvp[name])}", flush=True)
-            rows += eig_rows(name, model, batch, crit, top.eigenvalues.numpy(), bot.eigenvalues.numpy(), args.quick)
+            rows += eig_rows(name, model, batch, crit, top.eigenvalues.numpy(), bot.eigenvalues.numpy(),
+                             args.quick)
             rows += trace_rows(name, model, batch, crit, tr.estimate, seeds)
     print("\n" + markdown(rows))
     print("\nHVP cost in units of one gradient:")

@@ -80,7 +80,7 @@ def correctness(device: str) -> None:
 def read_bandwidth(device: str) -> dict[str, float]:
     """GB/s of ``torch.dot(x, x)`` over a resident 400 MB float32 tensor (each byte read once)."""
     x = torch.ones(100_000_000, dtype=torch.float32, device=device)
-    t = timeit(lambda: torch.dot(x, x), device, min_time=1.0, min_reps=5)
+    t = timeit(lambda x=x: torch.dot(x, x), device, min_time=1.0, min_reps=5)
     nbytes = x.numel() * x.element_size()
     del x
     return {"bytes": nbytes, "median_s": t["median_s"], "best_s": t["best_s"],
@@ -115,8 +115,9 @@ def bench_reorth(sizes: list[tuple[int, int]], dtype: torch.dtype, device: str, 
             continue
         basis = make_basis(k, n, dtype, device)
         w = torch.randn(n, dtype=dtype, device=device)
-        ours = timeit(lambda: ops.reorthogonalize(w, basis), device)
-        comp = timeit(lambda: composition(w, basis), device)
+        # bound as defaults: the names are deleted below, after timing (ruff F821 on late-bound names)
+        ours = timeit(lambda w=w, basis=basis: ops.reorthogonalize(w, basis), device)
+        comp = timeit(lambda w=w, basis=basis: composition(w, basis), device)
         rows.append({
             "op": "reorthogonalize", "n": n, "k": k, "dtype": str(dtype).replace("torch.", ""),
             "basis_bytes": nbytes, "hessext": ours, "torch": comp, "hessext_sweeps": 3, "torch_sweeps": 4,

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hessext.model_interface.model_wrapper import ModelWrapper
 from hessext.hessian.hessian import min_max_hessian_eigs
 from hessext.hessian.hessian_trace import hessian_trace
+from hessext.model_interface.model_wrapper import ModelWrapper
 
 
 def layer_shares(model: nn.Module, vec: np.ndarray) -> dict[str, float]:

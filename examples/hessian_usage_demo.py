@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from hessext.model_interface.model_wrapper import ModelWrapper
 from hessext.hessian.hessian import min_max_hessian_eigs
 from hessext.hessian.hessian_trace import hessian_trace
+from hessext.model_interface.model_wrapper import ModelWrapper
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """hessext: fast, exact-where-possible Hessian analysis for PyTorch models.
 
 The engine (flat vectors and symmetric operators):
-    HessianOperator, ParamLayout, LinearOperator, hessext.lanczos.lanczos (also as eigsh) / extreme_eigenpairs,
-    hutchinson / hutchpp / xtrace / adaptive_trace / estimate_trace, spectral_density, EigenResult / TraceResult / DensityResult.
+    HessianOperator, ParamLayout, LinearOperator, hessext.lanczos.lanczos (also as eigsh) /
+    extreme_eigenpairs, hutchinson / hutchpp / xtrace / adaptive_trace / estimate_trace, spectral_density,
+    EigenResult / TraceResult / DensityResult.
 API A (``oxford_loss_landscapes`` → ``hessext``): ModelWrapper, min_max_hessian_eigs, hessian_trace.
-API B (``project.hessian`` → ``hessext.hessian``): HessianAnalyzer, HessianConfig, ComponentAnalyzer, …
+API B (``project.hessian`` → ``hessext.hessian``; implemented in ``hessext.analysis``): HessianAnalyzer,
+    HessianConfig, ComponentAnalyzer, …
 Pictures: HessianVisualizer (matplotlib, imported lazily), loss_landscape_1d / loss_landscape_2d.
 Scale-out: DistributedHessianOperator (torch.distributed).
 
@@ -14,31 +16,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._backend import BACKEND
 from . import ops
+from ._backend import BACKEND
 from ._state import preserve_model_state
-from .layout import ParamLayout
-from .linop import DenseOperator, LinearOperator, as_operator
-from .hvp import HessianOperator
-from .results import DensityResult, EigenResult, TraceResult
-# The function `lanczos` is not bound here: `hessext.lanczos` stays the module (import hessext.lanczos as L).
-from .lanczos import eigsh, extreme_eigenpairs
-from .trace import adaptive_trace, estimate_trace, hutchinson, hutchpp, xtrace
-from .density import spectral_density
-from .landscape import loss_landscape_1d, loss_landscape_2d, random_direction, suggest_radius
-from .distributed import DistributedHessianOperator, init_from_env, shard
+from ._version import __version__
+
+# API B
+from .analysis import (
+    ComponentAnalyzer,
+    ComponentSelector,
+    HessianAnalyzer,
+    HessianConfig,
+    HessianMetrics,
+    compute_component_hessians,
+    compute_detailed_hessian_metrics,
+    compute_hessian_gradient_alignment,
+    extract_component_parameters,
+    get_hessian_eigenvectors,
+    measure_train_val_landscape_divergence,
+)
+
 # API A
 from .compat import ModelWrapper, hessian_trace, min_max_hessian_eigs
-# API B
-from .analyzer import HessianAnalyzer, HessianConfig
-from .components import (ComponentAnalyzer, ComponentSelector, compute_component_hessians,
-                         extract_component_parameters)
-from .metrics import HessianMetrics, compute_detailed_hessian_metrics
-from .alignment import compute_hessian_gradient_alignment
-from .legacy import get_hessian_eigenvectors, measure_train_val_landscape_divergence
-from .models import TransformerFactory
+from .density import spectral_density
+from .distributed import DistributedHessianOperator, init_from_env, shard
+from .hvp import HessianOperator
 
-__version__ = "0.1.0"
+# The function `lanczos` is not bound here: `hessext.lanczos` stays the module (import hessext.lanczos as L).
+from .lanczos import eigsh, extreme_eigenpairs
+from .landscape import loss_landscape_1d, loss_landscape_2d, random_direction, suggest_radius
+from .layout import ParamLayout
+from .linop import DenseOperator, LinearOperator, as_operator
+from .models import TransformerFactory
+from .results import DensityResult, EigenResult, TraceResult
+from .trace import adaptive_trace, estimate_trace, hutchinson, hutchpp, xtrace
 
 __all__ = [
     "BACKEND", "ops", "__version__", "preserve_model_state",

@@ -9,22 +9,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import _backend, demo
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import _backend
-
     info = _backend.info()
     if args.json:
-        import json
-
         print(json.dumps(info, indent=2))
         return 0
     print(f"hessext backend: {info['backend']}")
@@ -41,14 +39,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(argv: list[str]) -> int:
-    try:
-        demo = importlib.import_module("hessext.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("hessext.demo",):
-            raise
-        print("hessext demo is not available in this installation (hessext/demo.py is missing).",
-              file=sys.stderr)
-        return 2
     result = demo.main(argv)
     return int(result) if isinstance(result, int) else 0
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ArgumentTypeError", "check_int", "check_bool", "check_tol", "check_positive_float", "index_set",
-           "work_dtype", "convergence_floor", "converged", "order_descending", "json_safe", "IndexLike"]
+__all__ = ["ArgumentTypeError", "check_int", "check_seed", "check_bool", "check_tol", "check_positive_float",
+           "index_set", "work_dtype", "convergence_floor", "converged", "order_descending", "json_safe",
+           "IndexLike"]
 
 IndexLike = Union[Tensor, slice, Sequence[int], np.ndarray]
 
@@ -37,6 +38,11 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     return v
 
 
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed of the counter-based generators: any int >= -2**63."""
+    return check_int(name, value, -(1 << 63))
+
+
 def check_bool(name: str, value: Any) -> bool:
     """``value`` as a bool (Python or numpy bools only: ``0``/``1`` are refused, they hide mistakes)."""
     if not isinstance(value, (bool, np.bool_)):
@@ -49,24 +55,24 @@ def check_positive_float(name: str, value: Any, *, upper: float | None = None) -
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name} must be a positive float, got {type(value).__name__} {value!r}")
     v = float(value)
+    if upper is not None and not (0 < v < upper):
+        raise ValueError(f"{name} must be a float in (0, {upper:g}), got {value!r}")
     if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    if upper is not None and not v < upper:
-        raise ValueError(f"{name} must be a float in (0, {upper:g}), got {value!r}")
     return v
 
 
 def check_tol(value: Any, name: str = "tol", *, upper: float | None = None) -> float:
-    """A tolerance: a positive finite float (below ``upper`` when given, e.g. API A's relative ``tol < 1``)."""
+    """A tolerance: a positive finite float (below ``upper`` when given: API A's relative ``tol < 1``)."""
     return check_positive_float(name, value, upper=upper)
 
 
 def index_set(indices: IndexLike, n: int, name: str = "indices", *, unique: bool = True) -> Tensor:
     """An index subset of ``range(n)`` as a 1-D CPU ``LongTensor``.
 
-    Accepts a slice, a boolean mask ``[n]``, an integer tensor/array or a sequence of ints. With
-    ``unique=True`` (restrictions, where a repeated coordinate would make the sub-operator singular) repeated
-    indices are refused; per-block traces accept them (``unique=False``: a repeated index counts twice).
+    Accepts a slice, a boolean mask ``[n]``, an integer tensor/array or a sequence of ints. Repeated
+    indices are refused by default (a restriction with a repeated coordinate is singular, and a trace block
+    would count it twice); ``unique=False`` lets them through for callers that want a multiset.
     """
     if isinstance(indices, slice):
         return torch.arange(n, dtype=torch.long)[indices]
@@ -76,8 +82,8 @@ def index_set(indices: IndexLike, n: int, name: str = "indices", *, unique: bool
         try:
             indices = torch.as_tensor(list(indices), dtype=torch.long if len(list(indices)) == 0 else None)
         except (TypeError, ValueError) as e:
-            raise ArgumentTypeError(f"{name} must be a LongTensor, a bool mask, a slice or a sequence of ints, "
-                                    f"got {type(indices).__name__}") from e
+            raise ArgumentTypeError(f"{name} must be a LongTensor, a bool mask, a slice or a sequence of "
+                                    f"ints, got {type(indices).__name__}") from e
     if indices.dtype == torch.bool:
         if indices.shape != (n,):
             raise ValueError(f"{name}: a boolean mask must have shape [{n}], got {list(indices.shape)}")
@@ -105,7 +111,7 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def convergence_floor(dtype: torch.dtype) -> float:
-    """``√ε`` of ``dtype``: eigenvalues below ``√ε·‖A‖`` are measured against that floor (:func:`converged`)."""
+    """``√ε`` of ``dtype``: eigenvalues below ``√ε·‖A‖`` are measured against that floor (see converged)."""
     return math.sqrt(float(torch.finfo(dtype).eps))
 
 
@@ -115,10 +121,13 @@ def converged(residuals: Any, eigenvalues: Any, tol: float, scale: float, dtype:
     ``scale`` is the operator's norm estimate (``‖T‖`` of the Lanczos tridiagonal, or the largest ``|λ|``
     found). The relative test ``r < tol·|λ|`` cannot be met by eigenvalues below ``√ε·‖A‖`` (a product carries
     errors of order ``ε‖A‖``), so those are measured against ``√ε·‖A‖`` instead and near-zero eigenvalues
-    converge. Inputs are floats or arrays on the host; the result is a boolean numpy array.
+    converge; a residual of exactly 0 is converged whatever λ. Inputs are floats or arrays on the host; the
+    result is a boolean numpy array.
     """
-    ref = np.maximum(np.abs(np.asarray(eigenvalues, dtype=np.float64)), convergence_floor(dtype) * float(scale))
-    return np.asarray(residuals, dtype=np.float64) < tol * ref
+    lam = np.abs(np.asarray(eigenvalues, dtype=np.float64))
+    ref = np.maximum(lam, convergence_floor(dtype) * float(scale))
+    r = np.asarray(residuals, dtype=np.float64)
+    return (r < tol * ref) | (r == 0.0)     # an exact pair (zero residual) has converged, even at λ = 0
 
 
 def order_descending(values: Tensor) -> Tensor:

@@ -32,6 +32,12 @@ Batch kinds and their loss:
 A custom ``batch_loss(model_call, batch) -> (loss, weight)`` overrides all of the above; ``model_call``
 calls the model (functionally) with whatever arguments it is given.
 
+Data errors are named as data errors before any forward pass (:func:`validate_batch`): an ``(inputs,
+targets)`` pair with different numbers of samples, ``input_ids``/``labels`` that are not integer tensors
+(bool ids), and labels whose *shape* does not fit ``input_ids`` for the model type
+(:func:`check_dict_batch`; dict batches are checked again at each loss evaluation, also under a custom
+``batch_loss`` built by :func:`make_batch_loss`).
+
 The weight of a batch is its number of samples (first dimension of the inputs / ``input_ids``); the
 operator averages per-batch quantities with these weights.
 """
@@ -47,9 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_int
+
 __all__ = ["MODEL_TYPES", "LossNotFiniteError", "normalize_data", "is_batch", "batch_size", "map_tensors",
            "tensors_of", "make_batch_loss", "check_loss", "check_loss_finite", "shift_right",
-           "forward_accepts"]
+           "forward_accepts", "validate_batch", "check_dict_batch"]
 
 MODEL_TYPES = ("decoder_only", "encoder_only", "encoder_decoder")
 IGNORE_INDEX = -100
@@ -83,9 +91,8 @@ def normalize_data(data: Any, num_batches: int | None = None, *, custom: bool = 
         ValueError: ``num_batches`` is not a positive int, or there is no batch.
         TypeError: an item is not a batch of a supported kind (without ``custom``).
     """
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
-                                    or num_batches < 1):
-        raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
+    if num_batches is not None:
+        num_batches = check_int("num_batches", num_batches, minimum=1)
     if data is None:
         raise ValueError("data is None: pass a batch, a list of batches or a DataLoader")
     if is_batch(data):
@@ -225,6 +232,118 @@ def _criterion(loss_fn: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], set[in
     return loss_fn, set()
 
 
+def check_dict_batch(batch: Mapping, model_type: str | None = None, where: str = "") -> None:
+    """The keys, dtypes and shapes of a dict batch, per model type (``where`` prefixes the message, e.g.
+    ``"batch 3: "``).
+
+    ``input_ids`` must be an integer tensor (not bool) and ``labels`` an integer tensor. The labels are
+    aligned with the logits position by position, so for ``decoder_only`` / ``encoder_only`` (and None)
+    ``labels.shape == input_ids.shape``; for ``encoder_decoder`` the labels are the ``[batch, target
+    length]`` decoder targets: 2-D with the batch size of ``input_ids``. (Element counts are not enough:
+    sequence-first labels for batch-first ids have the right count and would be analysed misaligned.)
+    """
+    for key in ("labels", "input_ids"):
+        if key not in batch:
+            raise ValueError(f"{where}batch dict has keys {sorted(batch.keys())}; expected {key!r}")
+    ids, labels = batch["input_ids"], batch["labels"]
+    for key, t in (("input_ids", ids), ("labels", labels)):
+        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            got = f"dtype {t.dtype} (shape {list(t.shape)})" if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{where}batch[{key!r}] must be an integer tensor of token ids, got {got}")
+    if model_type == "encoder_decoder":
+        if labels.dim() != 2 or ids.dim() < 1 or labels.shape[0] != ids.shape[0]:
+            raise ValueError(f"{where}labels of shape {list(labels.shape)} do not fit input_ids of shape "
+                             f"{list(ids.shape)}: for model_type='encoder_decoder' the labels must be "
+                             "[batch, target_length] with the batch size of input_ids")
+    elif labels.shape != ids.shape:
+        raise ValueError(f"{where}labels of shape {list(labels.shape)} do not match input_ids of shape "
+                         f"{list(ids.shape)}: for model_type={model_type or 'decoder_only'!r} the labels are "
+                         "aligned with input_ids position by position and must have the same shape "
+                         "(sequence-first labels must be transposed)")
+
+
+def validate_batch(batch: Any, index: int, model_type: str | None = None) -> None:
+    """Data errors of a built-in batch, named as such before any forward pass (a loss would report them
+    obscurely, or not at all): an ``(inputs, targets)`` pair whose tensors have different numbers of
+    samples, and the dict-batch checks of :func:`check_dict_batch`."""
+    where = f"batch {index}: "
+    if isinstance(batch, Mapping):
+        check_dict_batch(batch, model_type, where)
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
+        x, y = batch
+        if isinstance(y, Tensor) and x.dim() > 0 and y.dim() > 0 and x.shape[0] != y.shape[0]:
+            raise ValueError(f"{where}inputs and targets have different numbers of samples: inputs of shape "
+                             f"{list(x.shape)}, targets of shape {list(y.shape)}")
+
+
+def _custom_loss(batch_loss: BatchLoss) -> BatchLoss:
+    """A user's ``batch_loss`` whose result is checked: ``(loss, weight)`` or ``loss`` (weight 1)."""
+    if not callable(batch_loss):
+        raise TypeError(f"batch_loss must be callable, got {type(batch_loss).__name__}")
+
+    def custom(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+        res = batch_loss(model_call, batch)
+        if isinstance(res, (tuple, list)):
+            if len(res) != 2:
+                raise ValueError(f"batch_loss must return (loss, weight), got a sequence of length "
+                                 f"{len(res)}")
+            loss, weight = res
+        else:
+            loss, weight = res, 1.0
+        weight = float(weight)
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"batch_loss returned weight {weight}; it must be positive and finite")
+        return loss, weight
+    return custom
+
+
+class _DictLoss:
+    """The loss of a dict batch for one model type (module docstring)."""
+
+    def __init__(self, loss_fn: Any, model: nn.Module, model_type: str | None, pad_idx: int | None) -> None:
+        self.loss_fn, self.model_type, self.pad_idx = loss_fn, model_type, pad_idx
+        self.accepts_mask = forward_accepts(model, "attention_mask")
+        self.validated: set[tuple[int, int]] = set()
+
+    def logits(self, model_call: Callable[..., Any], batch: Mapping) -> Tensor:
+        ids, labels = batch["input_ids"], batch["labels"]
+        kwargs = {}
+        if batch.get("attention_mask") is not None and self.accepts_mask:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        if self.model_type == "encoder_decoder":
+            dec = batch.get("decoder_input_ids")
+            if dec is None:
+                dec = shift_right(labels, 0 if self.pad_idx is None else self.pad_idx)
+            out = model_call(ids, dec, **kwargs)
+        else:
+            out = model_call(ids, **kwargs)
+        logits = _output_tensor(out, want_logits=True)
+        if logits.dim() < 1 or logits.shape[:-1].numel() != labels.numel():
+            raise ValueError(f"logits of shape {list(logits.shape)} do not match labels of shape "
+                             f"{list(labels.shape)} position by position")
+        return logits
+
+    def __call__(self, model_call: Callable[..., Any], batch: Mapping) -> tuple[Tensor, float]:
+        check_dict_batch(batch, self.model_type)
+        crit, extra_ignored = _criterion(self.loss_fn)
+        labels = batch["labels"]
+        logits = self.logits(model_call, batch)
+        V = logits.shape[-1]
+        lab = labels.reshape(-1)
+        ignore = lab == IGNORE_INDEX
+        for v in ({self.pad_idx} if self.pad_idx is not None else set()) | extra_ignored:
+            ignore = ignore | (lab == v)
+        lab = lab.masked_fill(ignore, IGNORE_INDEX)
+        key = (id(labels), V)
+        if key not in self.validated:
+            valid = lab[~ignore]
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
+                raise ValueError(f"labels out of range [0, {V}): got values in [{int(valid.min())}, "
+                                 f"{int(valid.max())}]")
+            self.validated.add(key)
+        return crit(logits.reshape(-1, V), lab), float(batch_size(batch))
+
+
 def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = None,
                     batch_loss: BatchLoss | None = None, pad_idx: int | None = None) -> BatchLoss:
     """The function ``(model_call, batch) -> (loss, weight)`` for this loss and batch kind.
@@ -239,76 +358,11 @@ def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = 
     """
     if model_type is not None and model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES} or None, got {model_type!r}")
-    if pad_idx is not None and (isinstance(pad_idx, bool) or not isinstance(pad_idx, int)):
-        raise TypeError(f"pad_idx must be an int or None, got {type(pad_idx).__name__}")
+    if pad_idx is not None:
+        pad_idx = check_int("pad_idx", pad_idx)
     if batch_loss is not None:
-        if not callable(batch_loss):
-            raise TypeError(f"batch_loss must be callable, got {type(batch_loss).__name__}")
-
-        def custom(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
-            res = batch_loss(model_call, batch)
-            if isinstance(res, (tuple, list)):
-                if len(res) != 2:
-                    raise ValueError(f"batch_loss must return (loss, weight), got a sequence of length "
-                                     f"{len(res)}")
-                loss, weight = res
-            else:
-                loss, weight = res, 1.0
-            weight = float(weight)
-            if not (math.isfinite(weight) and weight > 0):
-                raise ValueError(f"batch_loss returned weight {weight}; it must be positive and finite")
-            return loss, weight
-        return custom
-
-    accepts_mask = forward_accepts(model, "attention_mask")
-    validated: set[tuple[int, int]] = set()
-
-    def dict_loss(model_call: Callable[..., Any], batch: Mapping) -> tuple[Tensor, float]:
-        for key in ("labels", "input_ids"):
-            if key not in batch:
-                raise ValueError(f"batch dict has keys {sorted(batch.keys())}; expected {key!r}")
-        crit, extra_ignored = _criterion(loss_fn)
-        ids, labels = batch["input_ids"], batch["labels"]
-        if not isinstance(labels, Tensor) or labels.is_floating_point():
-            raise TypeError(f"batch['labels'] must be an integer tensor, got "
-                            f"{labels.dtype if isinstance(labels, Tensor) else type(labels).__name__}")
-        kwargs = {}
-        if batch.get("attention_mask") is not None and accepts_mask:
-            kwargs["attention_mask"] = batch["attention_mask"]
-        if model_type == "encoder_decoder":
-            dec = batch.get("decoder_input_ids")
-            if dec is None:
-                dec = shift_right(labels, 0 if pad_idx is None else pad_idx)
-            out = model_call(ids, dec, **kwargs)
-        else:
-            out = model_call(ids, **kwargs)
-        logits = _output_tensor(out, want_logits=True)
-        if logits.dim() < 1 or logits.shape[:-1].numel() != labels.numel():
-            raise ValueError(f"logits of shape {list(logits.shape)} do not match labels of shape "
-                             f"{list(labels.shape)} position by position")
-        V = logits.shape[-1]
-        lab = labels.reshape(-1)
-        ignore = lab == IGNORE_INDEX
-        for v in ({pad_idx} if pad_idx is not None else set()) | extra_ignored:
-            ignore = ignore | (lab == v)
-        lab = lab.masked_fill(ignore, IGNORE_INDEX)
-        key = (id(labels), V)
-        if key not in validated:
-            valid = lab[~ignore]
-            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
-                raise ValueError(f"labels out of range [0, {V}): got values in [{int(valid.min())}, "
-                                 f"{int(valid.max())}]")
-            validated.add(key)
-        return crit(logits.reshape(-1, V), lab), float(batch_size(batch))
-
-    def pair_loss(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
-        inputs, targets = batch
-        out = _output_tensor(model_call(inputs), want_logits=False)
-        return loss_fn(out, targets), float(batch_size(batch))
-
-    def bare_loss(model_call: Callable[..., Any], batch: Tensor) -> tuple[Tensor, float]:
-        out = _output_tensor(model_call(batch), want_logits=False)
-        return loss_fn(out), float(batch_size(batch))
+        return _custom_loss(batch_loss)
+    dict_loss = _DictLoss(loss_fn, model, model_type, pad_idx)
 
     def dispatch(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
         if isinstance(batch, Mapping):
@@ -318,8 +372,11 @@ def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = 
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if isinstance(batch, Tensor):
-            return bare_loss(model_call, batch)
+            out = _output_tensor(model_call(batch), want_logits=False)
+            return loss_fn(out), float(batch_size(batch))
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return pair_loss(model_call, batch)
+            inputs, targets = batch
+            out = _output_tensor(model_call(inputs), want_logits=False)
+            return loss_fn(out, targets), float(batch_size(batch))
         raise TypeError(f"unsupported batch of type {type(batch).__name__}; pass batch_loss=")
     return dispatch

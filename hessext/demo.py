@@ -22,18 +22,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ._checks import json_safe
 from ._io import atomic_write
+from ._state import restore_rng_state, rng_state
+from .analysis import HessianAnalyzer, HessianConfig
+from .density import spectral_density
+from .hvp import HessianOperator
+from .lanczos import lanczos
+from .landscape import loss_landscape_1d, loss_landscape_2d, suggest_radius
+from .models import TransformerFactory
+from .viz import HessianVisualizer, check_formats
 
 __all__ = ["main", "make_task", "MODEL_SIZES"]
 
@@ -63,27 +73,6 @@ def make_task(n: int, seed: int, modulus: int = MODULUS, seq_len: int = SEQ_LEN)
 
 def _subset(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[idx] for k, v in data.items()}
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,8 +123,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(None if argv is None else list(argv))
     if args.threads < 0:
         raise SystemExit(f"--threads must be >= 0, got {args.threads}")
-    from ._state import restore_rng_state, rng_state
-
     threads, rng = torch.get_num_threads(), rng_state()
     if args.threads:
         # Tiny matrices: thread fan-out costs more than it saves, and oversubscribed cores make it far worse.
@@ -147,7 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         restore_rng_state(rng)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace) -> tuple[int, tuple[str, ...]]:
+    """Refuse bad arguments; returns the analysis interval and the figure formats."""
     if args.steps < 1:
         raise SystemExit(f"--steps must be >= 1, got {args.steps}")
     if args.dpi < 10:
@@ -158,117 +146,152 @@ def _run(args: argparse.Namespace) -> int:
     if every < 1:
         raise SystemExit(f"--analyze-every must be >= 1, got {every}")
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    check_formats(formats)
+    return every, formats
 
-    from tqdm.auto import tqdm
 
-    from .analyzer import HessianAnalyzer, HessianConfig
-    from .models import TransformerFactory
-    from .viz import HessianVisualizer, _check_formats
+@dataclass
+class _Setup:
+    """The data, model and analyzer of one demo run."""
+    train: dict[str, torch.Tensor]
+    val: dict[str, torch.Tensor]
+    h_train: dict[str, torch.Tensor]   # the fixed batches the Hessian is analysed on
+    h_val: dict[str, torch.Tensor]
+    model: nn.Module
+    model_name: str
+    n_params: int
+    analyzer: HessianAnalyzer
 
-    _check_formats(formats)
-    t_start = time.perf_counter()
-    show = not args.no_progress
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    """Data sets, model and analyzer, all seeded by ``--seed`` (in this order: the RNG draws depend on it)."""
     torch.manual_seed(args.seed)
     train = make_task(TRAIN_SIZE, seed=args.seed)
     val = make_task(VAL_SIZE, seed=args.seed + 10_000)
     gen = torch.Generator().manual_seed(args.seed)
     h_train = _subset(train, torch.randperm(TRAIN_SIZE, generator=gen)[:HESSIAN_BATCH])
     h_val = _subset(val, torch.arange(HESSIAN_BATCH))
-
     d_model, heads, layers, d_ff = MODEL_SIZES[args.model_size]
     model = TransformerFactory.create_decoder_only_transformer(
         vocab_size=MODULUS, d_model=d_model, num_heads=heads, num_layers=layers, d_ff=d_ff,
         max_seq_length=SEQ_LEN, dropout=0.0)
     model_name = f"transformer-{args.model_size}"
-    n_params = sum(p.numel() for p in model.parameters())
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     config = HessianConfig(
         n_components=args.top_k, n_bottom=1, trace_probes=10, tolerance=1e-3, seed=args.seed,
         component_list=["embeddings", "attention", "ffn", "norm", "output_projection"],
         track_component_hessian=True, track_gradient_alignment=True, track_sharpness=True,
         track_train_val_landscape_divergence=True, model_name=model_name)
-    analyzer = HessianAnalyzer(config)
+    return _Setup(train, val, h_train, h_val, model, model_name, sum(p.numel() for p in model.parameters()),
+                  HessianAnalyzer(config))
 
-    _log(f"hessext demo: {model_name} ({n_params:,} parameters) on running sum mod {MODULUS} "
-         f"(length {SEQ_LEN}, {TRAIN_SIZE} training sequences); {args.steps} steps, Hessian analysis every "
-         f"{every} steps -> {args.out}", not show)
+
+def _analyse(su: _Setup, loss_fn: nn.Module, step: int, bar: Any) -> tuple[dict, dict]:
+    """Loss and accuracy on both data sets, and ``analyze_step`` at ``step``: ``(training, results)``."""
+    tr_loss, tr_acc = _evaluate(su.model, su.train, loss_fn)
+    va_loss, va_acc = _evaluate(su.model, su.val, loss_fn)
+    training = {"train_loss": tr_loss, "val_loss": va_loss, "train_accuracy": tr_acc, "val_accuracy": va_acc}
+    bar.set_postfix_str(f"analysing Hessian at step {step}")
+    res = su.analyzer.analyze_step(su.model, loss_fn, su.h_train, su.h_val, model_type="decoder_only",
+                                   step=step)
+    if "error" in res:
+        bar.write(f"step {step}: analysis error: {res['error']}")
+    hs = res.get("hessian", {})
+    bar.set_postfix(loss=f"{tr_loss:.3f}", val=f"{va_loss:.3f}",
+                    lam_max=f"{hs.get('max_eigenvalue', float('nan')):.3g}")
+    return training, res
+
+
+def _train(su: _Setup, loss_fn: nn.Module, args: argparse.Namespace, every: int,
+           show: bool) -> tuple[dict[int, dict], dict[int, dict], float]:
+    """AdamW on random batches, analysing at step 0, every ``every`` steps and at the end: ``(history,
+    training metrics, seconds spent in the analyses)``."""
+    opt = torch.optim.AdamW(su.model.parameters(), lr=3e-3, weight_decay=0.0)
     analyse_at = sorted({0, args.steps, *range(every, args.steps, every)})
     history: dict[int, dict] = {}
     training: dict[int, dict] = {}
     bar = tqdm(total=args.steps, desc="training", unit="step", disable=not show, dynamic_ncols=True)
-    model.train()
+    su.model.train()
     analysis_time = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. a component absent from this model
         for step in range(args.steps + 1):
             if step in analyse_at:
-                tr_loss, tr_acc = _evaluate(model, train, loss_fn)
-                va_loss, va_acc = _evaluate(model, val, loss_fn)
-                training[step] = {"train_loss": tr_loss, "val_loss": va_loss, "train_accuracy": tr_acc,
-                                  "val_accuracy": va_acc}
-                bar.set_postfix_str(f"analysing Hessian at step {step}")
                 t0 = time.perf_counter()
-                res = analyzer.analyze_step(model, loss_fn, h_train, h_val, model_type="decoder_only",
-                                            step=step)
+                training[step], history[step] = _analyse(su, loss_fn, step, bar)
                 analysis_time += time.perf_counter() - t0
-                if "error" in res:
-                    bar.write(f"step {step}: analysis error: {res['error']}")
-                history[step] = res
-                hs = res.get("hessian", {})
-                bar.set_postfix(loss=f"{tr_loss:.3f}", val=f"{va_loss:.3f}",
-                                lam_max=f"{hs.get('max_eigenvalue', float('nan')):.3g}")
             if step == args.steps:
                 break
-            idx = torch.randint(0, TRAIN_SIZE, (BATCH,))
-            batch = _subset(train, idx)
-            logits = model(batch["input_ids"])
+            batch = _subset(su.train, torch.randint(0, TRAIN_SIZE, (BATCH,)))
+            logits = su.model(batch["input_ids"])
             loss = loss_fn(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             bar.update(1)
     bar.close()
+    return history, training, analysis_time
 
-    extras: dict[str, Any] = {}
-    if not args.no_extras:
-        extras = _final_extras(model, loss_fn, h_train, args, show)
+
+def _run(args: argparse.Namespace) -> int:
+    every, formats = _checked(args)
+    t_start = time.perf_counter()
+    show = not args.no_progress
+    su = _setup(args)
+    loss_fn = nn.CrossEntropyLoss()
+    _log(f"hessext demo: {su.model_name} ({su.n_params:,} parameters) on running sum mod {MODULUS} "
+         f"(length {SEQ_LEN}, {TRAIN_SIZE} training sequences); {args.steps} steps, Hessian analysis every "
+         f"{every} steps -> {args.out}", not show)
+    history, training, analysis_time = _train(su, loss_fn, args, every, show)
+    extras = {} if args.no_extras else _final_extras(su.model, loss_fn, su.h_train, args, show)
 
     os.makedirs(args.out, exist_ok=True)
-    payload = {"model_name": model_name, "num_parameters": n_params, "task": f"running sum mod {MODULUS}",
-               "args": vars(args), "training": training, "history": history}
-    json_path = os.path.join(args.out, f"{model_name}_history.json")
-    atomic_write(json_path, json.dumps(_json_safe(payload), indent=1, allow_nan=False))
+    payload = {"model_name": su.model_name, "num_parameters": su.n_params,
+               "task": f"running sum mod {MODULUS}", "args": vars(args), "training": training,
+               "history": history}
+    json_path = os.path.join(args.out, f"{su.model_name}_history.json")
+    atomic_write(json_path, json.dumps(json_safe(payload), indent=1, allow_nan=False))
     report = HessianVisualizer.create_comprehensive_report(
-        history=history, training_history=training, save_path=args.out, model_name=model_name,
-        formats=formats, dpi=args.dpi, title=f"hessext demo: {model_name} on running sum mod {MODULUS}",
+        history=history, training_history=training, save_path=args.out, model_name=su.model_name,
+        formats=formats, dpi=args.dpi, title=f"hessext demo: {su.model_name} on running sum mod {MODULUS}",
         **extras)
     for name, err in report["failures"].items():
         _log(f"figure {name} failed: {err}")
-    total = time.perf_counter() - t_start
-    last = history[max(history)]
-    hs = last.get("hessian", {})
-    _log(f"done in {total:.1f} s (Hessian analyses {analysis_time:.1f} s). Final step: train loss "
-         f"{training[max(training)]['train_loss']:.3f}, val loss {training[max(training)]['val_loss']:.3f}, "
+    hs = history[max(history)].get("hessian", {})
+    last = training[max(training)]
+    _log(f"done in {time.perf_counter() - t_start:.1f} s (Hessian analyses {analysis_time:.1f} s). Final "
+         f"step: train loss {last['train_loss']:.3f}, val loss {last['val_loss']:.3f}, "
          f"λ_max {hs.get('max_eigenvalue', float('nan')):.4g}, "
-         f"tr H {hs.get('hessian_trace_estimate', float('nan')):.4g}",
-         not show)
+         f"tr H {hs.get('hessian_trace_estimate', float('nan')):.4g}", not show)
     print(os.path.abspath(report["index"]))
     return 0
+
+
+def _landscapes(model: nn.Module, loss_fn: nn.Module, batch: dict, H: HessianOperator, eig: Any,
+                args: argparse.Namespace, bar: Any) -> dict[str, Any]:
+    """The loss along the top eigenvector and on the plane of the top two, over a radius where the
+    quadratic model predicts a rise of about 1 in the loss."""
+    lam = float(torch.as_tensor(eig.eigenvalues).max())
+    base, _ = H.loss_and_grad()
+    radius = suggest_radius(lam, base, rise=1.0)
+    small = args.steps <= 8
+    out = {"landscape_1d": loss_landscape_1d(model, loss_fn, batch, eig, radius=radius,
+                                             num_points=9 if small else 31, model_type="decoder_only")}
+    bar.update(1)
+    out["landscape_2d"] = loss_landscape_2d(model, loss_fn, batch, eig, radius=radius,
+                                            num_points=5 if small else 21, model_type="decoder_only")
+    bar.update(1)
+    return out
 
 
 def _final_extras(model: nn.Module, loss_fn: nn.Module, batch: dict, args: argparse.Namespace,
                   show: bool) -> dict[str, Any]:
     """Top-k spectrum with residuals, spectral density, and loss landscapes at the final parameters.
 
-    Each part is optional: if an engine module is missing or fails, the report simply lacks that figure.
+    Each part is optional: if its computation fails, the report simply lacks that figure.
     """
-    from tqdm.auto import tqdm
-
     out: dict[str, Any] = {}
     bar = tqdm(total=4, desc="final spectrum", unit="part", disable=not show, dynamic_ncols=True)
     try:
-        from .hvp import HessianOperator
         H = HessianOperator(model, loss_fn, batch, model_type="decoder_only")
     except Exception as e:  # noqa: BLE001
         bar.close()
@@ -276,7 +299,6 @@ def _final_extras(model: nn.Module, loss_fn: nn.Module, batch: dict, args: argpa
         return out
     eig = None
     try:
-        from .lanczos import lanczos
         # true residuals ‖Hv − θv‖ (k more matvecs): the error bars of the top-k figure
         eig = lanczos(H, k=max(2, args.top_k), which="LA", tol=1e-4, seed=args.seed, compute_residuals=True)
         out["eigen"] = eig
@@ -284,25 +306,14 @@ def _final_extras(model: nn.Module, loss_fn: nn.Module, batch: dict, args: argpa
         _log(f"top-k spectrum skipped: {type(e).__name__}: {e}")
     bar.update(1)
     try:
-        from .density import spectral_density
         out["density"] = spectral_density(H, num_probes=2 if args.model_size == "tiny" else 3,
                                           num_iter=40 if args.steps > 8 else 20, seed=args.seed)
     except Exception as e:  # noqa: BLE001
         _log(f"spectral density skipped: {type(e).__name__}: {e}")
     bar.update(1)
     if eig is not None and getattr(eig, "eigenvectors", None) is not None:
-        from .landscape import loss_landscape_1d, loss_landscape_2d, suggest_radius
         try:
-            lam = float(torch.as_tensor(eig.eigenvalues).max())
-            base, _ = H.loss_and_grad()
-            radius = suggest_radius(lam, base, rise=1.0)
-            small = args.steps <= 8
-            out["landscape_1d"] = loss_landscape_1d(model, loss_fn, batch, eig, radius=radius,
-                                                    num_points=9 if small else 31, model_type="decoder_only")
-            bar.update(1)
-            out["landscape_2d"] = loss_landscape_2d(model, loss_fn, batch, eig, radius=radius,
-                                                    num_points=5 if small else 21, model_type="decoder_only")
-            bar.update(1)
+            out.update(_landscapes(model, loss_fn, batch, H, eig, args, bar))
         except Exception as e:  # noqa: BLE001
             _log(f"loss landscape skipped: {type(e).__name__}: {e}")
     bar.close()

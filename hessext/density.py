@@ -15,7 +15,6 @@ reorthogonalisation, so there are no ghost nodes.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import numpy as np
@@ -24,11 +23,27 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from . import ops
-from .lanczos import _check_int, _lanczos_steps, _work_dtype
+from ._checks import ArgumentTypeError, check_int, check_positive_float, check_seed, work_dtype
+from .lanczos import LanczosChains, require_memory
 from .linop import LinearOperator, as_operator, holds_session
 from .results import DensityResult
 
 __all__ = ["spectral_density", "slq_quadrature"]
+
+
+def _require_bases_memory(p: int, m: int, n: int, num_iter: int, dtype: torch.dtype,
+                          device: torch.device) -> None:
+    """Refuse ``p`` Lanczos bases of ``m·n`` values that cannot fit; the error names ``num_iter`` and
+    ``num_probes``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    def advice(avail: int) -> str:
+        fit = avail // (p * n * itemsize)
+        return (f"pass a smaller num_iter (at most {fit} fits now with num_probes={p}) or fewer num_probes"
+                if fit >= 1 else "pass fewer num_probes (even num_iter=1 does not fit)")
+    require_memory(LanczosChains.nbytes(p, m, n, dtype), device,
+                   f"num_iter={num_iter} with num_probes={p}, n={n}: {p} Lanczos bases of m·n = {m}·{n} "
+                   f"{str(dtype).replace('torch.', '')} values (m = min(num_iter, n) = {m})", advice)
 
 
 @holds_session
@@ -36,10 +51,12 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
                    seed: int = 0) -> tuple[Tensor, Tensor, int]:
     """Gauss quadrature nodes and weights of ``p`` normalised Rademacher probes.
 
-    All probes run as parallel Lanczos chains: one ``A @ [n, p]`` block product per step, CGS2 full
-    reorthogonalisation of each chain against its own basis (memory ``p · m · n``), no host synchronisation
-    until the end. A chain whose Krylov space becomes invariant after ``j < m`` steps (``β_j ≈ 0``) is exact
-    there; it is truncated to j nodes and its remaining slots get weight 0 (node = its last node).
+    All probes run as parallel Lanczos chains (:class:`hessext.lanczos.LanczosChains`): one ``A @ [n, p]``
+    block product per step, full reorthogonalisation of each chain against its own basis (memory
+    ``p · m · n`` values, checked against the device's available memory before allocating), no host
+    synchronisation until the end on accelerators. A chain whose Krylov space becomes invariant after
+    ``j < m`` steps (``β_j ≈ 0``) is exact there; it is truncated to j nodes and its remaining slots get
+    weight 0 (node = its last node).
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
@@ -49,27 +66,28 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
 
     Returns:
         ``(nodes [p, m], weights [p, m], num_matvecs)``, float64 on the CPU, each weight row summing to 1.
+
+    Raises:
+        ValueError: bad counts, or bases that do not fit in the device's memory (the message names
+            ``num_iter``, ``num_probes``, n and the bytes needed and available).
     """
     op = as_operator(A)
-    p = _check_int("num_probes", num_probes, 1)
-    m = min(_check_int("num_iter", num_iter, 1), op.n)
-    seed = _check_int("seed", seed, -(1 << 63))
-    n, dtype, device = op.n, _work_dtype(op), op.device
+    p = check_int("num_probes", num_probes, 1)
+    m = min(check_int("num_iter", num_iter, 1), op.n)
+    seed = check_seed(seed)
+    n, dtype, device = op.n, work_dtype(op.dtype), op.device
+    _require_bases_memory(p, m, n, num_iter, dtype, device)
     start = op.num_matvecs
-    V = torch.empty(p, m, n, dtype=dtype, device=device)
-    V[:, 0, :] = ops.rademacher(n, p, seed=seed, dtype=dtype, device=device).T / math.sqrt(n)
-    alpha = torch.zeros(p, m, dtype=dtype, device=device)
-    beta = torch.zeros(p, m, dtype=dtype, device=device)
-    flags = torch.zeros(p, m, dtype=torch.bool, device=device)
-    tnorm = torch.zeros(p, dtype=dtype, device=device)
+    chains = LanczosChains.allocate(p, m, n, dtype, device)
+    chains.V[:, 0, :] = ops.rademacher(n, p, seed=seed, dtype=dtype, device=device).T / math.sqrt(n)
     eps = float(torch.finfo(dtype).eps)
-    _lanczos_steps(op, V, alpha, beta, flags, tnorm, 0, m, eps ** (2.0 / 3.0))
-    host = torch.stack([alpha, beta, flags.to(dtype)]).to("cpu", torch.float64).numpy()
+    chains.advance(op, 0, m, eps ** (2.0 / 3.0))
+    host = torch.stack([chains.alpha, chains.beta, chains.flags.to(dtype)]).to("cpu", torch.float64).numpy()
     a_all, b_all, fl_all = host[0], host[1], host[2] > 0.5
     if not (np.all(np.isfinite(a_all)) and np.all(np.isfinite(b_all))):
         c, j = np.argwhere(~(np.isfinite(a_all) & np.isfinite(b_all)))[0]
-        raise RuntimeError(f"spectral_density: non-finite value (NaN/Inf) in the Lanczos tridiagonal of probe "
-                           f"{c} at step {j}: the operator returned NaN/Inf")
+        raise RuntimeError(f"spectral_density: non-finite value (NaN/Inf) in the Lanczos tridiagonal of "
+                           f"probe {c} at step {j}: the operator returned NaN/Inf")
     nodes = np.zeros((p, m))
     weights = np.zeros((p, m))
     for c in range(p):
@@ -106,11 +124,9 @@ def spectral_density(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_i
         with ``trace_std_error``; ``moment(k)`` estimates ``tr(A^k)/n``.
     """
     op = as_operator(A)
-    num_grid = _check_int("num_grid", num_grid, 2)
+    num_grid = check_int("num_grid", num_grid, 2)
     if sigma is not None:
-        bad = isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
-        if bad or not (0 < float(sigma) < math.inf):
-            raise ValueError(f"sigma must be a positive float, got {sigma!r}")
+        sigma = check_positive_float("sigma", sigma)
     nodes, weights, matvecs = slq_quadrature(op, num_probes=num_probes, num_iter=num_iter, seed=seed)
     used = nodes[weights > 0] if bool((weights > 0).any()) else nodes.reshape(-1)
     lo, hi = float(used.min()), float(used.max())
@@ -124,7 +140,8 @@ def spectral_density(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_i
             try:
                 grid = torch.as_tensor(np.asarray(grid, dtype=np.float64))
             except (TypeError, ValueError) as e:
-                raise TypeError(f"grid must be a 1-D tensor of floats, got {type(grid).__name__}") from e
+                raise ArgumentTypeError(f"grid must be a 1-D tensor of floats, got "
+                                        f"{type(grid).__name__}") from e
         if grid.dim() != 1 or grid.numel() < 1:
             raise ValueError(f"grid must be a non-empty 1-D tensor, got shape {list(grid.shape)}")
         grid = grid.detach().to("cpu", torch.float64)

@@ -35,9 +35,10 @@ Requirements (checked where they can be):
   inputs then give identical bits; otherwise the ranks may drift apart in the last bits, and a convergence
   test that stops at different iterations desynchronises the collectives, which ends in a timeout error).
 
-Facades: API A's functions and API B's ``HessianAnalyzer`` build their own operators; call them unchanged
-inside :func:`data_parallel`, which makes every ``HessianOperator`` hessext builds in the block a
-:class:`DistributedHessianOperator`.
+Facades: API A's functions and API B's ``HessianAnalyzer`` build their operators with
+:func:`hessian_operator`; call them unchanged inside :func:`data_parallel`, and every operator they build is
+a :class:`DistributedHessianOperator`. Your own code does the same by calling :func:`hessian_operator`
+(``HessianOperator(...)`` itself always builds a single-process operator).
 
 Timeouts: a rank that dies or hangs makes the others fail in the next collective after the process
 group's timeout. Pass ``timeout=`` to :func:`torch.distributed.init_process_group` (or use
@@ -48,21 +49,25 @@ Gloo collectives honour it directly; NCCL honours it through its watchdog
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from datetime import timedelta
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .data import is_batch
-from . import hvp as _hvp
 from .hvp import HessianOperator
 
-__all__ = ["DistributedHessianOperator", "data_parallel", "init_from_env", "shard", "unwrap_model"]
+__all__ = ["DistributedHessianOperator", "DataParallelMean", "data_parallel", "hessian_operator",
+           "init_from_env", "shard", "unwrap_model"]
 
-
+#: The options of the innermost open :func:`data_parallel` block of this thread / asyncio task (None: none).
+_DATA_PARALLEL: contextvars.ContextVar[dict | None] = contextvars.ContextVar("hessext_data_parallel",
+                                                                             default=None)
 _UNSET: Any = object()   # "keyword not given": take it from data_parallel(), else the default
 
 
@@ -86,6 +91,12 @@ def _strip_module_prefix(params: Any, wrapped: bool) -> Any:
     if isinstance(params, (list, tuple)) and params and all(isinstance(p, str) for p in params):
         return [p[len("module."):] if p.startswith("module.") else p for p in params]
     return params
+
+
+def _check_reduce_dtype(reduce_dtype: Any) -> None:
+    if reduce_dtype is not None and (not isinstance(reduce_dtype, torch.dtype)
+                                     or not reduce_dtype.is_floating_point):
+        raise ValueError(f"reduce_dtype must be a floating torch.dtype or None, got {reduce_dtype!r}")
 
 
 def _describe_layout(layout: Any, dtype: torch.dtype) -> dict:
@@ -115,8 +126,126 @@ def _first_difference(r: int, a: dict, r0: int, b: dict) -> str:
     return "fingerprints differ"
 
 
+class DataParallelMean:
+    """The data-parallel reducer: the weighted mean over all ranks of a process group, by ONE all-reduce of
+    the packed buffer ``[vec(Σ_{b∈B_r} w_b x_b); Σ_{b∈B_r} w_b; failed_r]`` per reduced quantity.
+
+    Args:
+        process_group: the group (None: the default group). Outside torch.distributed (no group given, none
+            initialised) the reducer is local (world size 1), unless ``WORLD_SIZE > 1`` says a launcher
+            started several processes that never called ``init_process_group`` (``RuntimeError``).
+        reduce_dtype: dtype the local sums are communicated and added in (None: the operator's).
+
+    Attributes:
+        rank, world_size: this process's rank and the group size (0 and 1 when not distributed).
+        distributed: whether products are reduced over a group; ``local`` is its negation.
+        num_allreduces: collectives issued by products and gradients so far.
+    """
+
+    def __init__(self, process_group: Any = None, reduce_dtype: torch.dtype | None = None) -> None:
+        _check_reduce_dtype(reduce_dtype)
+        if process_group is None and not (dist.is_available() and dist.is_initialized()):
+            env_ws = os.environ.get("WORLD_SIZE", "1")
+            if env_ws.isdigit() and int(env_ws) > 1:
+                raise RuntimeError(
+                    f"WORLD_SIZE={env_ws} but torch.distributed is not initialised: call "
+                    "torch.distributed.init_process_group(...) or hessext.distributed.init_from_env() on "
+                    "every rank before building a DistributedHessianOperator")
+            self.distributed, self.rank, self.world_size = False, 0, 1
+        else:
+            self.distributed = True
+            self.rank = dist.get_rank(group=process_group)
+            self.world_size = dist.get_world_size(group=process_group)
+            if self.rank < 0:
+                raise ValueError("process_group does not contain this process (dist.get_rank returned -1)")
+        self.local = not self.distributed
+        self.process_group, self.reduce_dtype = process_group, reduce_dtype
+        self.num_allreduces = 0
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+        self._done = True           # False while a quantity is computed and its collective not yet issued
+        self._comm: torch.device | None = None
+
+    def attach(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+
+    def comm_device(self) -> torch.device:
+        """Where the reduced buffer lives: the operator's CUDA device for NCCL, the CPU for gloo."""
+        if self._comm is None:
+            backend = str(dist.get_backend(self.process_group)).lower()
+            if backend == "nccl":
+                self._comm = self.device if self.device.type == "cuda" else torch.device(
+                    "cuda", torch.cuda.current_device())
+            else:
+                self._comm = torch.device("cpu")
+        return self._comm
+
+    def collective(self, fn: Callable[[], Any], what: str) -> None:
+        """Run one collective; its failure becomes a ``RuntimeError`` that says which and why it may be."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001  (gloo raises RuntimeError, NCCL DistBackendError, ...)
+            raise RuntimeError(
+                f"hessext: {what} failed on rank {self.rank} of {self.world_size}: a rank died, hung past "
+                f"the process group's timeout, or ran a different sequence of hessext calls "
+                f"({type(exc).__name__}: {exc})") from exc
+
+    def _allreduce_packed(self, local_sum: Tensor, weight_sum: float, failed: bool, what: str) -> Tensor:
+        """All-reduce ``[vec(local_sum); weight_sum; failed]`` in ONE collective; returns the reduced buffer
+        (the last entry counts the ranks that failed before reaching this collective)."""
+        self._done = True  # from here on, a failure must not issue another collective
+        numel = local_sum.numel()
+        buf = torch.zeros(numel + 2, dtype=self.reduce_dtype or self.dtype, device=self.comm_device())
+        if not failed:
+            buf[:numel].view(local_sum.shape).copy_(local_sum)
+            buf[numel] = float(weight_sum)
+        else:
+            buf[numel + 1] = 1.0
+        self.collective(lambda: dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group), what)
+        self.num_allreduces += 1
+        return buf
+
+    def reduce(self, total: Tensor, weight_sum: float) -> Tensor:
+        """``(Σ_r total_r) / (Σ_r weight_sum_r)`` by one all-reduce; same shape, dtype and device as
+        ``total``, bitwise identical on every rank. Raises ``RuntimeError`` when another rank failed while
+        computing its share, or the collective failed / timed out."""
+        if not self.distributed:
+            return total / weight_sum
+        numel = total.numel()
+        buf = self._allreduce_packed(total, weight_sum, False, "all-reduce of a Hessian-vector block")
+        failed = int(buf[numel + 1].item())
+        if failed:
+            raise RuntimeError(f"hessext: {failed} other rank(s) failed while computing their share of this "
+                               f"product (rank {self.rank} of {self.world_size} is fine); see the error on "
+                               "the failing rank(s)")
+        out = buf[:numel].view(total.shape) / buf[numel]
+        return out.to(dtype=total.dtype, device=total.device)
+
+    @contextlib.contextmanager
+    def guard(self, numel: int) -> Iterator[None]:
+        """Around the computation of one reduced quantity of ``numel`` numbers: if this rank raises before
+        its collective, it joins the collective the others wait in with a failure flag (so that they raise
+        at once instead of waiting for the timeout), then raises its own error."""
+        if not self.distributed:
+            yield
+            return
+        self._done = False
+        try:
+            yield
+        except Exception:
+            if not self._done:
+                try:
+                    self._allreduce_packed(torch.zeros(numel, dtype=self.dtype), 0.0, True,
+                                           "all-reduce announcing a failure")
+                except RuntimeError:
+                    pass  # the original error is what matters; the others end in their timeout
+            raise
+        finally:
+            self._done = True
+
+
 class DistributedHessianOperator(HessianOperator):
-    """:class:`~hessext.hvp.HessianOperator` whose products are averaged over all ranks of a process group.
+    """:class:`~hessext.hvp.HessianOperator` whose products are averaged over all ranks of a process group
+    (its reducer is a :class:`DataParallelMean`).
 
     Each rank passes **its own shard** of the data; the operator is the weighted mean (weight = batch size,
     or the ``batch_loss`` weight) of the per-batch Hessians over the union of all shards:
@@ -133,10 +262,8 @@ class DistributedHessianOperator(HessianOperator):
             is analysed, its forward is never called, no gradient is synchronised, nothing is written).
         loss_fn, data, params: as for :class:`HessianOperator`; ``data`` is this rank's shard (see
             :func:`shard`). Parameter names may carry DDP's ``module.`` prefix.
-        process_group: the group to reduce over; ``None`` → the default group. If torch.distributed is not
-            initialised and no group is given, the operator is a plain single-process operator (world size
-            1), unless the environment says ``WORLD_SIZE > 1`` (a launcher started several processes but
-            nobody called ``init_process_group``), which raises ``RuntimeError``.
+        process_group: the group to reduce over; ``None`` → the default group (see :class:`DataParallelMean`
+            for the case without torch.distributed). Not given: the enclosing :func:`data_parallel` block's.
         reduce_dtype: dtype in which the local sums are communicated and added across ranks (e.g.
             ``torch.float64`` with a float32 operator, for float64 accumulation across ranks); ``None`` →
             the operator's dtype. ``dtype=torch.float64`` makes every step float64.
@@ -148,7 +275,7 @@ class DistributedHessianOperator(HessianOperator):
     Attributes:
         process_group: the group (``None`` for the default group or when not distributed).
         rank, world_size: this process's rank and the group size (0 and 1 when not distributed).
-        num_allreduces: collectives issued by products and gradients so far.
+        reduce_dtype, num_allreduces: as for :class:`DataParallelMean`.
 
     Raises:
         RuntimeError: the parameter layouts differ across ranks (raised on every rank, naming each rank's
@@ -159,72 +286,60 @@ class DistributedHessianOperator(HessianOperator):
     def __init__(self, model: nn.Module, loss_fn: Any, data: Any, params: Any = None, *,
                  process_group: Any = _UNSET, reduce_dtype: Any = _UNSET, check_layout: Any = _UNSET,
                  **kwargs: Any) -> None:
-        # Keywords not given come from an enclosing data_parallel() block, else the defaults.
-        ctx = _hvp.DATA_PARALLEL.get() or {}
+        ctx = _DATA_PARALLEL.get() or {}
         process_group = ctx.get("process_group") if process_group is _UNSET else process_group
         reduce_dtype = ctx.get("reduce_dtype") if reduce_dtype is _UNSET else reduce_dtype
         check_layout = ctx.get("check_layout", True) if check_layout is _UNSET else check_layout
-        if reduce_dtype is not None and (not isinstance(reduce_dtype, torch.dtype)
-                                         or not reduce_dtype.is_floating_point):
-            raise ValueError(f"reduce_dtype must be a floating torch.dtype or None, got {reduce_dtype!r}")
+        if "reducer" in kwargs:
+            raise TypeError("DistributedHessianOperator builds its own reducer; pass process_group= instead")
         inner = unwrap_model(model) if isinstance(model, nn.Module) else model
         params = _strip_module_prefix(params, inner is not model)
-        # Resolve the group before the (possibly expensive) base construction, so a misconfiguration
-        # fails fast.
-        if process_group is None and not (dist.is_available() and dist.is_initialized()):
-            env_ws = os.environ.get("WORLD_SIZE", "1")
-            if env_ws.isdigit() and int(env_ws) > 1:
-                raise RuntimeError(
-                    f"WORLD_SIZE={env_ws} but torch.distributed is not initialised: call "
-                    "torch.distributed.init_process_group(...) or hessext.distributed.init_from_env() on "
-                    "every rank before building a DistributedHessianOperator")
-            self._distributed = False
-            self.rank, self.world_size = 0, 1
-        else:
-            self._distributed = True
-            self.rank = dist.get_rank(group=process_group)
-            self.world_size = dist.get_world_size(group=process_group)
-            if self.rank < 0:
-                raise ValueError("process_group does not contain this process (dist.get_rank returned -1)")
-        self.process_group = process_group
-        self.reduce_dtype = reduce_dtype
-        self.num_allreduces = 0
-        self._collective_done = True
-        if not (self._distributed and check_layout):
-            super().__init__(inner, loss_fn, data, params, **kwargs)
+        # the group is resolved before the (possibly expensive) base construction: a misconfiguration
+        # fails fast
+        reducer = DataParallelMean(process_group, reduce_dtype)
+        if not (reducer.distributed and check_layout):
+            super().__init__(inner, loss_fn, data, params, reducer=reducer, **kwargs)
             return
         try:
-            super().__init__(inner, loss_fn, data, params, **kwargs)
+            super().__init__(inner, loss_fn, data, params, reducer=reducer, **kwargs)
         except Exception as exc:
             # The other ranks are about to wait in the layout check: join it with a failure marker so that
             # they raise at once, then raise this rank's own error.
             try:
-                self._check_layout(failure=f"{type(exc).__name__}: {exc}")
+                self._check_layout(reducer, failure=f"{type(exc).__name__}: {exc}")
             except RuntimeError:
                 pass  # the collective failed too: this rank's own error is what matters
             raise
-        self._check_layout()
+        self._check_layout(reducer)
+
+    # ------------------------------------------------------------------ the reducer's state
+    @property
+    def process_group(self) -> Any:
+        return self._reducer.process_group
+
+    @property
+    def rank(self) -> int:
+        return self._reducer.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._reducer.world_size
+
+    @property
+    def reduce_dtype(self) -> torch.dtype | None:
+        return self._reducer.reduce_dtype
+
+    @property
+    def num_allreduces(self) -> int:
+        return self._reducer.num_allreduces
 
     # ------------------------------------------------------------------ construction-time check
-    def _comm_device(self) -> torch.device:
-        """Where the reduced buffer lives: the operator's CUDA device for NCCL, the CPU for gloo."""
-        dev = getattr(self, "_comm_dev", None)
-        if dev is None:
-            backend = str(dist.get_backend(self.process_group)).lower()
-            own = getattr(self, "device", None)
-            if backend == "nccl":
-                dev = own if own is not None and own.type == "cuda" else torch.device(
-                    "cuda", torch.cuda.current_device())
-            else:
-                dev = torch.device("cpu")
-            self._comm_dev = dev
-        return dev
-
-    def _check_layout(self, failure: str | None = None) -> None:
+    def _check_layout(self, reducer: DataParallelMean, failure: str | None = None) -> None:
         """Compare the layout fingerprint (names, shapes, dtypes of the analysed parameters, and the
         operator dtype) across ranks; raise the same ``RuntimeError`` on every rank if any differs.
 
         Args:
+            reducer: this operator's reducer (its group and collectives).
             failure: this rank could not build its operator (the error text): take part in the collectives
                 with a marker that no layout matches, and let the caller raise its own error.
         """
@@ -234,28 +349,27 @@ class DistributedHessianOperator(HessianOperator):
         else:
             mine = {"failure": failure}
             digest = b"\xff" * 64
-        local = torch.tensor(list(digest), dtype=torch.uint8, device=self._comm_device())
-        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
-        self._collective(lambda: dist.all_gather(gathered, local, group=self.process_group),
-                         "all-gather of the parameter layout fingerprint")
+        local = torch.tensor(list(digest), dtype=torch.uint8, device=reducer.comm_device())
+        gathered = [torch.empty_like(local) for _ in range(reducer.world_size)]
+        group = reducer.process_group
+        reducer.collective(lambda: dist.all_gather(gathered, local, group=group),
+                           "all-gather of the parameter layout fingerprint")
         if all(torch.equal(g, gathered[0]) for g in gathered) and failure is None:
             return
         # Every rank saw the same gathered digests, so every rank takes this branch: the second collective
         # is matched on all ranks.
-        layouts: list[Any] = [None] * self.world_size
-        self._collective(lambda: dist.all_gather_object(layouts, mine, group=self.process_group),
-                         "all-gather of the parameter layouts")
+        layouts: list[Any] = [None] * reducer.world_size
+        reducer.collective(lambda: dist.all_gather_object(layouts, mine, group=group),
+                           "all-gather of the parameter layouts")
         if failure is not None:
             return
         failed = [f"rank {r}: {lay['failure']}" for r, lay in enumerate(layouts) if "failure" in lay]
         if failed:
             raise RuntimeError("another rank failed to build its DistributedHessianOperator ("
-                               + "; ".join(failed) + f"); rank {self.rank} stops too")
+                               + "; ".join(failed) + f"); rank {reducer.rank} stops too")
         ref = layouts[0]
-        parts = []
-        for r, lay in enumerate(layouts):
-            parts.append(f"rank {r} has n={lay['n']}, {len(lay['params'])} parameters, dtype {lay['dtype']}, "
-                         f"fingerprint {lay['fingerprint'][:12]}")
+        parts = [f"rank {r} has n={lay['n']}, {len(lay['params'])} parameters, dtype {lay['dtype']}, "
+                 f"fingerprint {lay['fingerprint'][:12]}" for r, lay in enumerate(layouts)]
         diffs = [_first_difference(r, lay, 0, ref)
                  for r, lay in enumerate(layouts) if lay["fingerprint"] != ref["fingerprint"]
                  or lay["dtype"] != ref["dtype"]]
@@ -263,95 +377,6 @@ class DistributedHessianOperator(HessianOperator):
                            + ". First differences: " + "; ".join(diffs)
                            + ". Every rank must analyse the same parameters (same names, shapes, dtypes) "
                              "with the same operator dtype.")
-
-    # ------------------------------------------------------------------ communication
-    def _collective(self, fn: Any, what: str) -> None:
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001  (gloo raises RuntimeError, NCCL DistBackendError, ...)
-            raise RuntimeError(
-                f"hessext: {what} failed on rank {self.rank} of {self.world_size}: a rank died, hung past "
-                f"the process group's timeout, or ran a different sequence of hessext calls "
-                f"({type(exc).__name__}: {exc})") from exc
-
-    def _allreduce_packed(self, local_sum: Tensor, weight_sum: float, failed: bool, what: str) -> Tensor:
-        """All-reduce ``[vec(local_sum); weight_sum; failed]`` in ONE collective.
-
-        Returns the reduced buffer ``[numel + 2]`` (in the reduce dtype, on the communication device). The
-        last entry counts the ranks that failed before reaching this collective.
-        """
-        self._collective_done = True  # from here on, a failure must not issue another collective
-        rdtype = self.reduce_dtype or self.dtype
-        numel = local_sum.numel()
-        buf = torch.zeros(numel + 2, dtype=rdtype, device=self._comm_device())
-        if not failed:
-            buf[:numel].view(local_sum.shape).copy_(local_sum)
-            buf[numel] = float(weight_sum)
-        else:
-            buf[numel + 1] = 1.0
-        self._collective(lambda: dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.process_group), what)
-        self.num_allreduces += 1
-        return buf
-
-    def _reduce(self, hv_sum: Tensor, weight_sum: float) -> Tensor:
-        """Weighted mean over all ranks, ``(Σ_r hv_sum_r) / (Σ_r weight_sum_r)``, by one all-reduce.
-
-        Args:
-            hv_sum: ``[n, m]`` (a matmat block) or ``[n + 1]`` (``loss_and_grad``), this rank's weighted sum
-                ``Σ_{b ∈ B_r} w_b (·)_b``.
-            weight_sum: this rank's ``Σ_{b ∈ B_r} w_b``.
-
-        Returns:
-            Same shape, dtype and device as ``hv_sum``; bitwise identical on every rank.
-
-        Raises:
-            RuntimeError: another rank failed while computing its share (it raises its own error), or the
-                collective failed / timed out.
-        """
-        if not self._distributed:
-            return super()._reduce(hv_sum, weight_sum)
-        numel = hv_sum.numel()
-        buf = self._allreduce_packed(hv_sum, weight_sum, False, "all-reduce of a Hessian-vector block")
-        failed = int(buf[numel + 1].item())
-        if failed:
-            raise RuntimeError(f"hessext: {failed} other rank(s) failed while computing their share of this "
-                               f"product (rank {self.rank} of {self.world_size} is fine); see the error on "
-                               "the failing rank(s)")
-        out = buf[:numel].view(hv_sum.shape) / buf[numel]
-        return out.to(dtype=hv_sum.dtype, device=hv_sum.device)
-
-    def _signal_failure(self, numel: int) -> None:
-        """This rank raised before its collective: join the collective the other ranks are waiting in with a
-        failure flag, so that they raise too instead of waiting for the timeout."""
-        try:
-            self._allreduce_packed(torch.zeros(numel, dtype=self.dtype), 0.0, True,
-                                   "all-reduce announcing a failure")
-        except RuntimeError:
-            pass  # the original error is what matters; the others end in their timeout
-
-    def _apply(self, X: Tensor, use_cache: bool = True) -> Tensor:
-        if not self._distributed:
-            return super()._apply(X, use_cache)
-        self._collective_done = False
-        try:
-            return super()._apply(X, use_cache)
-        except Exception:
-            if not self._collective_done:
-                self._signal_failure(self.n * X.shape[1])
-            raise
-
-    def loss_and_grad(self) -> tuple[float, Tensor]:
-        """Weighted mean loss and gradient ``[n]`` over all ranks' batches (one all-reduce of n + 2 numbers);
-        the same on every rank."""
-        if not self._distributed:
-            return super().loss_and_grad()
-        self._collective_done = False
-        try:
-            return super().loss_and_grad()
-        except Exception:
-            if not self._collective_done:
-                self._signal_failure(self.n + 1)
-            raise
 
     # ------------------------------------------------------------------ diagnostics
     def check_parameters_in_sync(self, rtol: float = 0.0) -> float:
@@ -369,24 +394,24 @@ class DistributedHessianOperator(HessianOperator):
         """
         if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
             raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
-        model = self.model
-        named = dict(model.named_parameters())
+        red: DataParallelMean = self._reducer
+        named = dict(self.model.named_parameters())
         flat = torch.cat([named[k].detach().reshape(-1).to(torch.float64) for k in self.layout.names])
-        dev = self._comm_device() if self._distributed else flat.device
+        dev = red.comm_device() if red.distributed else flat.device
         flat = flat.to(dev)
         ref = flat.clone()
-        if self._distributed:
-            src = dist.get_global_rank(self.process_group, 0) if self.process_group is not None else 0
-            self._collective(lambda: dist.broadcast(ref, src=src, group=self.process_group),
-                             "broadcast of the parameters")
+        if red.distributed:
+            src = dist.get_global_rank(red.process_group, 0) if red.process_group is not None else 0
+            red.collective(lambda: dist.broadcast(ref, src=src, group=red.process_group),
+                           "broadcast of the parameters")
         dev_rel = float(((flat - ref).norm() / ref.norm().clamp_min(1e-300)).item())
         # Make the decision collectively so that every rank raises or none does.
         flag = torch.tensor([1.0 if dev_rel > rtol else 0.0], dtype=torch.float64, device=dev)
-        if self._distributed:
-            self._collective(lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.process_group),
-                             "all-reduce of the parameter check")
+        if red.distributed:
+            red.collective(lambda: dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=red.process_group),
+                           "all-reduce of the parameter check")
         if flag.item() > 0:
-            raise RuntimeError(f"parameters differ across ranks: rank {self.rank} deviates from rank 0 by "
+            raise RuntimeError(f"parameters differ across ranks: rank {red.rank} deviates from rank 0 by "
                                f"{dev_rel:.3e} (relative); at least one rank exceeds rtol={rtol}")
         return dev_rel
 
@@ -398,36 +423,54 @@ class DistributedHessianOperator(HessianOperator):
 @contextlib.contextmanager
 def data_parallel(process_group: Any = None, *, reduce_dtype: torch.dtype | None = None,
                   check_layout: bool = True) -> Iterator[None]:
-    """Run hessext's facades **unchanged** on every rank: inside the block, every ``HessianOperator`` that
-    hessext builds (API A's ``hessian_trace`` / ``min_max_hessian_eigs`` / ``ModelWrapper.operator``, API
-    B's ``HessianAnalyzer.analyze_step``, ``ComponentAnalyzer.analyze_all_components``,
-    ``get_hessian_eigenvectors``, ``hessext.HessianOperator(...)``) is a :class:`DistributedHessianOperator`
-    over ``process_group``. Each rank passes its own shard of the data; every rank gets the full-data answer.
+    """Run hessext's facades **unchanged** on every rank: inside the block, every operator that
+    :func:`hessian_operator` builds — API A's ``hessian_trace`` / ``min_max_hessian_eigs`` /
+    ``ModelWrapper.operator``, API B's ``HessianAnalyzer.analyze_step``,
+    ``ComponentAnalyzer.analyze_all_components``, ``get_hessian_eigenvectors`` — is a
+    :class:`DistributedHessianOperator` over ``process_group``. Each rank passes its own shard of the data;
+    every rank gets the full-data answer.
 
     ::
 
         with data_parallel():                                    # the default group
             tr = api_a.hessian_trace(model, loss_fn, x_shard, y_shard, num_random_vectors=100)
             res = HessianAnalyzer(cfg).analyze_step(model, loss_fn, shard(batches, rank, world))
+            H = hessian_operator(model, loss_fn, shard(batches, rank, world))   # your own operator
 
-    Mechanism: the block sets a :class:`contextvars.ContextVar` that ``HessianOperator.__new__`` reads, so it
-    is local to the current thread (and asyncio task) and nothing is rebound or patched. Blocks may nest (the
-    innermost wins). Outside torch.distributed (no process group, ``WORLD_SIZE`` unset or 1) the operators
-    are plain single-process ones, so one script serves ``python`` and ``torchrun``.
+    The block sets a :class:`contextvars.ContextVar` that :func:`hessian_operator` (and
+    :class:`DistributedHessianOperator`, for keywords not given) reads, so it is local to the current thread
+    (and asyncio task); nothing is rebound or patched, and ``HessianOperator(...)`` itself is unaffected.
+    Blocks may nest (the innermost wins). Outside torch.distributed (no process group, ``WORLD_SIZE`` unset
+    or 1) the operators are plain single-process ones, so one script serves ``python`` and ``torchrun``.
 
     Args:
         process_group, reduce_dtype, check_layout: passed to every :class:`DistributedHessianOperator` built
             inside the block (an explicit keyword of the call wins).
     """
-    if reduce_dtype is not None and (not isinstance(reduce_dtype, torch.dtype)
-                                     or not reduce_dtype.is_floating_point):
-        raise ValueError(f"reduce_dtype must be a floating torch.dtype or None, got {reduce_dtype!r}")
-    token = _hvp.DATA_PARALLEL.set({"cls": DistributedHessianOperator, "process_group": process_group,
-                                    "reduce_dtype": reduce_dtype, "check_layout": check_layout})
+    _check_reduce_dtype(reduce_dtype)
+    token = _DATA_PARALLEL.set({"process_group": process_group, "reduce_dtype": reduce_dtype,
+                                "check_layout": check_layout})
     try:
         yield
     finally:
-        _hvp.DATA_PARALLEL.reset(token)
+        _DATA_PARALLEL.reset(token)
+
+
+def hessian_operator(model: nn.Module, loss_fn: Any, data: Any, params: Any = None,
+                     **kwargs: Any) -> HessianOperator:
+    """The operator of ``model``'s loss the way hessext's facades build it: a
+    :class:`DistributedHessianOperator` (with the block's group and options; explicit keywords win) inside
+    :func:`data_parallel`, a plain :class:`~hessext.hvp.HessianOperator` otherwise.
+
+    Args:
+        model, loss_fn, data, params: as for :class:`~hessext.hvp.HessianOperator`.
+        **kwargs: its keywords (``num_batches``, ``model_type``, ``batch_loss``, ``mode``, ``dtype``,
+            ``device``, ``eval_mode``, ``progress``, ``cache_graph``); inside :func:`data_parallel` also
+            ``process_group``, ``reduce_dtype``, ``check_layout``.
+    """
+    if _DATA_PARALLEL.get() is None:
+        return HessianOperator(model, loss_fn, data, params, **kwargs)
+    return DistributedHessianOperator(model, loss_fn, data, params, **kwargs)
 
 
 def init_from_env(backend: str | None = None, timeout: timedelta = timedelta(minutes=10),
@@ -498,13 +541,8 @@ def shard(data: Any, rank: int, world_size: int) -> Any:
         ValueError: fewer samples (or batches) than ranks, or tensors of one batch with different dim 0.
         TypeError: ``data`` is neither a batch nor a list/tuple of batches.
     """
-    for name, val in (("rank", rank), ("world_size", world_size)):
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    world_size = check_int("world_size", world_size, minimum=1)
+    rank = check_int("rank", rank, minimum=0, maximum=world_size - 1)
 
     def chunk(total: int) -> slice:
         sizes = _split_sizes(total, world_size)

@@ -17,17 +17,23 @@ Full reorthogonalisation keeps ``Q_m`` orthonormal to working precision, so ther
 Eigenvalue Problem*, 1998, ch. 13; Golub & Van Loan, *Matrix Computations*, 4th ed., §10.1).
 
 Design (see ``docs/internals.md``): the basis is preallocated as ``[max_iter + 1, n]`` rows (``basis[:j]``
-is a view); α and β stay in device buffers; on accelerators the host synchronises only at convergence tests,
-where the small tridiagonal is copied over and solved with ``scipy.linalg.eigh_tridiagonal`` (on the CPU, where
-a synchronisation is free, also once per step for the DGKS test).
+is a view) after checking that it fits in the device's memory (:func:`require_memory`); α and β stay in
+device buffers; on accelerators the host synchronises only at convergence tests, where the small tridiagonal
+is copied over and solved with ``scipy.linalg.eigh_tridiagonal`` (on the CPU, where a synchronisation is
+free, also once per step for the DGKS test). The step recurrence lives in :class:`LanczosChains`, shared
+with stochastic Lanczos quadrature (:mod:`hessext.density`, p chains at once).
+
+Public names other modules use: :func:`lanczos` / :data:`eigsh`, :func:`extreme_eigenpairs`,
+:class:`LanczosChains`, :func:`krylov_dim_for_extremes` (= :func:`default_max_iter`),
+:func:`available_memory`, :func:`require_memory`, :func:`format_bytes`.
 """
 from __future__ import annotations
 
 import math
-import numbers
+import os
 import warnings
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -35,47 +41,31 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from . import ops
+from ._checks import check_int, check_seed, check_tol, converged, work_dtype
 from .linop import LinearOperator, as_operator, holds_session
 from .results import EigenResult
 
-__all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter"]
+__all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov_dim_for_extremes",
+           "LanczosChains", "SelectiveOrthogonalizer", "resolve_reorth", "available_memory", "require_memory",
+           "format_bytes"]
 
 WHICH = ("LA", "SA", "LM", "BE")
+REORTH = ("auto", "full", "selective", "none")
+#: ``reorth="auto"`` orthogonalises selectively when ``n > AUTO_SELECTIVE_MIN_N`` and ``n · m`` (the Krylov
+#: dimension) is at least ``AUTO_SELECTIVE_MIN_WORK``; smaller problems keep full reorthogonalisation (bitwise
+#: as before; there a full pass costs little next to a product).
+AUTO_SELECTIVE_MIN_N = 100_000
+AUTO_SELECTIVE_MIN_WORK = 10_000_000
 _GRAM_FLOP_BUDGET = 4e9      # full basis Gram matrix for the orthogonality measure when j²n is below this
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_tol(tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol must be a positive float, got {type(tol).__name__} {tol!r}")
-    if not (float(tol) > 0 and math.isfinite(float(tol))):
-        raise ValueError(f"tol must be a positive finite float, got {tol!r}")
-    return float(tol)
-
-
-def _work_dtype(op: LinearOperator) -> torch.dtype:
-    """The dtype the algorithms compute in: the operator's if float32/float64, else float32."""
-    if op.dtype in (torch.float32, torch.float64):
-        return op.dtype
-    if op.dtype.is_complex:
-        raise TypeError(f"complex operators are not supported, got dtype {op.dtype}")
-    return torch.float32
-
-
+# ----------------------------------------------------------------------------------------------- policies
 #: Relative residuals below this many machine epsilons of the working dtype are rounding noise: a matvec
 #: carries errors of order ε‖A‖, so a smaller ``tol`` can be "met" by the Lanczos estimate without meaning it.
 TOL_EPS_FLOOR = 4.0
 
 
-def _warn_tol_beyond_precision(tol: float, dtype: torch.dtype) -> None:
+def _warn_tol_beyond_precision(tol: float, dtype: torch.dtype, stacklevel: int) -> None:
     """Warn when ``tol`` asks for more than ``dtype`` can verify, and say how to compute in float64."""
     eps = float(torch.finfo(dtype).eps)
     if tol >= TOL_EPS_FLOOR * eps:
@@ -86,60 +76,357 @@ def _warn_tol_beyond_precision(tol: float, dtype: torch.dtype) -> None:
            f"{TOL_EPS_FLOOR * eps:.1e}")
     warnings.warn(f"tol={tol:g} is below what {str(dtype).replace('torch.', '')} arithmetic can verify "
                   f"(relative residuals under {TOL_EPS_FLOOR:g}·eps = {TOL_EPS_FLOOR * eps:.1e} are rounding "
-                  f"noise, so 'converged' would not mean what it says); {how}", UserWarning, stacklevel=4)
+                  f"noise, so 'converged' would not mean what it says); {how}", UserWarning,
+                  stacklevel=stacklevel + 1)
 
 
-def default_max_iter(n: int, k: int) -> int:
-    """Default Krylov dimension: ``min(n, max(4k, 2k + 60))`` (62 for k = 1, 80 for k = 10)."""
+def krylov_dim_for_extremes(n: int, k: int) -> int:
+    """The engine's default Krylov dimension for ``k`` extreme eigenpairs: ``min(n, max(4k, 2k + 60))``
+    (62 for k = 1, 80 for k = 10).
+
+    Why this size: with full reorthogonalisation the extreme Ritz values of neural-network Hessians (a few
+    outliers above a bulk) converge to ``tol ≈ 1e-6`` within a few tens of steps; ``2k + 60`` leaves room for
+    the k wanted pairs plus ~60 steps to resolve them, ``4k`` for large k. It caps the memory of one run at
+    ``(m + 1)·n`` values. (API B's legacy functions use a more generous cap of their own, chosen for their
+    contract; see :mod:`hessext.analysis`.)
+    """
     return min(n, max(4 * k, 2 * k + 60))
 
 
-def _start_vector(n: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``z / √n`` with ``z = rademacher(n, seed=seed, offset=offset)`` (a unit vector)."""
-    return ops.rademacher(n, seed=seed, offset=offset, dtype=dtype, device=device) / math.sqrt(n)
+#: The public name of :func:`krylov_dim_for_extremes` (the engine's ``max_iter`` default).
+default_max_iter = krylov_dim_for_extremes
 
 
-def _lanczos_steps(op: LinearOperator, V: Tensor, alpha: Tensor, beta: Tensor, flags: Tensor,
-                   tnorm: Tensor, j0: int, j1: int, btol: float, pbar=None) -> None:
-    """Advance ``p`` independent Lanczos chains from step ``j0`` to ``j1``.
+def _check_every_interval(j: int, device: torch.device) -> int:
+    """Default spacing of convergence tests once the basis holds j vectors.
 
-    On accelerators there is no host synchronisation inside (CGS2 against the whole basis every step); on the
-    CPU, where a synchronisation costs nothing, each step reads one norm to decide whether the second
-    Gram–Schmidt pass is needed (:func:`_orthogonalize_selective`), which saves a third of the basis traffic.
+    On the CPU a test (copy of α, β and ``eigh_tridiagonal`` of a j × j tridiagonal: ~50 µs at j = 100) costs
+    far less than one product, and there is no device to synchronise with: test after every step, so no
+    product is spent past convergence. On an accelerator each test is a host synchronisation that stalls
+    the queue: ``max(3, min(10, j // 10))`` steps apart (at most ~10 % extra products past convergence)."""
+    if device.type == "cpu":
+        return 1
+    return max(3, min(10, j // 10))
 
-    Args:
-        V: ``[p, rows, n]`` bases; ``V[c, j0]`` holds the current unit vector of chain c.
-        alpha, beta: ``[p, rows]`` device buffers for the tridiagonals (``beta[c, j]`` couples j and j+1).
-        flags: ``[p, rows]`` bool buffer; ``flags[c, j]`` is set when ``β_j ≤ btol · ‖T‖`` (breakdown).
-        tnorm: ``[p]`` running estimate of ``‖T‖ = max_i |α_i| + β_i + β_{i-1}`` per chain.
 
-    One ``op.matmat`` of ``p`` columns per step; the chains' reorthogonalisations are separate kernel calls.
-    ``q_{j+1} = w / max(β_j, tiny)``, so an exact breakdown yields a zero vector, never NaN; the caller
-    detects flagged steps at its next synchronisation point and discards what follows them.
+# ----------------------------------------------------------------------------------------------- memory
+def _host_available_bytes() -> Optional[int]:
+    """``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``SC_AVPHYS_PAGES · SC_PAGE_SIZE``; else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024          # the value is in kiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def available_memory(device: "torch.device | str") -> Optional[int]:
+    """Bytes a new allocation on ``device`` can get now, or None when it cannot be known.
+
+    CPU: the kernel's ``MemAvailable`` (free memory plus what can be reclaimed without swapping), from
+    ``/proc/meminfo``, else ``os.sysconf``. CUDA: the device's free memory (``torch.cuda.mem_get_info``) plus
+    what torch's caching allocator holds reserved but unused. Other device types: None (no check).
     """
-    p, rows, _ = V.shape
-    tiny = torch.finfo(V.dtype).tiny
-    zero = torch.zeros((), dtype=V.dtype, device=V.device)
-    selective = _selective_reorth(V.device)
-    for j in range(j0, j1):
-        X = V[:, j, :].T.contiguous()                  # [n, p]
-        W = op.matmat(X).T.contiguous()                 # [p, n]
-        for c in range(p):
-            if selective:
-                w_out, a, nrm = _orthogonalize_selective(W[c], V[c], j, beta[c, j - 1] if j > 0 else None)
-            else:
-                w_out, coeffs, nrm = ops.reorthogonalize(W[c], V[c, :j + 1])
-                a = coeffs[j]
-            alpha[c, j] = a
-            beta[c, j] = nrm
-            prev = beta[c, j - 1] if j > 0 else zero
-            tn = torch.maximum(tnorm[c], a.abs() + nrm + prev)
-            tnorm[c] = tn
-            flags[c, j] = nrm <= btol * tn
-            if j + 1 < rows:
-                torch.div(w_out, nrm.clamp_min(tiny), out=V[c, j + 1])
-        if pbar is not None:
-            pbar.update(1)
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _host_available_bytes()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) + int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device))
+    return None
+
+
+def format_bytes(nbytes: float) -> str:
+    """``nbytes`` in binary units for messages: ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def require_memory(nbytes: int, device: "torch.device | str", what: str,
+                   advice: Callable[[int], str]) -> None:
+    """Refuse, before allocating, a buffer of ``nbytes`` that does not fit in ``device``'s available memory
+    (:func:`available_memory`; nothing is checked where that is unknown).
+
+    Raises ``ValueError("{what} needs N bytes (…), but only M bytes (…) are available on {device}:
+    {advice(M)}")``: ``what`` names the arguments that set the size, ``advice(M)`` says what to pass instead.
+    """
+    avail = available_memory(device)
+    if avail is None or nbytes <= avail:
+        return
+    raise ValueError(f"{what} needs {nbytes:,} bytes ({format_bytes(nbytes)}), but only {avail:,} bytes "
+                     f"({format_bytes(avail)}) are available on {torch.device(device)}: {advice(avail)}")
+
+
+# ----------------------------------------------------------------------------------------------- recurrence
+@dataclass
+class LanczosChains:
+    """``p`` independent Lanczos chains on one operator, advanced together: one ``A @ [n, p]`` block product
+    per step, full reorthogonalisation of each chain against its own basis.
+
+    Chain ``c`` keeps its orthonormal basis as rows ``V[c, :j+1] = q_0 … q_j`` and its tridiagonal ``T`` in
+    ``alpha[c, i] = α_i = q_iᵀ A q_i`` and ``beta[c, i] = β_i = ‖A q_i − Σ_{l≤i} (q_lᵀ A q_i) q_l‖``
+    (β_i couples ``q_i`` and ``q_{i+1}``). ``flags[c, i]`` marks a breakdown, ``β_i ≤ btol · ‖T‖``, with
+    ``tnorm[c]`` the running estimate ``‖T‖ ≈ max_i |α_i| + β_i + β_{i−1}``. All buffers live on the
+    operator's device, so advancing needs no host synchronisation on accelerators.
+
+    Users: :func:`lanczos` (p = 1, convergence tests and restarts between calls to :meth:`advance`) and
+    :func:`hessext.density.slq_quadrature` (p probes, one call). The caller fills ``V[:, 0]`` with unit start
+    vectors and checks the memory first (:meth:`nbytes`, :func:`require_memory`).
+    """
+
+    V: Tensor         # [p, rows, n] bases as rows
+    alpha: Tensor     # [p, rows] diagonal of T
+    beta: Tensor      # [p, rows] off-diagonal of T (beta[c, j] couples j and j + 1)
+    flags: Tensor     # [p, rows] bool: breakdown at step j
+    tnorm: Tensor     # [p] running ‖T‖ estimate
+
+    @staticmethod
+    def nbytes(p: int, rows: int, n: int, dtype: torch.dtype) -> int:
+        """Bytes of the ``[p, rows, n]`` bases (the α, β buffers are ``n`` times smaller)."""
+        return p * rows * n * torch.empty((), dtype=dtype).element_size()
+
+    @classmethod
+    def allocate(cls, p: int, rows: int, n: int, dtype: torch.dtype, device: torch.device) -> "LanczosChains":
+        """Empty bases ``[p, rows, n]`` and zeroed ``α, β, flags [p, rows]``, ``tnorm [p]``."""
+        return cls(V=torch.empty(p, rows, n, dtype=dtype, device=device),
+                   alpha=torch.zeros(p, rows, dtype=dtype, device=device),
+                   beta=torch.zeros(p, rows, dtype=dtype, device=device),
+                   flags=torch.zeros(p, rows, dtype=torch.bool, device=device),
+                   tnorm=torch.zeros(p, dtype=dtype, device=device))
+
+    def advance(self, op: LinearOperator, j0: int, j1: int, btol: float, pbar: Any = None,
+                guard: "Optional[SelectiveOrthogonalizer]" = None) -> None:
+        """Advance every chain from step ``j0`` to ``j1`` (``V[:, j0]`` holds the current unit vectors).
+
+        On accelerators there is no host synchronisation inside (CGS2 against the whole basis every step); on
+        the CPU, where a synchronisation costs nothing, each step reads one norm to decide whether the second
+        Gram–Schmidt pass is needed (:func:`_orthogonalize_selective`), which saves a third of the basis
+        traffic. ``q_{j+1} = w / max(β_j, tiny)``, so an exact breakdown yields a zero vector, never NaN; the
+        caller finds flagged steps at its next synchronisation point and discards what follows them.
+
+        With a ``guard`` (one chain only, ``reorth="selective"``) the step is the plain three-term recurrence
+        and the guard orthogonalises against its good Ritz vectors only when its estimates ask for it
+        (:class:`SelectiveOrthogonalizer`); ``guard.mode == "none"`` keeps the bare recurrence (tests only).
+        """
+        if guard is not None:
+            for j in range(j0, j1):
+                self._guarded_step(op, j, btol, guard)
+                if pbar is not None:
+                    pbar.update(1)
+            return
+        V, alpha, beta, flags, tnorm = self.V, self.alpha, self.beta, self.flags, self.tnorm
+        p, rows, _ = V.shape
+        tiny = torch.finfo(V.dtype).tiny
+        zero = torch.zeros((), dtype=V.dtype, device=V.device)
+        selective = _selective_reorth(V.device)
+        for j in range(j0, j1):
+            X = V[:, j, :].T.contiguous()                  # [n, p]
+            W = op.matmat(X).T.contiguous()                 # [p, n]
+            for c in range(p):
+                if selective:
+                    w_out, a, nrm = _orthogonalize_selective(W[c], V[c], j, beta[c, j - 1] if j > 0 else None)
+                else:
+                    w_out, coeffs, nrm = ops.reorthogonalize(W[c], V[c, :j + 1])
+                    a = coeffs[j]
+                alpha[c, j] = a
+                beta[c, j] = nrm
+                prev = beta[c, j - 1] if j > 0 else zero
+                tn = torch.maximum(tnorm[c], a.abs() + nrm + prev)
+                tnorm[c] = tn
+                flags[c, j] = nrm <= btol * tn
+                if j + 1 < rows:
+                    torch.div(w_out, nrm.clamp_min(tiny), out=V[c, j + 1])
+            if pbar is not None:
+                pbar.update(1)
+
+
+    def _guarded_step(self, op: LinearOperator, j: int, btol: float,
+                      guard: "SelectiveOrthogonalizer") -> None:
+        """One step of chain 0 without full reorthogonalisation: ``w = A q_j − α_j q_j − β_{j−1} q_{j−1}``
+        (``α_j = q_jᵀ A q_j``), then :meth:`SelectiveOrthogonalizer.clean` (which may orthogonalise ``w``
+        against the good Ritz vectors or, at a checkpoint, measure and repair against the whole basis)."""
+        V, rows = self.V[0], self.V.shape[1]
+        w = op.matmat(V[j][:, None])[:, 0]
+        a = torch.dot(V[j], w)
+        w.addcmul_(V[j], a, value=-1)
+        bprev = float(self.beta[0, j - 1]) if j > 0 else 0.0
+        if j > 0:
+            w.add_(V[j - 1], alpha=-bprev)
+        af = float(a)
+        w, nrm = guard.clean(w, V, j, af, bprev, float(self.tnorm[0]))
+        self.alpha[0, j] = a
+        self.beta[0, j] = nrm
+        tn = max(float(self.tnorm[0]), abs(af) + nrm + bprev)
+        self.tnorm[0] = tn
+        self.flags[0, j] = nrm <= btol * tn
+        if j + 1 < rows:
+            torch.div(w, max(nrm, torch.finfo(V.dtype).tiny), out=V[j + 1])
+
+
+class SelectiveOrthogonalizer:
+    """Selective orthogonalisation (Parlett & Scott 1979) with PRO-style triggers (Simon 1984) and measured
+    checkpoints: the ``reorth="selective"`` state of one Lanczos run.
+
+    Paige's theorem: in floating point, ``q_{j+1}`` loses orthogonality to ``Q_j`` only along Ritz vectors
+    ``y_i`` that have converged, ``|y_iᵀ q_{j+1}| ≈ ε‖A‖ / ρ_i`` with ``ρ_i = |β_j s_{j,i}|``. So the
+    ``y_i`` whose ``ρ_i ≤ ε^{1/4}‖T‖`` ("good") are computed (one GEMM over the basis, :meth:`refresh`) and
+    kept as rows of ``Y``; the components ``τ_{i,l} = y_iᵀ q_l`` of later vectors are estimated by the
+    recurrence obtained from ``y_iᵀ`` of the Lanczos relation,
+
+        β_l τ_{l+1} = (θ_i − α_l) τ_l − β_{l−1} τ_{l−1} ± 2ε‖T‖,
+
+    and ``w`` is orthogonalised against ``Y`` (:func:`hessext.ops.reorthogonalize`, one pass: 2 sweeps of
+    ``r`` rows, not of the ``j``-row basis) only when an estimate exceeds ``η = √ε``; the measured
+    coefficients reset the estimates, and the step after is checked the same way (the recurrence carries
+    ``τ_l`` into ``τ_{l+2}``). ``Y`` is recomputed when a good Ritz value is not covered by a stored vector or
+    its residual fell 1000-fold since (from above √ε‖T‖). The basis thus stays semi-orthogonal
+    (``|q_iᵀ q_l| ≲ √ε``), which keeps
+    ``T_j`` equal to a projection of ``A`` to working precision (Simon 1984): no ghost copies, accurate Ritz
+    values. Monitoring, never assumed: at geometric checkpoints (basis sizes 24, 48, 96, …) the step measures
+    ``max_i |q_iᵀ w| / ‖w‖`` against the whole basis (one sweep); above ``√ε`` it repairs with a full pass
+    here and at the next step, and the run continues with full reorthogonalisation. ``measured`` is the
+    largest loss seen (checkpoints and the coefficients of every selective pass).
+
+    Cost per step: the recurrence (about 7 vector reads) plus ``4r`` reads on the steps that orthogonalise,
+    plus one basis sweep per refresh and per checkpoint — against ``2j`` for a full pass.
+    """
+
+    def __init__(self, n: int, rmax: int, dtype: torch.dtype, device: torch.device, mode: str = "selective"):
+        self.mode = mode                      # "selective", "full" (after a failed checkpoint) or "none"
+        self.rmax = rmax
+        self.Y = torch.empty(rmax if mode == "selective" else 0, n, dtype=dtype, device=device)
+        self.r = 0
+        self.theta = np.zeros(0)              # Ritz values of the stored rows
+        self.rho = np.zeros(0)                # their residuals when computed
+        self.tau = np.zeros(0)                # estimated |y_iᵀ q_j| of the newest basis vector
+        self.tau_prev = np.zeros(0)
+        self.eps = float(torch.finfo(dtype).eps)
+        self.eta = math.sqrt(self.eps)
+        self.trigger = self.eta / 2           # margin: one step can multiply the loss by |θ − α| / β
+        self.next_checkpoint = 24
+        self.force_full = 0                   # full passes still owed after a failed checkpoint
+        self.force_next = False               # the step after a selective pass orthogonalises too
+        self.noise = 16 * self.eps            # rounding per step, in units of ‖T‖; calibrated upwards
+        self.measured = 0.0
+        self.passes = self.refreshes = self.checkpoints = self.repairs = 0
+
+    def clean(self, w: Tensor, V: Tensor, j: int, a: float, bprev: float, tn: float) -> tuple[Tensor, float]:
+        """Make ``w`` (the step's unnormalised ``β_j q_{j+1}``) as orthogonal as the mode asks.
+
+        Returns ``(w, β_j = ‖w‖)``."""
+        if self.mode == "none":
+            return w, float(torch.linalg.vector_norm(w))
+        if self.mode == "full" or self.force_full > 0 or j + 1 >= self.next_checkpoint:
+            return self._full_or_checkpoint(w, V, j)
+        nrm = float(torch.linalg.vector_norm(w))
+        if self.r == 0:
+            return w, nrm
+        t = np.abs(self.theta - a) * self.tau + bprev * self.tau_prev + self.noise * tn
+        t = t / max(nrm, torch.finfo(V.dtype).tiny)
+        self.tau_prev, self.tau = self.tau, t
+        if np.all(t <= self.trigger) and not self.force_next:
+            return w, nrm
+        w, c, nt = ops.reorthogonalize(w, self.Y[:self.r], 1)
+        self.passes += 1
+        got = float(c.abs().max()) / max(nrm, 1e-300)    # w's loss before the pass: it is not stored
+        if got > float(t.max()):               # the estimate was low: scale the rounding term up
+            self.noise *= min(100.0, 2.0 * got / max(float(t.max()), self.eps))
+        self.force_next = not self.force_next
+        self.tau = np.full(self.r, self.eps)
+        if got > 2 * self.eta:                 # it grew past semi-orthogonality: repair as PRO would, with a
+            self.repairs += 1                  # full pass here and at the next step
+            self.force_full = 1
+            w, _, nt = ops.reorthogonalize(w, V[:j + 1], 1)
+        return w, float(nt)
+
+    def _full_or_checkpoint(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
+        """A checkpoint measures ``max |Q_{j+1}ᵀ w| / ‖w‖`` (one sweep) and repairs if it is above ``√ε``;
+        in ``"full"`` mode (or while repairs are owed) every step does one CGS pass against the basis."""
+        basis = V[:j + 1]
+        if self.mode == "full" or self.force_full > 0:
+            w2, c, nt = ops.reorthogonalize(w, basis, 1)
+            self.measured = max(self.measured, float(c[:j - 1].abs().max()) / max(float(nt), 1e-300)
+                                if j > 1 else 0.0)
+            self.force_full = max(0, self.force_full - 1)
+            self.tau = np.full(self.r, self.eps)
+            self.tau_prev = np.full(self.r, self.eps)
+            return w2, float(nt)
+        self.checkpoints += 1
+        self.next_checkpoint *= 2
+        nrm = float(torch.linalg.vector_norm(w))
+        g = basis @ w
+        loss = float(g.abs().max()) / max(nrm, 1e-300)
+        self.measured = max(self.measured, loss)
+        if loss <= self.eta:                   # |y_iᵀ w| ≤ ‖Q_{j+1}ᵀ w‖ for y_i in the span of the basis
+            self.tau_prev, self.tau = self.tau, np.full(self.r, float(torch.linalg.vector_norm(g)) / nrm)
+            return w, nrm
+        self.mode = "full"                     # the estimates missed: be safe for the rest of the run
+        w.addmv_(basis.T, g, alpha=-1)
+        return w, float(torch.linalg.vector_norm(w))
+
+    def refresh(self, V: Tensor, j: int, theta: np.ndarray, S: np.ndarray, res: np.ndarray,
+                tn: float) -> None:
+        """After the test of ``T_j``: recompute ``Y`` (one GEMM over ``V[:j]``) when a good Ritz value is
+        uncovered or much improved, and orthogonalise the newest vector ``V[j]`` against it."""
+        if self.mode != "selective" or j < 2:
+            return
+        good = np.flatnonzero(res <= self.eps ** 0.25 * tn / 4)      # hysteresis: trigger at a quarter of
+        if good.size == 0:                                            # the threshold that selects the rows
+            return
+        good = good[np.argsort(res[good], kind="stable")[:self.rmax]]
+        if not self._needs_refresh(theta[good], res[good], tn):
+            return
+        good = np.flatnonzero(res <= self.eps ** 0.25 * tn)
+        good = good[np.argsort(res[good], kind="stable")[:self.rmax]]
+        good = _extreme_windows(good, theta.size, self.rmax)
+        r = good.size
+        Sg = torch.from_numpy(np.ascontiguousarray(S[:, good].T)).to(dtype=V.dtype, device=V.device)
+        torch.mm(Sg, V[:j], out=self.Y[:r])
+        self.r, self.theta, self.rho = r, theta[good].copy(), res[good].copy()
+        self.refreshes += 1
+        q, _, nq = ops.reorthogonalize(V[j], self.Y[:r], 1)
+        V[j] = q / nq
+        self.tau = np.full(r, self.eps)
+        self.tau_prev = np.zeros(r)
+
+    def _needs_refresh(self, th: np.ndarray, rh: np.ndarray, tn: float) -> bool:
+        """Whether some good value has no stored vector (one-to-one match within the residuals) or a stored
+        vector whose residual has since fallen 1000-fold from above ``√ε‖T‖``."""
+        free = np.ones(self.r, dtype=bool)
+        for t, p in zip(th, rh):
+            cand = np.flatnonzero(free & (np.abs(self.theta - t) <= self.rho + p + 100 * self.eps * tn))
+            if cand.size == 0:
+                return True
+            i = cand[np.argmin(np.abs(self.theta[cand] - t))]
+            if p < self.rho[i] / 1000 and self.rho[i] > self.eta * tn:
+                return True
+            free[i] = False
+        return False
+
+
+def _extreme_windows(good: np.ndarray, j: int, rmax: int) -> np.ndarray:
+    """The good indices widened to whole windows at the ends of the spectrum of ``T_j`` (plus two more
+    values inward): a converged Ritz vector of a cluster is accurate only as part of the cluster's invariant
+    subspace, so its unconverged neighbours are stored too. At most ``rmax``, the best-converged first."""
+    mid = (j - 1) / 2.0
+    lo, hi = good[good < mid], good[good >= mid]
+    out = []
+    if hi.size:
+        out.append(np.arange(max(0, int(hi.min()) - 2), j))
+    if lo.size:
+        out.append(np.arange(0, min(j, int(lo.max()) + 3)))
+    idx = np.unique(np.concatenate(out + [good]))
+    if idx.size > rmax:
+        idx = good
+    return idx
 
 
 #: DGKS threshold (Daniel, Gragg, Kaufman, Stewart 1976; ARPACK uses 0.717): a second Gram–Schmidt pass is
@@ -234,12 +521,15 @@ class _Want:
         return np.array([mu.size - 1]) if self.kt > 0 else np.array([0])
 
 
+# ----------------------------------------------------------------------------------------------- one run
 @dataclass
 class _Run:
+    """What one Lanczos run hands to the public functions (the wanted pairs, ascending)."""
+
     vals: Tensor            # [k'] float64 CPU ascending
     vecs: Optional[Tensor]  # [k', n]
     res: Tensor             # [k'] float64 CPU
-    rel: np.ndarray         # relative residuals
+    conv: np.ndarray        # [k'] bool: the pair passes _checks.converged
     ok: bool                # no unresolved multiplicity question and not cut short by exhaustion
     exhausted: bool         # the Krylov basis spans the whole space (all pairs exact)
     iterations: int
@@ -249,168 +539,257 @@ class _Run:
     residual_kind: str
 
 
-def _check_every_interval(j: int, device: torch.device) -> int:
-    """Default spacing of convergence tests once the basis holds j vectors.
+@dataclass
+class _Krylov:
+    """The state of one run between convergence tests: the device buffers, the basis size ``j`` and the host's
+    latest solution of ``T_j`` (Ritz values θ, eigenvectors S, Lanczos residual estimates, ‖T‖)."""
 
-    On the CPU a test (copy of α, β and ``eigh_tridiagonal`` of a j × j tridiagonal: ~50 µs at j = 100) costs
-    far less than one product, and there is no device to synchronise with: test after every step, so no
-    product is spent past convergence. On an accelerator each test is a host synchronisation that stalls
-    the queue: ``max(3, min(10, j // 10))`` steps apart (at most ~10 % extra products past convergence)."""
-    if device.type == "cpu":
-        return 1
-    return max(3, min(10, j // 10))
+    op: LinearOperator
+    want: _Want
+    chains: LanczosChains
+    m: int                      # Krylov dimension cap
+    tol: float
+    seed: int
+    start_matvecs: int
+    pbar: Any = None
+    guard: Optional[SelectiveOrthogonalizer] = None
+    j: int = 0                  # basis size (steps kept)
+    block_start: int = 0        # first row of the current Krylov block (rows before it: earlier restarts)
+    restarts: int = 0
+    breakdown: bool = False
+    exhausted: bool = False     # the basis spans the whole space
+    pending: bool = False       # a breakdown left a multiplicity question open
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    S: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    res_all: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tn_host: float = 0.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.chains.V.dtype
+
+    @property
+    def eps(self) -> float:
+        return float(torch.finfo(self.dtype).eps)
 
 
-def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float, seed: int,
-         v0: Optional[Tensor], check_every: Optional[int], return_vectors: bool, progress: bool,
-         compute_residuals: bool) -> _Run:
-    n = op.n
-    k = want.k
-    if k > n:
-        raise ValueError(f"k must be <= n = {n} (the operator size), got k={k}")
+def resolve_reorth(reorth: object, n: int, m: int) -> str:
+    """The orthogonalisation of a run: ``reorth`` itself, or for ``"auto"`` the size rule above."""
+    if not isinstance(reorth, str) or reorth not in REORTH:
+        raise ValueError(f"reorth must be one of {REORTH}, got {reorth!r}")
+    if reorth != "auto":
+        return reorth
+    return "selective" if n > AUTO_SELECTIVE_MIN_N and n * m >= AUTO_SELECTIVE_MIN_WORK else "full"
+
+
+def _selective_rows(k: int, m: int) -> int:
+    """Rows of the good-Ritz-vector buffer of a selective run: ``min(m, 2k + 8)``."""
+    return min(m, 2 * k + 8)
+
+
+def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
+    """The Krylov dimension m of a run: ``max_iter`` (≥ k, capped at n) or :func:`krylov_dim_for_extremes`."""
     if max_iter is None:
-        m = default_max_iter(n, k)
-    else:
-        m = _check_int("max_iter", max_iter, 1)
-        if m < k:
-            raise ValueError(f"max_iter must be >= k = {k}, got max_iter={max_iter}")
-        m = min(m, n)
-    if check_every is not None:
-        check_every = _check_int("check_every", check_every, 1)
-    dtype, device = _work_dtype(op), op.device
-    eps = float(torch.finfo(dtype).eps)
-    _warn_tol_beyond_precision(tol, dtype)
-    btol = eps ** (2.0 / 3.0)
-    # Eigenvalues below sqrt(eps)·‖T‖ cannot be resolved relative to themselves in this precision (a matvec
-    # carries errors of order eps·‖A‖): the relative residual of such a pair is measured against
-    # sqrt(eps)·‖T‖ instead, so near-zero eigenvalues (the bottom of a PSD block) converge.
-    zfloor = math.sqrt(eps)
-    start_matvecs = op.num_matvecs
+        return krylov_dim_for_extremes(n, k)
+    m = check_int("max_iter", max_iter, 1)
+    if m < k:
+        raise ValueError(f"max_iter must be >= k = {k}, got max_iter={max_iter}")
+    return min(m, n)
 
-    V = torch.empty(1, m + 1, n, dtype=dtype, device=device)
-    alpha = torch.zeros(1, m + 1, dtype=dtype, device=device)
-    beta = torch.zeros(1, m + 1, dtype=dtype, device=device)
-    flags = torch.zeros(1, m + 1, dtype=torch.bool, device=device)
-    tnorm = torch.zeros(1, dtype=dtype, device=device)
 
+def _require_basis_memory(n: int, k: int, m: int, max_iter: Optional[int], dtype: torch.dtype,
+                          device: torch.device) -> None:
+    """Refuse a basis of ``(m + 1)·n`` values that cannot fit; the error names ``max_iter``, k and n."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    asked = f"max_iter={max_iter}" if max_iter is not None else f"max_iter=None (the default, m = {m})"
+
+    def advice(avail: int) -> str:
+        fit = avail // (n * itemsize) - 1
+        if fit >= k:
+            return (f"pass a smaller max_iter (at most {fit} fits now; the default for k={k} is "
+                    f"{krylov_dim_for_extremes(n, k)}) or a smaller k")
+        return (f"even max_iter = k = {k} does not fit: ask for fewer eigenpairs (smaller k), analyse fewer "
+                "parameters, or compute in float32")
+    require_memory(LanczosChains.nbytes(1, m + 1, n, dtype), device,
+                   f"{asked} with k={k}, n={n}: the Lanczos basis of (m + 1)·n = {m + 1}·{n} "
+                   f"{str(dtype).replace('torch.', '')} values (m = min(max_iter, n) = {m})", advice)
+
+
+def _start_vector(n: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``z / √n`` with ``z = rademacher(n, seed=seed, offset=offset)`` (a unit vector)."""
+    return ops.rademacher(n, seed=seed, offset=offset, dtype=dtype, device=device) / math.sqrt(n)
+
+
+def _first_vector(v0: Optional[Tensor], n: int, seed: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """``q_0``: the seeded Rademacher start vector, or ``v0 / ‖v0‖`` (validated)."""
     if v0 is None:
-        V[0, 0] = _start_vector(n, seed, 0, dtype, device)
-    else:
-        if not isinstance(v0, Tensor):
-            raise TypeError(f"v0 must be a torch.Tensor of shape [{n}], got {type(v0).__name__}")
-        if v0.shape != (n,):
-            raise ValueError(f"v0 must have shape [{n}], got {list(v0.shape)}")
-        v = v0.detach().to(dtype=dtype, device=device)
-        nv = float(torch.linalg.vector_norm(v))
-        if not (nv > 0 and math.isfinite(nv)):
-            raise ValueError(f"v0 must be finite and non-zero, got norm {nv}")
-        V[0, 0] = v / nv
+        return _start_vector(n, seed, 0, dtype, device)
+    if not isinstance(v0, Tensor):
+        raise TypeError(f"v0 must be a torch.Tensor of shape [{n}], got {type(v0).__name__}")
+    if v0.shape != (n,):
+        raise ValueError(f"v0 must have shape [{n}], got {list(v0.shape)}")
+    v = v0.detach().to(dtype=dtype, device=device)
+    nv = float(torch.linalg.vector_norm(v))
+    if not (nv > 0 and math.isfinite(nv)):
+        raise ValueError(f"v0 must be finite and non-zero, got norm {nv}")
+    return v / nv
 
-    pbar = None
-    if progress:
-        from tqdm.auto import tqdm
-        pbar = tqdm(total=m, desc="lanczos", leave=False)
 
-    j = 0
-    block_start = 0
-    restarts = 0
-    breakdown_any = False
-    exhausted = False
-    pending = False                          # a breakdown left a multiplicity question open
+def _synchronise(st: _Krylov) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Copy ``α, β`` and the breakdown flags of the ``j`` steps to the host (the run's one synchronisation
+    point), refuse NaN/Inf, and cut the basis after the first breakdown of the current block (``β_f := 0``;
+    the steps after it are discarded). Returns ``(α [j], β [j], broke)`` for the possibly shorter j."""
+    j, ch = st.j, st.chains
+    host = torch.stack([ch.alpha[0, :j], ch.beta[0, :j], ch.flags[0, :j].to(st.dtype)])
+    host = host.to("cpu", torch.float64)
+    a, b, fl = host[0].numpy(), host[1].numpy().copy(), host[2].numpy() > 0.5
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        bad = int(np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))[0])
+        raise RuntimeError(f"lanczos: non-finite value (NaN/Inf) in the tridiagonal at Lanczos step "
+                           f"{bad}: the operator returned NaN/Inf (check the model's loss and its "
+                           "Hessian-vector products)")
+    hits = np.flatnonzero(fl[st.block_start:j])
+    broke = hits.size > 0
+    if broke:
+        f = st.block_start + int(hits[0])
+        st.j = j = f + 1
+        b[f] = 0.0
+        ch.beta[0, f] = 0.0
+        st.breakdown = True
+        if st.pbar is not None:
+            st.pbar.n = j
+    return a[:j], b[:j], broke
+
+
+def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
+    """Solve ``T_j`` and decide: ``"stop"``, ``"restart"`` (after a breakdown that leaves the wanted set
+    open: a fresh vector now fills row j) or ``"continue"``.
+
+    Converged means every wanted pair of ``T_j`` passes :func:`hessext._checks.converged` and, after a
+    restart, the current block's own extreme values do too (T is block diagonal across restarts, so a
+    further copy of a wanted eigenvalue shows first in the last block).
+    """
+    j, want, tol = st.j, st.want, st.tol
+    st.theta, st.S = eigh_tridiagonal(a, b[:j - 1])
+    st.tn_host = _tnorm_host(a, b[:j - 1])
+    st.res_all = np.abs(b[j - 1]) * np.abs(st.S[j - 1, :])
+    widx = want.select(st.theta)
+    conv_a = j >= want.k and bool(np.all(converged(st.res_all[widx], st.theta[widx], tol, st.tn_host,
+                                                          st.dtype)))
+    if j >= st.op.n:
+        st.exhausted, st.pending = True, False
+        return "stop"
+    if st.block_start > 0 or broke:                   # the last block's own spectrum
+        mu, Sb = eigh_tridiagonal(a[st.block_start:j], b[st.block_start:j - 1])
+    if broke:
+        st.pending = want.improves(mu, st.theta, tol, 100 * st.eps * st.tn_host)
+        if not (st.pending and j < st.m):
+            return "stop"
+        if not _restart(st.op, st.chains.V, j, st.seed, st.restarts + 1, st.eps):
+            st.exhausted, st.pending = True, False
+            return "stop"
+        if st.guard is not None:                      # the fresh vector is orthogonal to the whole basis
+            st.guard.tau, st.guard.tau_prev = np.full(st.guard.r, st.eps), np.zeros(st.guard.r)
+        st.restarts += 1
+        st.block_start = j
+        return "restart"
+    conv_b = True
+    if st.block_start > 0:
+        ext = want.extremes(mu)
+        rb = np.abs(b[j - 1]) * np.abs(Sb[-1, ext])
+        conv_b = bool(np.all(converged(rb, mu[ext], tol, st.tn_host, st.dtype)))
+    if conv_a and conv_b:
+        st.pending = False
+        return "stop"
+    if j >= st.m:
+        st.pending = st.block_start > 0 and not conv_b
+        return "stop"
+    return "continue"
+
+
+def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
+    """The step loop: advance to the next convergence test, synchronise, test; restart or stop."""
+    k, m, device = st.want.k, st.m, st.chains.V.device
+    btol = st.eps ** (2.0 / 3.0)
     next_check = max(k, check_every) if check_every is not None else min(m, max(k + 5, 8))
-    theta = np.zeros(0)
-    S = np.zeros((0, 0))
-    res_all = np.zeros(0)
-    tn_host = 0.0
-    try:
-        while True:
-            target = min(max(next_check, j + 1), m)
-            _lanczos_steps(op, V, alpha, beta, flags, tnorm, j, target, btol, pbar)
-            j = target
-            host = torch.stack([alpha[0, :j], beta[0, :j], flags[0, :j].to(dtype)]).to("cpu", torch.float64)
-            a, b, fl = host[0].numpy(), host[1].numpy().copy(), host[2].numpy() > 0.5
-            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-                bad = int(np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))[0])
-                raise RuntimeError(f"lanczos: non-finite value (NaN/Inf) in the tridiagonal at Lanczos step "
-                                   f"{bad}: the operator returned NaN/Inf (check the model's loss and its "
-                                   "Hessian-vector products)")
-            hits = np.flatnonzero(fl[block_start:j])
-            broke = hits.size > 0
-            if broke:
-                f = block_start + int(hits[0])
-                j = f + 1
-                b[f] = 0.0
-                beta[0, f] = 0.0
-                breakdown_any = True
-                if pbar is not None:
-                    pbar.n = j
-            a, b = a[:j], b[:j]
-            theta, S = eigh_tridiagonal(a, b[:j - 1])
-            tn_host = _tnorm_host(a, b[:j - 1])
-            res_all = np.abs(b[j - 1]) * np.abs(S[j - 1, :])
-            scale = np.maximum(np.abs(theta), zfloor * tn_host)
-            rel_all = np.where(scale > 0, res_all / np.where(scale > 0, scale, 1.0), 0.0)
-            widx = want.select(theta)
-            conv_a = j >= k and bool(np.all(rel_all[widx] < tol))
-            if j >= n:
-                exhausted = True
-                pending = False
-                break
-            # the last block's own spectrum (T is block diagonal across restarts)
-            if block_start > 0 or broke:
-                bs = block_start
-                mu, Sb = eigh_tridiagonal(a[bs:j], b[bs:j - 1])
-            if broke:
-                pending = want.improves(mu, theta, tol, 100 * eps * tn_host)
-                if pending and j < m:
-                    if not _restart(op, V, j, seed, restarts + 1, eps):
-                        exhausted = True
-                        pending = False
-                        break
-                    restarts += 1
-                    block_start = j
-                    next_check = j + 1
-                    continue
-                break
-            conv_b = True
-            if block_start > 0:
-                rb = np.abs(b[j - 1]) * np.abs(Sb[-1, :])
-                ext = want.extremes(mu)
-                conv_b = bool(np.all(rb[ext] < tol * np.maximum(np.abs(mu[ext]), zfloor * tn_host)))
-            if conv_a and conv_b:
-                pending = False
-                break
-            if j >= m:
-                pending = block_start > 0 and not conv_b
-                break
-            next_check = j + (check_every if check_every is not None else _check_every_interval(j, device))
-    finally:
-        if pbar is not None:
-            pbar.close()
+    if st.guard is not None and check_every is None:
+        next_check = min(m, 2)
+    while True:
+        target = min(max(next_check, st.j + 1), m)
+        st.chains.advance(st.op, st.j, target, btol, st.pbar, guard=st.guard)
+        st.j = target
+        verdict = _test(st, *_synchronise(st))
+        if verdict == "stop":
+            return
+        if st.guard is not None:
+            st.guard.refresh(st.chains.V[0], st.j, st.theta, st.S, st.res_all, st.tn_host)
+        if verdict == "restart":
+            next_check = st.j + 1
+        elif check_every is not None:
+            next_check = st.j + check_every
+        else:
+            next_check = st.j + (1 if st.guard is not None else _check_every_interval(st.j, device))
 
-    widx = want.select(theta)
-    vals = torch.from_numpy(theta[widx].copy())
-    scale = np.maximum(np.abs(theta[widx]), zfloor * tn_host)
-    res = res_all[widx]
-    if exhausted:
-        res = np.minimum(res, eps * tn_host)     # the basis spans the whole space: pairs exact to roundoff
-    rel = np.where(scale > 0, res / np.where(scale > 0, scale, 1.0), 0.0)
-    Vj = V[0, :j]
+
+def _ritz_pairs(st: _Krylov, return_vectors: bool, compute_residuals: bool) -> _Run:
+    """The wanted Ritz pairs of the final ``T_j``: values, vectors ``Y = S_wᵀ Q_j`` (one GEMM), residuals
+    (the Lanczos estimates, or true ones at the cost of k matvecs) and the convergence of each pair."""
+    op, dtype, device = st.op, st.dtype, st.chains.V.device
+    widx = st.want.select(st.theta)
+    vals = torch.from_numpy(st.theta[widx].copy())
+    res = st.res_all[widx]
+    if st.exhausted:
+        res = np.minimum(res, st.eps * st.tn_host)     # the basis spans the whole space: exact to roundoff
+    Vj = st.chains.V[0, :st.j]
     Y = None
     if return_vectors or compute_residuals:
-        Sw = torch.from_numpy(np.ascontiguousarray(S[:, widx].T)).to(dtype=dtype, device=device)
+        Sw = torch.from_numpy(np.ascontiguousarray(st.S[:, widx].T)).to(dtype=dtype, device=device)
         Y = Sw @ Vj                                           # [k, n]: one GEMM
     residual_kind = "estimate"
     res_t = torch.from_numpy(np.asarray(res, dtype=np.float64).copy())
     if compute_residuals and Y is not None and Y.shape[0] > 0:
         R = op.matmat(Y.T.contiguous()) - Y.T * vals.to(dtype=dtype, device=device)[None, :]
         res_t = torch.linalg.vector_norm(R, dim=0).to("cpu", torch.float64)
-        rel = (res_t / torch.from_numpy(np.where(scale > 0, scale, 1.0))).numpy()
         residual_kind = "true"
-    ortho = _orthogonality_loss(Vj, Y)
-    return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, rel=rel,
-                ok=exhausted or not pending, exhausted=exhausted, iterations=j, num_matvecs=op.num_matvecs - start_matvecs,
-                breakdown=breakdown_any, ortho=ortho, residual_kind=residual_kind)
+    conv = converged(res_t.numpy(), st.theta[widx], st.tol, st.tn_host, dtype)
+    return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, conv=conv,
+                ok=st.exhausted or not st.pending, exhausted=st.exhausted, iterations=st.j,
+                num_matvecs=op.num_matvecs - st.start_matvecs, breakdown=st.breakdown,
+                ortho=max(_orthogonality_loss(Vj, Y), st.guard.measured if st.guard is not None else 0.0),
+                residual_kind=residual_kind)
+
+
+def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float, seed: int,
+         v0: Optional[Tensor], check_every: Optional[int], return_vectors: bool, progress: bool,
+         compute_residuals: bool, reorth: str = "auto") -> _Run:
+    """One Lanczos run for the public functions: resolve the Krylov dimension, check the basis fits, allocate
+    it, iterate to convergence (:func:`_iterate`), extract the wanted Ritz pairs (:func:`_ritz_pairs`)."""
+    n, k = op.n, want.k
+    if k > n:
+        raise ValueError(f"k must be <= n = {n} (the operator size), got k={k}")
+    m = _krylov_dim(n, k, max_iter)
+    if check_every is not None:
+        check_every = check_int("check_every", check_every, 1)
+    dtype, device = work_dtype(op.dtype), op.device
+    _warn_tol_beyond_precision(tol, dtype, stacklevel=4)    # -> _run -> lanczos -> holds_session -> caller
+    mode = resolve_reorth(reorth, n, m)
+    rmax = _selective_rows(k, m) if mode == "selective" else 0
+    _require_basis_memory(n, k, m, max_iter, dtype, device)   # + rmax ≤ 2k + 8 rows of Ritz vectors
+    st = _Krylov(op=op, want=want, chains=LanczosChains.allocate(1, m + 1, n, dtype, device), m=m, tol=tol,
+                 seed=seed, start_matvecs=op.num_matvecs)
+    if mode != "full":
+        st.guard = SelectiveOrthogonalizer(n, rmax, dtype, device, mode)
+    st.chains.V[0, 0] = _first_vector(v0, n, seed, dtype, device)
+    if progress:
+        from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown
+        st.pbar = tqdm(total=m, desc="lanczos", leave=False)
+    try:
+        _iterate(st, check_every)
+    finally:
+        if st.pbar is not None:
+            st.pbar.close()
+    return _ritz_pairs(st, return_vectors, compute_residuals)
 
 
 def _restart(op: LinearOperator, V: Tensor, j: int, seed: int, r: int, eps: float) -> bool:
@@ -457,7 +836,7 @@ def _parse_which(which: object) -> str:
 def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_iter: Optional[int] = None,
             tol: float = 1e-6, seed: int = 0, v0: Optional[Tensor] = None, check_every: Optional[int] = None,
             return_vectors: bool = True, progress: bool = False,
-            compute_residuals: bool = False) -> EigenResult:
+            compute_residuals: bool = False, reorth: str = "auto") -> EigenResult:
     """``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
     Args:
@@ -467,7 +846,9 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude, ``"BE"``
             both ends: ``k // 2`` from the bottom and ``k − k // 2`` from the top, from one Krylov space.
         max_iter: maximum Krylov dimension = matrix-vector products (restarts after a breakdown included);
-            default ``min(n, max(4k, 2k + 60))``; values above ``n`` are clamped to ``n``; must be ``≥ k``.
+            default :func:`krylov_dim_for_extremes` ``= min(n, max(4k, 2k + 60))``; values above ``n`` are
+            clamped to ``n``; must be ``≥ k``. The basis of ``(m + 1)·n`` values (m the clamped value) is
+            allocated up front and must fit in the device's available memory (:func:`available_memory`).
         tol: relative tolerance: stop when every wanted Ritz pair has
             ``|β_j s_{j,i}| / max(|θ_i|, √ε‖T‖) < tol`` (ε of the working dtype, ‖T‖ the tridiagonal's norm;
             the √ε floor lets eigenvalues that are zero to working precision converge). A ``tol`` below
@@ -506,14 +887,16 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
 
     Raises:
         ValueError: k < 1 or k > n, unknown ``which``, non-positive ``tol``/``max_iter``/``check_every``,
-            ``max_iter < k``, bad ``v0``. TypeError: wrong argument types.
+            ``max_iter < k``, bad ``v0``; a basis that does not fit in the device's available memory (the
+            message names ``max_iter``, k, n, the bytes needed and available, and what to pass instead; it is
+            raised before anything is allocated). TypeError: wrong argument types.
         RuntimeError: the operator produced NaN/Inf.
     """
     op = as_operator(A)
-    k = _check_int("k", k, 1)
+    k = check_int("k", k, 1)
     which = _parse_which(which)
-    tol = _check_tol(tol)
-    seed = _check_int("seed", seed, -(1 << 63))
+    tol = check_tol(tol)
+    seed = check_seed(seed)
     if k > op.n:
         raise ValueError(f"k must be <= n = {op.n} (the operator size), got k={k}")
     if which == "LM":
@@ -525,10 +908,11 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
     else:
         want = _Want(k // 2, k - k // 2)
     r = _run(op, want, max_iter=max_iter, tol=tol, seed=seed, v0=v0, check_every=check_every,
-             return_vectors=return_vectors, progress=progress, compute_residuals=compute_residuals)
-    converged = bool(r.ok and r.vals.numel() == k and (r.exhausted or np.all(r.rel < tol)))
+             return_vectors=return_vectors, progress=progress, compute_residuals=compute_residuals,
+             reorth=reorth)
+    ok = bool(r.ok and r.vals.numel() == k and (r.exhausted or np.all(r.conv)))
     return EigenResult(eigenvalues=r.vals, eigenvectors=r.vecs, residuals=r.res, num_matvecs=r.num_matvecs,
-                       iterations=r.iterations, converged=converged, breakdown=r.breakdown,
+                       iterations=r.iterations, converged=ok, breakdown=r.breakdown,
                        orthogonality_loss=r.ortho, which=which, residual_kind=r.residual_kind)
 
 
@@ -550,27 +934,27 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
         eigenvalues ascending in each.
     """
     unknown = set(kwargs) - {"max_iter", "tol", "seed", "v0", "check_every", "return_vectors", "progress",
-                             "compute_residuals"}
+                             "compute_residuals", "reorth"}
     if unknown:
         raise TypeError(f"extreme_eigenpairs got unexpected keyword arguments {sorted(unknown)}")
     op = as_operator(A)
-    k_top = _check_int("k_top", k_top, 0)
-    k_bottom = _check_int("k_bottom", k_bottom, 0)
+    k_top = check_int("k_top", k_top, 0)
+    k_bottom = check_int("k_bottom", k_bottom, 0)
     if k_top + k_bottom < 1:
         raise ValueError(f"k_top + k_bottom must be >= 1, got k_top={k_top}, k_bottom={k_bottom}")
     if k_top + k_bottom > op.n:
         raise ValueError(f"k_top + k_bottom must be <= n = {op.n}, got {k_top} + {k_bottom}")
-    tol = _check_tol(kwargs.pop("tol", 1e-6))
-    seed = _check_int("seed", kwargs.pop("seed", 0), -(1 << 63))
+    tol = check_tol(kwargs.pop("tol", 1e-6))
+    seed = check_seed(kwargs.pop("seed", 0))
     r = _run(op, _Want(k_bottom, k_top), tol=tol, seed=seed, max_iter=kwargs.get("max_iter"),
              v0=kwargs.get("v0"), check_every=kwargs.get("check_every"),
              return_vectors=kwargs.get("return_vectors", True), progress=kwargs.get("progress", False),
-             compute_residuals=kwargs.get("compute_residuals", False))
+             compute_residuals=kwargs.get("compute_residuals", False), reorth=kwargs.get("reorth", "auto"))
     kb = min(k_bottom, r.vals.numel())
     parts = []
     for sl, want_k, which in ((slice(kb, None), k_top, "LA"), (slice(0, kb), k_bottom, "SA")):
-        vals, res, rel = r.vals[sl], r.res[sl], r.rel[sl]
-        conv = bool(r.ok and vals.numel() == want_k and (r.exhausted or np.all(rel < tol)))
+        vals, res = r.vals[sl], r.res[sl]
+        conv = bool(r.ok and vals.numel() == want_k and (r.exhausted or np.all(r.conv[sl])))
         parts.append(EigenResult(eigenvalues=vals, eigenvectors=None if r.vecs is None else r.vecs[sl],
                                  residuals=res, num_matvecs=r.num_matvecs, iterations=r.iterations,
                                  converged=conv, breakdown=r.breakdown, orthogonality_loss=r.ortho,

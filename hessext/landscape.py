@@ -10,15 +10,16 @@ where ``L`` is the (batch-size weighted) mean loss over the given batches. Along
 carries the exact slope ``gᵀd`` and curvature ``dᵀHd`` at ``α = 0`` (one gradient and one Hessian-vector
 product) so that a plot can show where the quadratic picture stops holding.
 
-The user's model is never written: every evaluation is ``torch.func.functional_call`` on perturbed
-**copies** of the parameters (``θ + α d`` is a new tensor), under
-:func:`hessext._state.preserve_model_state` (training flags, ``requires_grad``, ``.grad`` and RNG states are
-restored, also on exceptions). Batches follow :mod:`hessext.data`: ``(inputs, targets)``, a bare tensor, or a
-dict with ``input_ids``/``labels`` for ``model_type``; ``batch_loss`` overrides.
+The user's model is never written: every evaluation is the loss of the one functional evaluator of
+hessext (:class:`hessext.evaluator.FunctionalEvaluator`: ``torch.func.functional_call`` on perturbed
+**copies** of the parameters, ``θ + α d`` is a new tensor), under the model-state guard (training flags,
+``requires_grad`` and ``.grad`` are restored, also on exceptions; the global RNG is never written). The slope
+and curvature come from the same :class:`~hessext.hvp.HessianOperator` (one gradient, one HVP). Batches
+follow :mod:`hessext.data`: ``(inputs, targets)``, a bare tensor, or a dict with ``input_ids``/``labels``
+for ``model_type``; ``batch_loss`` overrides.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -26,10 +27,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from ._state import preserve_model_state
-from .data import make_batch_loss, normalize_data
+from ._checks import check_int, check_positive_float, order_descending
+from .hvp import HessianOperator, unsupported_by
 from .layout import ParamLayout
 
 __all__ = ["Landscape1D", "Landscape2D", "loss_landscape_1d", "loss_landscape_2d", "random_direction",
@@ -86,105 +86,37 @@ class Landscape2D:
     num_evaluations: int
 
 
-def _sdpa_math() -> contextlib.AbstractContextManager:
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - old torch
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_radius(radius: Any) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.floating, np.integer)):
-        raise TypeError(f"radius must be a positive number, got {type(radius).__name__}")
-    r = float(radius)
-    if not (math.isfinite(r) and r > 0):
-        raise ValueError(f"radius must be positive and finite, got {radius!r}")
-    return r
-
-
-class _Evaluator:
-    """Mean loss of the model at perturbed parameters, never touching the model's own tensors."""
+class _Slices:
+    """The mean loss ``L`` at points ``θ + δ`` of parameter space, and the Taylor terms at ``θ``, of one
+    model, loss and data: the evaluator and the Hessian of a :class:`~hessext.hvp.HessianOperator`."""
 
     def __init__(self, model: nn.Module, loss_fn: Any, data: Any, params: Any, model_type: Optional[str],
                  batch_loss: Optional[Callable], eval_mode: bool) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        names = None
-        if params is not None:
-            if isinstance(params, str):
-                params = [params]
-            items = list(params)
-            if items and all(isinstance(p, Tensor) for p in items):
-                by_id = {id(p): k for k, p in model.named_parameters()}
-                missing = [j for j, p in enumerate(items) if id(p) not in by_id]
-                if missing:
-                    raise ValueError(f"params[{missing[0]}] is not a parameter of the model")
-                names = [by_id[id(p)] for p in items]
-            else:
-                names = items
-        self.layout = ParamLayout.from_module(model, names)
-        named = dict(model.named_parameters())
-        self.base = {k: named[k].detach() for k in self.layout.names}
-        self.frozen = {k: p.detach() for k, p in named.items() if k not in self.base}
-        self.buffers = {k: b.detach() for k, b in model.named_buffers()}
-        self.batches = normalize_data(data, None, custom=batch_loss is not None)
-        self.loss = make_batch_loss(loss_fn, model, model_type=model_type, batch_loss=batch_loss)
-        self.eval_mode = eval_mode
-        self.count = 0
-        p0 = next(iter(self.base.values()))
-        self.dtype, self.device = p0.dtype, p0.device
+        self.H = HessianOperator(model, loss_fn, data, params, model_type=model_type, batch_loss=batch_loss,
+                                 eval_mode=eval_mode)
+        self.H.max_cached_graphs = self.H.num_batches   # the Taylor terms: one forward per batch
+        self.ev = self.H.evaluator
+        self.layout: ParamLayout = self.H.layout
+        self.dtype, self.device = self.H.dtype, self.H.device
 
-    def flat_base(self) -> Tensor:
-        return self.layout.flatten([self.base[k] for k in self.layout.names])
-
-    def loss_at(self, params: Mapping[str, Tensor]) -> Tensor:
-        buffers = self.buffers if self.eval_mode else {k: b.clone() for k, b in self.buffers.items()}
-        state = {**self.frozen, **buffers, **params}
-
-        def model_call(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(self.model, state, args, kwargs)
-
-        total, weight = None, 0.0
-        for batch in self.batches:
-            loss, w = self.loss(model_call, batch)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise TypeError(f"the loss must be a scalar tensor, got {type(loss).__name__}")
-            self.count += 1
-            total = loss.reshape(()) * w if total is None else total + loss.reshape(()) * w
-            weight += w
-        return total / weight
-
-    def loss_at_flat(self, theta: Tensor) -> float:
-        return float(self.loss_at(self.layout.as_dict(theta)))
+    def loss_at(self, theta: Tensor) -> float:
+        """``L(θ)`` for a flat ``θ`` (inside the guard, under ``no_grad``)."""
+        return float(self.ev.mean_loss(self.layout.as_dict(theta)))
 
     def slope_and_curvature(self, d: Tensor) -> tuple[Optional[float], Optional[float]]:
-        """``gᵀd`` and ``dᵀHd`` at θ by double backward (one gradient + one HVP)."""
+        """``gᵀd`` and ``dᵀHd`` at θ: one HVP (whose graph the gradient then reuses), one gradient. (None,
+        None) when this model has no second derivative in any HVP mode."""
         try:
-            with torch.enable_grad():
-                leaves = {k: v.clone().requires_grad_(True) for k, v in self.base.items()}
-                loss = self.loss_at(leaves)
-                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
-                ds = self.layout.unflatten(d)
-                gd = sum((g * v).sum() for g, v in zip(grads, ds))
-                hd = torch.autograd.grad(gd, list(leaves.values()), allow_unused=True)
-                dhd = sum((h * v).sum() for h, v in zip(hd, ds) if h is not None)
-            return float(gd.detach()), float(dhd.detach()) if isinstance(dhd, Tensor) else 0.0
+            hd = self.H @ d
+            _, g = self.H.loss_and_grad()
         except RuntimeError as e:
-            # Only a missing double backward (an op without a second derivative) makes the Taylor terms
-            # unavailable; anything else (out of memory, a NaN check, an interrupt) is the caller's to see.
-            if "derivative for" in str(e) and "not implemented" in str(e):
+            # Only a missing second derivative makes the Taylor terms unavailable; anything else (out of
+            # memory, a NaN check, an interrupt) is the caller's to see.
+            cause = e.__cause__ if e.__cause__ is not None else e
+            if unsupported_by("double_backward", cause) or unsupported_by("forward_over_reverse", cause):
                 return None, None
             raise
+        return float(g @ d), float(d @ hd)
 
 
 def _as_flat(direction: Any, layout: ParamLayout, what: str) -> Tensor:
@@ -215,7 +147,7 @@ def _top_vectors(eigen: Any, count: int) -> tuple[list[Tensor], list[str]]:
     vals = torch.as_tensor(eigen.eigenvalues).detach().cpu()
     if vals.numel() < count:
         raise ValueError(f"need {count} eigenvectors, the EigenResult has {vals.numel()}")
-    order = torch.argsort(vals, descending=True)[:count].tolist()
+    order = order_descending(vals)[:count].tolist()
     sub = "₁₂₃₄₅₆₇₈₉"
     return [vecs[i] for i in order], [f"v{sub[j]} (λ={float(vals[i]):.3g})" for j, i in enumerate(order)]
 
@@ -254,27 +186,27 @@ def loss_landscape_1d(model: nn.Module, loss_fn: Any, batch: Any, direction: Any
     Returns:
         :class:`Landscape1D`.
     """
-    r = _check_radius(radius)
-    g = _check_int("num_points", num_points, 2)
+    r = check_positive_float("radius", radius)
+    g = check_int("num_points", num_points, minimum=2)
     if hasattr(direction, "eigenvalues") and hasattr(direction, "eigenvectors"):
         vecs, names = _top_vectors(direction, 1)
         direction, label = vecs[0], label or names[0]
-    with preserve_model_state(model, eval_mode=eval_mode), _sdpa_math():
-        ev = _Evaluator(model, loss_fn, batch, params, model_type, batch_loss, eval_mode)
-        d = _as_flat(direction, ev.layout, "direction").to(device=ev.device, dtype=ev.dtype)
+    sl = _Slices(model, loss_fn, batch, params, model_type, batch_loss, eval_mode)
+    with sl.H.session():
+        d = _as_flat(direction, sl.layout, "direction").to(device=sl.device, dtype=sl.dtype)
         norm = float(d.norm())
         if not (math.isfinite(norm) and norm > 0):
             raise ValueError(f"direction must be nonzero and finite, got norm {norm}")
         if normalize:
             d = d / norm
-        theta = ev.flat_base()
+        theta = sl.ev.flat_parameters()
         alphas = _grid(r, g)
         with torch.no_grad():
-            losses = np.array([ev.loss_at_flat(theta + float(a) * d) for a in alphas])
-            base = float(losses[g // 2]) if g % 2 == 1 else ev.loss_at_flat(theta)
-        slope, curv = ev.slope_and_curvature(d) if taylor else (None, None)
+            losses = np.array([sl.loss_at(theta + float(a) * d) for a in alphas])
+            base = float(losses[g // 2]) if g % 2 == 1 else sl.loss_at(theta)
+        slope, curv = sl.slope_and_curvature(d) if taylor else (None, None)
     return Landscape1D(alphas=alphas, losses=losses, base_loss=base, slope=slope, curvature=curv, radius=r,
-                       direction_norm=norm, label=label or "d", num_evaluations=ev.count)
+                       direction_norm=norm, label=label or "d", num_evaluations=sl.ev.num_evaluations)
 
 
 def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: Any, radius: float = 1.0,
@@ -294,8 +226,8 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: An
     Returns:
         :class:`Landscape2D` with ``losses[i, j]`` at ``(alphas[i], betas[j])``.
     """
-    r = _check_radius(radius)
-    g = _check_int("num_points", num_points, 2)
+    r = check_positive_float("radius", radius)
+    g = check_int("num_points", num_points, minimum=2)
     if hasattr(directions, "eigenvalues") and hasattr(directions, "eigenvectors"):
         vecs, names = _top_vectors(directions, 2)
         directions, labels = vecs, labels or names
@@ -309,10 +241,10 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: An
     else:
         raise TypeError(f"directions must be a [2, n] tensor, a pair of directions or an EigenResult, got "
                         f"{type(directions).__name__}")
-    with preserve_model_state(model, eval_mode=eval_mode), _sdpa_math():
-        ev = _Evaluator(model, loss_fn, batch, params, model_type, batch_loss, eval_mode)
-        d1 = _as_flat(pair[0], ev.layout, "directions[0]").to(device=ev.device, dtype=ev.dtype)
-        d2 = _as_flat(pair[1], ev.layout, "directions[1]").to(device=ev.device, dtype=ev.dtype)
+    sl = _Slices(model, loss_fn, batch, params, model_type, batch_loss, eval_mode)
+    with sl.H.session():
+        d1 = _as_flat(pair[0], sl.layout, "directions[0]").to(device=sl.device, dtype=sl.dtype)
+        d2 = _as_flat(pair[1], sl.layout, "directions[1]").to(device=sl.device, dtype=sl.dtype)
         n1, n2 = float(d1.norm()), float(d2.norm())
         for name, nv in (("directions[0]", n1), ("directions[1]", n2)):
             if not (math.isfinite(nv) and nv > 0):
@@ -326,20 +258,21 @@ def loss_landscape_2d(model: nn.Module, loss_fn: Any, batch: Any, directions: An
             d1, d2 = u1, w / w.norm()
         else:
             d2 = w
-        theta = ev.flat_base()
+        theta = sl.ev.flat_parameters()
         alphas, betas = _grid(r, g), _grid(r, g)
         losses = np.empty((g, g))
         with torch.no_grad():
             for i, a in enumerate(alphas):
                 row = theta + float(a) * d1
                 for j, b in enumerate(betas):
-                    losses[i, j] = ev.loss_at_flat(row + float(b) * d2)
-            base = float(losses[g // 2, g // 2]) if g % 2 == 1 else ev.loss_at_flat(theta)
+                    losses[i, j] = sl.loss_at(row + float(b) * d2)
+            base = float(losses[g // 2, g // 2]) if g % 2 == 1 else sl.loss_at(theta)
     labels = tuple(labels) if labels is not None else ("d₁", "d₂")
     if len(labels) != 2:
         raise ValueError(f"labels must be two strings, got {labels!r}")
     return Landscape2D(alphas=alphas, betas=betas, losses=losses, base_loss=base, radius=r,
-                       labels=(str(labels[0]), str(labels[1])), cos_angle=cos, num_evaluations=ev.count)
+                       labels=(str(labels[0]), str(labels[1])), cos_angle=cos,
+                       num_evaluations=sl.ev.num_evaluations)
 
 
 def random_direction(model: nn.Module, *, seed: int = 0, params: Any = None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 
 import torch
@@ -47,15 +46,6 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
         if c not in out and (name in c or c in name):
             out.append(c)
     return out
-
-
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    shape: torch.Size
-    numel: int
-    offset: int
-    dtype: torch.dtype
 
 
 class ParamLayout:
@@ -190,15 +180,6 @@ class ParamLayout:
         for k, s, d in zip(self.names, self.shapes, self.dtypes):
             h.update(f"{k}|{tuple(s)}|{d};".encode())
         return h.hexdigest()
-
-    def select(self, names: Iterable[str]) -> "ParamLayout":
-        """The sub-layout of some parameters (kept in this layout's order)."""
-        keep = set(names)
-        for k in keep:
-            self.position(k)
-        idx = [i for i, k in enumerate(self.names) if k in keep]
-        return ParamLayout([self.names[i] for i in idx], [self.shapes[i] for i in idx],
-                           [self.dtypes[i] for i in idx])
 
     # ------------------------------------------------------------------ flatten / unflatten
     def _tensors_in_order(self, tensors: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
@@ -340,10 +321,3 @@ class ParamLayout:
         """Flat indices (int64) of a spec, in spec order; see the module docstring for the spec format."""
         rs = self.ranges(spec)
         return torch.cat([torch.arange(a, b, dtype=torch.long, device=device) for a, b in rs])
-
-    def mask(self, spec: SliceSpec | Iterable[SliceSpec], device: torch.device | str | None = None) -> Tensor:
-        """Boolean ``[n]`` mask of a spec."""
-        m = torch.zeros(self.n, dtype=torch.bool, device=device)
-        for a, b in self.ranges(spec):
-            m[a:b] = True
-        return m

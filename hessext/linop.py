@@ -21,16 +21,16 @@ import abc
 import contextlib
 import functools
 import numbers
-from typing import Any, Callable, Sequence, TypeVar, Union
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import IndexLike, check_int, index_set
+
 __all__ = ["LinearOperator", "DenseOperator", "SumOperator", "ScaledOperator", "RestrictedOperator",
            "as_operator", "holds_session"]
-
-IndexLike = Union[Tensor, slice, Sequence[int], np.ndarray]
 
 
 class LinearOperator(abc.ABC):
@@ -45,9 +45,8 @@ class LinearOperator(abc.ABC):
 
     def __init__(self, n: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        self.shape: tuple[int, int] = (int(n), int(n))
+        n = check_int("n", n, minimum=0)
+        self.shape: tuple[int, int] = (n, n)
         self.dtype: torch.dtype = dtype
         self.device: torch.device = torch.device(device) if device is not None else torch.device("cpu")
         self.num_matvecs: int = 0
@@ -72,7 +71,10 @@ class LinearOperator(abc.ABC):
                 X = torch.from_numpy(X)
             else:
                 raise TypeError(f"{what} must be a torch.Tensor, got {type(X).__name__}")
-        if not (X.is_floating_point() or X.is_complex()):
+        if X.is_complex():
+            raise TypeError(f"{what} must be a real floating tensor, got dtype {X.dtype}: the operator is "
+                            "real symmetric, so apply it to the real and the imaginary part separately")
+        if not X.is_floating_point():
             raise TypeError(f"{what} must be a floating tensor, got dtype {X.dtype}")
         return X
 
@@ -257,38 +259,11 @@ class ScaledOperator(LinearOperator):
         return self.c * self.op.matmat(X)
 
 
-def _as_index(indices: IndexLike, n: int) -> Tensor:
-    if isinstance(indices, slice):
-        return torch.arange(n, dtype=torch.long)[indices]
-    if isinstance(indices, np.ndarray):
-        indices = torch.from_numpy(indices)
-    if not isinstance(indices, Tensor):
-        try:
-            indices = torch.as_tensor(list(indices))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"indices must be a LongTensor, a bool mask, a slice or a sequence of ints, "
-                            f"got {type(indices).__name__}") from e
-    if indices.dtype == torch.bool:
-        if indices.shape != (n,):
-            raise ValueError(f"a boolean mask must have shape [{n}], got {list(indices.shape)}")
-        return indices.nonzero().reshape(-1).cpu()
-    if indices.is_floating_point() or indices.is_complex():
-        raise TypeError(f"indices must be integers, got dtype {indices.dtype}")
-    idx = indices.reshape(-1).long().cpu() if indices.dim() <= 1 else None
-    if idx is None:
-        raise ValueError(f"indices must be 1-D, got shape {list(indices.shape)}")
-    if idx.numel() and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"indices must lie in [0, {n}), got range [{int(idx.min())}, {int(idx.max())}]")
-    if idx.numel() != torch.unique(idx).numel():
-        raise ValueError("indices must be unique")
-    return idx
-
-
 class RestrictedOperator(LinearOperator):
     """Principal sub-operator ``Pᵀ A P`` on the index subset ``S`` (coordinates in the order of ``S``)."""
 
     def __init__(self, op: LinearOperator, indices: IndexLike) -> None:
-        idx = _as_index(indices, op.n)
+        idx = index_set(indices, op.n)
         if idx.numel() == 0:
             raise ValueError("indices selects no coordinate")
         if isinstance(op, RestrictedOperator):

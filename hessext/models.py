@@ -1,14 +1,15 @@
 """Small transformers for Hessian analysis: ``TransformerFactory`` (API B's ``project.transformer``).
 
 Three architectures with explicit, readable module names, so that every component name of
-``hessext.components`` resolves on them:
+``hessext.analysis.components`` resolves on them:
 
 ```
 embed            nn.Embedding(vocab, d_model, padding_idx=pad_idx)        -> "embeddings"
 pos_embed        nn.Embedding(max_seq_length, d_model)                    -> "embeddings"
 layers.{i}.norm1 / norm2 / norm (final)   nn.LayerNorm                    -> "norm"
 layers.{i}.attn.q_proj / k_proj / v_proj  nn.Linear(d, d)                 -> "attention_query/key/value"
-layers.{i}.attn.out_proj                  nn.Linear(d, d)                 -> "attention_output", "hidden_states"
+layers.{i}.attn.out_proj                  nn.Linear(d, d)                 -> "attention_output",
+                                                                             "hidden_states"
 layers.{i}.ffn.fc1 / fc2                  nn.Linear(d, d_ff) / (d_ff, d)  -> "ffn" (fc2 also "hidden_states")
 lm_head                                   nn.Linear(d, vocab)             -> "output_projection"
 ```
@@ -29,6 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
+
 __all__ = [
     "TransformerFactory",
     "DecoderOnlyTransformer",
@@ -37,25 +40,17 @@ __all__ = [
 ]
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
 def _check_sizes(vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int,
                  max_seq_length: int, dropout: float, pad_idx: Optional[int]) -> None:
     for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("num_heads", num_heads),
                         ("num_layers", num_layers), ("d_ff", d_ff), ("max_seq_length", max_seq_length)):
-        _check_positive_int(name, value)
+        check_int(name, value, minimum=1)
     if d_model % num_heads != 0:
-        raise ValueError(f"d_model must be divisible by num_heads, got d_model={d_model}, num_heads={num_heads}")
+        raise ValueError(f"d_model must be divisible by num_heads, got d_model={d_model}, "
+                         f"num_heads={num_heads}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if pad_idx is not None and (isinstance(pad_idx, bool) or not isinstance(pad_idx, int)
-                                or not 0 <= pad_idx < vocab_size):
+    if pad_idx is not None and not 0 <= check_int("pad_idx", pad_idx) < vocab_size:
         raise ValueError(f"pad_idx must be None or an int in [0, vocab_size={vocab_size}), got {pad_idx!r}")
 
 
@@ -172,44 +167,40 @@ class _Base(nn.Module):
         return None if attention_mask is None else attention_mask == 0
 
 
-class DecoderOnlyTransformer(_Base):
+class _TokenStack(_Base):
+    """Token and position embeddings, ``num_layers`` pre-norm blocks, a final norm and a token head:
+    ``model(input_ids) -> logits [B, L, vocab]``; the subclass's ``causal`` says whether attention is masked
+    to the past."""
+
+    causal: bool = False
+
+    def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int,
+                 max_seq_length: int, dropout: float, pad_idx: Optional[int], no_fnn: bool) -> None:
+        super().__init__(vocab_size, d_model, num_heads, num_layers, d_ff, max_seq_length, dropout, pad_idx,
+                         no_fnn)
+        self.layers = nn.ModuleList(Block(d_model, num_heads, d_ff, dropout, no_fnn=no_fnn)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size)
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        h = self._embed(input_ids)
+        pad = self._padding_mask(attention_mask)
+        for layer in self.layers:
+            h = layer(h, causal=self.causal, key_padding_mask=pad)
+        return self.lm_head(self.norm(h))
+
+
+class DecoderOnlyTransformer(_TokenStack):
     """GPT-style causal language model: ``model(input_ids) -> logits [B, L, vocab]``."""
 
-    def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int,
-                 max_seq_length: int, dropout: float, pad_idx: Optional[int], no_fnn: bool) -> None:
-        super().__init__(vocab_size, d_model, num_heads, num_layers, d_ff, max_seq_length, dropout, pad_idx,
-                         no_fnn)
-        self.layers = nn.ModuleList(Block(d_model, num_heads, d_ff, dropout, no_fnn=no_fnn)
-                                    for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size)
-
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
-        h = self._embed(input_ids)
-        pad = self._padding_mask(attention_mask)
-        for layer in self.layers:
-            h = layer(h, causal=True, key_padding_mask=pad)
-        return self.lm_head(self.norm(h))
+    causal = True
 
 
-class EncoderOnlyTransformer(_Base):
+class EncoderOnlyTransformer(_TokenStack):
     """BERT-style bidirectional encoder with a token head: ``model(input_ids) -> logits [B, L, vocab]``."""
 
-    def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int,
-                 max_seq_length: int, dropout: float, pad_idx: Optional[int], no_fnn: bool) -> None:
-        super().__init__(vocab_size, d_model, num_heads, num_layers, d_ff, max_seq_length, dropout, pad_idx,
-                         no_fnn)
-        self.layers = nn.ModuleList(Block(d_model, num_heads, d_ff, dropout, no_fnn=no_fnn)
-                                    for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size)
-
-    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
-        h = self._embed(input_ids)
-        pad = self._padding_mask(attention_mask)
-        for layer in self.layers:
-            h = layer(h, causal=False, key_padding_mask=pad)
-        return self.lm_head(self.norm(h))
+    causal = False
 
 
 class EncoderDecoderTransformer(_Base):
@@ -229,8 +220,8 @@ class EncoderDecoderTransformer(_Base):
                                             for _ in range(num_layers))
         self.encoder.norm = nn.LayerNorm(d_model)
         self.decoder = nn.Module()
-        self.decoder.layers = nn.ModuleList(Block(d_model, num_heads, d_ff, dropout, cross=True, no_fnn=no_fnn)
-                                            for _ in range(num_layers))
+        self.decoder.layers = nn.ModuleList(
+            Block(d_model, num_heads, d_ff, dropout, cross=True, no_fnn=no_fnn) for _ in range(num_layers))
         self.decoder.norm = nn.LayerNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size)
 

@@ -14,6 +14,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ._checks import order_descending
+
 __all__ = ["EigenResult", "TraceResult", "DensityResult"]
 
 
@@ -80,7 +82,7 @@ class EigenResult:
 
     def top(self, k: int | None = None) -> Tensor:
         """The ``k`` largest returned eigenvalues, **descending** (all of them when ``k`` is None)."""
-        vals = torch.flip(self.eigenvalues, dims=(0,))
+        vals = self.eigenvalues[order_descending(self.eigenvalues)]
         return vals if k is None else vals[:k]
 
     def bottom(self, k: int | None = None) -> Tensor:
@@ -88,10 +90,18 @@ class EigenResult:
         return self.eigenvalues if k is None else self.eigenvalues[:k]
 
     def descending(self) -> tuple[Tensor, Optional[Tensor]]:
-        """``(eigenvalues, eigenvectors)`` reordered largest first (as the API facades report them)."""
-        vals = torch.flip(self.eigenvalues, dims=(0,))
-        vecs = None if self.eigenvectors is None else torch.flip(self.eigenvectors, dims=(0,))
-        return vals, vecs
+        """``(eigenvalues [k], eigenvectors [k, n] or None)`` reordered largest first: the one place that
+        turns the engine's ascending order into the descending order the API facades (API A, API B, the
+        analyzer) report, so they need not sort themselves.
+
+        The order is :func:`hessext._checks.order_descending` of the eigenvalues
+        (``argsort(descending=True)``); row ``i`` of the vectors still belongs to value ``i``. Eigenvalues
+        stay float64 on the CPU, vectors keep their dtype and device: bit for bit what
+        ``order = torch.argsort(result.eigenvalues, descending=True)`` and ``vals[order], vecs[order]`` give.
+        """
+        order = order_descending(self.eigenvalues)
+        vecs = None if self.eigenvectors is None else self.eigenvectors[order.to(self.eigenvectors.device)]
+        return self.eigenvalues[order], vecs
 
     def to_dict(self, include_vectors: bool = False) -> dict[str, Any]:
         """JSON-serialisable summary (eigenvectors only with ``include_vectors=True``)."""
@@ -160,7 +170,8 @@ class TraceResult:
 
 @dataclass(frozen=True)
 class DensityResult:
-    """A smoothed spectral density by stochastic Lanczos quadrature (:func:`hessext.density.spectral_density`).
+    """A smoothed spectral density by stochastic Lanczos quadrature
+    (:func:`hessext.density.spectral_density`).
 
     ``density[g]`` is ``φ(grid[g])`` with ``φ(λ) = (1/p) Σ_c Σ_i weights[c, i] 𝒩(λ; nodes[c, i], σ²)``.
     Unused quadrature slots (a probe whose Krylov space became invariant early) have weight 0.

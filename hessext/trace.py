@@ -13,59 +13,43 @@ half / two thirds of the budget on a low-rank part that does not help).
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Iterator, Mapping, Optional, Union
+from typing import Iterator, Mapping, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import ops
-from .lanczos import _check_int, _work_dtype
+from ._checks import (
+    ArgumentTypeError,
+    IndexLike,
+    check_int,
+    check_positive_float,
+    check_seed,
+    index_set,
+    work_dtype,
+)
 from .linop import LinearOperator, as_operator, holds_session
 from .results import TraceResult
 
 __all__ = ["hutchinson", "hutchpp", "xtrace", "adaptive_trace", "estimate_trace", "TRACE_METHODS"]
 
 TRACE_METHODS = ("auto", "hutchinson", "hutchpp", "xtrace")
-BlockIndex = Union[Tensor, slice, np.ndarray, list, tuple]
+BlockIndex = IndexLike          # a block's index set: LongTensor, bool mask [n], slice or sequence of ints
 
 _MAX_BLOCK_ELEMENTS = 1 << 26     # default probe block: at most this many elements of [n, b]
 _MAX_BLOCK_COLUMNS = 64
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _index(name: str, idx: BlockIndex, n: int) -> Tensor:
-    """A block's index set as a LongTensor (slice, bool mask [n], LongTensor or sequence of ints)."""
-    if isinstance(idx, slice):
-        return torch.arange(n)[idx]
-    if isinstance(idx, np.ndarray):
-        idx = torch.from_numpy(idx)
-    if isinstance(idx, (list, tuple, range)):
-        idx = torch.as_tensor(list(idx), dtype=torch.long)
-    if not isinstance(idx, Tensor):
-        raise TypeError(f"blocks[{name!r}] must be a LongTensor, a bool mask, a slice or a list of ints, "
-                        f"got {type(idx).__name__}")
-    if idx.dtype == torch.bool:
-        if idx.shape != (n,):
-            raise ValueError(f"blocks[{name!r}]: a boolean mask must have shape [{n}], got {list(idx.shape)}")
-        return idx.nonzero().reshape(-1).cpu()
-    if idx.is_floating_point() or idx.is_complex() or idx.dim() > 1:
-        raise TypeError(f"blocks[{name!r}] must be a 1-D integer index tensor, got dtype {idx.dtype}, "
-                        f"shape {list(idx.shape)}")
-    idx = idx.reshape(-1).long().cpu()
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(f"blocks[{name!r}] indices must lie in [0, {n}), got range "
-                         f"[{int(idx.min())}, {int(idx.max())}]")
-    return idx
-
-
 def _blocks(blocks: Optional[Mapping[str, BlockIndex]], n: int, device: torch.device) -> dict[str, Tensor]:
+    """``{name: index set on device}`` of per-block traces (:func:`hessext._checks.index_set`: a slice, a bool
+    mask ``[n]``, a LongTensor or a sequence of ints). Repeated indices are refused: a block is a set of
+    coordinates, and a repeated one would count its diagonal entry twice."""
     if blocks is None:
         return {}
     if not isinstance(blocks, Mapping):
-        raise TypeError(f"blocks must be a dict name -> index set, got {type(blocks).__name__}")
-    return {str(k): _index(str(k), v, n).to(device) for k, v in blocks.items()}
+        raise ArgumentTypeError(f"blocks must be a dict name -> index set, got {type(blocks).__name__}")
+    return {str(k): index_set(v, n, name=f"blocks[{str(k)!r}]").to(device) for k, v in blocks.items()}
 
 
 def _mean_se(x: Tensor) -> tuple[float, float]:
@@ -84,7 +68,7 @@ def _probe_blocks(op: LinearOperator, start: int, count: int, seed: int, block_s
                   blocks: dict[str, Tensor]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     """Yield per-probe values ``z_iᵀ A z_i`` and per-block values ``Σ_{j∈b} z_ij (A z_i)_j`` (device tensors),
     probes ``start … start + count − 1``, ``block_size`` at a time."""
-    n, dtype, device = op.n, _work_dtype(op), op.device
+    n, dtype, device = op.n, work_dtype(op.dtype), op.device
     for s in range(start, start + count, block_size):
         b = min(block_size, start + count - s)
         Z = ops.rademacher(n, b, seed=seed, offset=s * n, dtype=dtype, device=device)
@@ -123,7 +107,8 @@ def hutchinson(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     deviation of the m values ``z_iᵀ A z_i`` divided by ``√m``.
 
     Per-block traces (``blocks``): for any index set ``b``, ``E[Σ_{j∈b} z_j (A z)_j] = tr(A_bb)``, so the same
-    probes give every block's trace (and standard error) at no extra matvec. Blocks may overlap.
+    probes give every block's trace (and standard error) at no extra matvec. Blocks may overlap; within one
+    block an index may not repeat (``ValueError``).
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
@@ -136,9 +121,9 @@ def hutchinson(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
         :class:`~hessext.results.TraceResult` with ``method="hutchinson"``.
     """
     op = as_operator(A)
-    m = _check_int("num_matvecs", num_matvecs, 1)
-    seed = _check_int("seed", seed, -(1 << 63))
-    bs = _default_block(op.n, m) if block_size is None else _check_int("block_size", block_size, 1)
+    m = check_int("num_matvecs", num_matvecs, 1)
+    seed = check_seed(seed)
+    bs = _default_block(op.n, m) if block_size is None else check_int("block_size", block_size, 1)
     bl = _blocks(blocks, op.n, op.device)
     vals: list[Tensor] = []
     bvals: dict[str, list[Tensor]] = {k: [] for k in bl}
@@ -181,10 +166,10 @@ def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
         blocks: optional ``{name: index set}``.
     """
     op = as_operator(A)
-    m = _check_int("num_matvecs", num_matvecs, 3)
-    seed = _check_int("seed", seed, -(1 << 63))
+    m = check_int("num_matvecs", num_matvecs, 3)
+    seed = check_seed(seed)
     bl = _blocks(blocks, op.n, op.device)
-    n, dtype, device = op.n, _work_dtype(op), op.device
+    n, dtype, device = op.n, work_dtype(op.dtype), op.device
     start = op.num_matvecs
     s = m // 3
     g = m - 2 * s
@@ -307,9 +292,9 @@ def _sketch(op: LinearOperator, num_matvecs: int, seed: int,
             where: str) -> "TraceResult | tuple[int, int, int, Tensor, Tensor]":
     """First half of XTrace's budget: ``Y = AΩ`` for the first ``s = ⌊m/2⌋`` probes. Returns
     ``(start, m, seed, Ω, Y)``, or the exact trace when ``s ≥ n`` (n unit vectors cost fewer products)."""
-    m = _check_int("num_matvecs", num_matvecs, 2)
-    seed = _check_int("seed", seed, -(1 << 63))
-    n, dtype, device = op.n, _work_dtype(op), op.device
+    m = check_int("num_matvecs", num_matvecs, 2)
+    seed = check_seed(seed)
+    n, dtype, device = op.n, work_dtype(op.dtype), op.device
     start = op.num_matvecs
     s = m // 2
     if s >= n:
@@ -322,7 +307,7 @@ def _sketch(op: LinearOperator, num_matvecs: int, seed: int,
 
 def _exact_trace(op: LinearOperator, start: int, method: str) -> TraceResult:
     """``tr(A)`` from the n products ``A e_i`` (cheaper than a sketch when the budget reaches n)."""
-    n, dtype, device = op.n, _work_dtype(op), op.device
+    n, dtype, device = op.n, work_dtype(op.dtype), op.device
     est = float(op.matmat(torch.eye(n, dtype=dtype, device=device)).diagonal().sum())
     if not math.isfinite(est):
         raise RuntimeError(f"{method}: the operator returned NaN/Inf")
@@ -382,9 +367,10 @@ def adaptive_trace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int 
     XTrace is taken when ``ρ < s/m ≈ 1/2`` (:data:`ADAPTIVE_THRESHOLD`), i.e. when its predicted variance is
     below Hutchinson's; otherwise the remaining ``m − s`` probes complete Hutchinson. The result is then
     ``hutchinson(A, m, seed)`` or ``xtrace(A, m, seed)`` with the same probes (``method`` says which).
-    Measured on dense operators, n = 300, 60 seeds (RMSE ratio XTrace/Hutchinson and ρ): flat spectrum 2.0–3.6× (ρ ≈ 0.8–0.98),
-    indefinite Gaussian 1.1–1.4× (ρ ≈ 0.6–0.96), λ_k = 1/k 0.98–0.21× (ρ ≈ 0.36–0.03), λ_k = 1/k² and a
-    few spikes on noise 0.12–0.004× (ρ < 0.1): the rule picks the better one in every case. The choice
+    Measured on dense operators, n = 300, 60 seeds (RMSE ratio XTrace/Hutchinson and ρ): flat spectrum
+    2.0–3.6× (ρ ≈ 0.8–0.98), indefinite Gaussian 1.1–1.4× (ρ ≈ 0.6–0.96), λ_k = 1/k 0.98–0.21×
+    (ρ ≈ 0.36–0.03), λ_k = 1/k² and a few spikes on noise 0.12–0.004× (ρ < 0.1): the rule picks the better
+    one in every case. The choice
     depends on the first s products only through their spread, not their mean, so the estimate stays
     unbiased to within its standard error (tested).
 
@@ -498,21 +484,20 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
     if not isinstance(method, str) or method.lower() not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     method = method.lower()
-    max_matvecs = _check_int("max_matvecs", max_matvecs, 1)
-    seed = _check_int("seed", seed, -(1 << 63))
+    max_matvecs = check_int("max_matvecs", max_matvecs, 1)
+    seed = check_seed(seed)
     if num_matvecs is not None and rtol is not None:
         raise ValueError(f"give num_matvecs or rtol, not both (got num_matvecs={num_matvecs!r}, "
                          f"rtol={rtol!r}); max_matvecs caps the adaptive mode")
     if num_matvecs is None:
         if rtol is None:
             rtol = 1e-2
-        if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not (0 < float(rtol) < math.inf):
-            raise ValueError(f"rtol must be a positive float, got {rtol!r}")
+        rtol = check_positive_float("rtol", rtol)
         if method not in ("auto", "hutchinson"):
             raise ValueError("the adaptive mode (rtol) uses Hutchinson; method must be 'auto' or "
                              f"'hutchinson', got {method!r}")
-        return _adaptive_hutchinson(op, float(rtol), max_matvecs, seed, _blocks(blocks, op.n, op.device))
-    m = _check_int("num_matvecs", num_matvecs, 1)
+        return _adaptive_hutchinson(op, rtol, max_matvecs, seed, _blocks(blocks, op.n, op.device))
+    m = check_int("num_matvecs", num_matvecs, 1)
     if method == "auto":
         if blocks is not None:
             method = "hutchpp" if m >= 3 else "hutchinson"

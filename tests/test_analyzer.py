@@ -1,26 +1,28 @@
-"""HessianConfig / HessianAnalyzer / legacy functions against a dense float64 Hessian of a tiny transformer."""
+"""HessianConfig / HessianAnalyzer / legacy functions against a dense float64 Hessian of a tiny
+transformer."""
 from __future__ import annotations
 
 import copy
-from dataclasses import replace as dataclasses_replace
 import json
 import math
 import os
 import sys
 import warnings
-from pathlib import Path
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
 import torch
+from _models import dense_hessian, transformer_batch, transformer_loss  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _models import dense_hessian, transformer_batch, transformer_loss  # noqa: E402
-
-from hessext.analyzer import HessianAnalyzer, HessianConfig  # noqa: E402
-from hessext.hessian import (compute_component_hessians, compute_hessian_gradient_alignment,  # noqa: E402
-                             get_hessian_eigenvectors, measure_train_val_landscape_divergence)
+from hessext.analysis import HessianAnalyzer, HessianConfig  # noqa: E402
+from hessext.hessian import (  # noqa: E402
+    compute_component_hessians,
+    compute_hessian_gradient_alignment,
+    get_hessian_eigenvectors,
+    measure_train_val_landscape_divergence,
+)
 from hessext.models import TransformerFactory  # noqa: E402
 
 TINY = dict(vocab_size=7, d_model=4, num_heads=2, num_layers=1, d_ff=6, max_seq_length=5)
@@ -84,9 +86,10 @@ def test_config_validation():
 
 def test_every_config_error_is_a_value_error_naming_the_field():
     # The document catches configuration errors with `except ValueError`: wrong types are caught too.
-    from hessext.analyzer import HessianConfigError
+    from hessext.analysis import HessianConfigError
     for kw, field in [(dict(track_sharpness="yes"), "track_sharpness"), (dict(device=3), "device"),
-                      (dict(component_list=[3]), "component_list"), (dict(component_list="ffn"), "component_list"),
+                      (dict(component_list=[3]), "component_list"),
+                      (dict(component_list="ffn"), "component_list"),
                       (dict(n_components=2.5), "n_components"), (dict(tolerance="1e-3"), "tolerance"),
                       (dict(pad_idx="0"), "pad_idx"), (dict(component_list=["attention", "mlp"]), "mlp")]:
         with pytest.raises(ValueError, match=field) as info:
@@ -144,7 +147,8 @@ def test_trace_is_stochastic_estimate_within_its_error(case):
     assert abs(hs["hessian_trace_estimate"] - exact) < 4 * hs["hessian_trace_std_error"]
     # Not the sum of the top-k eigenvalues.
     assert hs["hessian_trace_estimate"] != pytest.approx(sum(hs["top_eigenvalues"]), rel=1e-3)
-    assert hs["complexity_score"] == pytest.approx(hs["hessian_trace_estimate"] / hs["effective_rank_entropy"])
+    assert hs["complexity_score"] == pytest.approx(hs["hessian_trace_estimate"]
+                                                   / hs["effective_rank_entropy"])
 
 
 def test_alignment_uses_true_Hg(case):
@@ -157,7 +161,8 @@ def test_alignment_uses_true_Hg(case):
     assert al["grad_Hg_alignment"] == pytest.approx((abs(g @ Hg) / (g.norm() * Hg.norm())).item(), rel=1e-6)
     assert al["rayleigh_quotient"] == pytest.approx((g @ Hg / (g @ g)).item(), rel=1e-6)
     V = torch.linalg.eigh(H).eigenvectors[:, -3:]  # top-3 subspace
-    assert al["top_subspace_fraction"] == pytest.approx(((V.T @ g) ** 2).sum().item() / (g @ g).item(), rel=1e-5)
+    assert al["top_subspace_fraction"] == pytest.approx(((V.T @ g) ** 2).sum().item() / (g @ g).item(),
+                                                        rel=1e-5)
     assert res["meta"]["matvecs"]["alignment"] == 1  # one HVP: H g
 
 
@@ -222,8 +227,9 @@ def test_no_repeated_work(case):
 
 
 def test_one_lanczos_run_and_one_gradient(monkeypatch):
-    """The full-model spectrum is ONE Krylov run, the gradient is evaluated once, components reuse the probes."""
-    from hessext import lanczos as lz_mod, trace as tr_mod
+    """The full-model spectrum is ONE Krylov run, the gradient is evaluated once, components reuse the
+    probes."""
+    from hessext.analysis import spectrum
     from hessext.hvp import HessianOperator
     calls = {"extreme_eigenpairs": 0, "lanczos": 0, "hutchinson": 0, "loss_and_grad": 0}
 
@@ -235,9 +241,9 @@ def test_one_lanczos_run_and_one_gradient(monkeypatch):
             return f(*a, **k)
         monkeypatch.setattr(owner, name, counted)
 
-    count(lz_mod, "extreme_eigenpairs")  # looked up at call time by hessext.components
-    count(lz_mod, "lanczos")
-    count(tr_mod, "hutchinson")
+    count(spectrum, "extreme_eigenpairs")  # every API B solve and probe set goes through analysis.spectrum
+    count(spectrum, "lanczos")
+    count(spectrum, "hutchinson")
     count(HessianOperator, "loss_and_grad")
     cfg = exact_config(trace_probes=4, tolerance=1e-6, component_list=["attention", "ffn", "norm"])
     res = HessianAnalyzer(cfg).analyze_step(tiny_model(), CE, dict_batch(1), dict_batch(2))
@@ -293,7 +299,7 @@ def test_model_untouched_and_dropout_off(case):
 
 
 def test_section_failure_keeps_other_sections(monkeypatch):
-    from hessext import components
+    from hessext.analysis import components
     def boom(*a, **k):
         raise RuntimeError("component solver exploded")
     monkeypatch.setattr(components.ComponentAnalyzer, "analyze_all_components", boom)
@@ -325,10 +331,11 @@ def test_encoder_decoder_and_pair_batches(case):
     model = TransformerFactory.create_encoder_decoder_transformer(**TINY).double()
     cfg = exact_config(trace_probes=2, track_component_hessian=False, n_components=2)
     res = HessianAnalyzer(cfg).analyze_step(model, CE, train, model_type="encoder_decoder")
-    assert "error" not in res and res["hessian"]["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert "error" not in res
+    assert res["hessian"]["num_parameters"] == sum(p.numel() for p in model.parameters())
     # (inputs, targets) batches are always loss_fn(model(inputs), targets), whatever model_type says.
-    res2 = HessianAnalyzer(cfg).analyze_step(tiny_model(), transformer_loss, (train["input_ids"], train["labels"]),
-                                             model_type="encoder_only")
+    res2 = HessianAnalyzer(cfg).analyze_step(tiny_model(), transformer_loss,
+                                             (train["input_ids"], train["labels"]), model_type="encoder_only")
     assert res2["hessian"]["max_eigenvalue"] == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-7)
 
 
@@ -373,8 +380,8 @@ def test_encoder_only_logits_object_and_ignored_labels_match_dense():
     labels[0, :2] = -100
     labels[1, 3] = 6
     H = dense_hessian(inner, lambda out, y: torch.nn.functional.cross_entropy(
-        out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100), [(ids, labels.masked_fill(labels == 6,
-                                                                                                     -100))])
+        out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100),
+        [(ids, labels.masked_fill(labels == 6, -100))])
     cfg = exact_config(trace_probes=2, track_component_hessian=False)
     res = HessianAnalyzer(cfg).analyze_step(HFStyle(), CE, {"input_ids": ids, "labels": labels},
                                             model_type="encoder_only", strict=True)
@@ -452,8 +459,8 @@ def test_compute_batch_analysis(case):
 
 
 def test_save_hessian_data_json_npz(tmp_path):
-    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_hessian_data=True, save_eigenvectors=True,
-                       model_name="tiny", track_component_hessian=False)
+    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_hessian_data=True,
+                       save_eigenvectors=True, model_name="tiny", track_component_hessian=False)
     model = tiny_model()
     res = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1), step=3)
     data = json.loads((tmp_path / "tiny_step3.json").read_text())
@@ -463,6 +470,83 @@ def test_save_hessian_data_json_npz(tmp_path):
     n = sum(p.numel() for p in model.parameters())
     assert npz["top_eigenvectors"].shape == (3, n)
     assert sorted(os.listdir(tmp_path)) == ["tiny_step3.json", "tiny_step3.npz"]  # no temp files left
+
+
+@pytest.mark.parametrize("model_dtype, cfg_dtype, saved", [
+    (torch.float32, torch.float64, np.float64),   # a float64 analysis of a float32 model
+    (torch.float64, None, np.float64),            # a float64 model
+    (torch.float32, None, np.float32),            # a float32 analysis stays float32
+])
+def test_saved_eigenvectors_keep_the_analysis_dtype(tmp_path, model_dtype, cfg_dtype, saved):
+    model = tiny_model().to(model_dtype)
+    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_hessian_data=True,
+                       save_eigenvectors=True, model_name="m", track_component_hessian=False,
+                       track_gradient_alignment=False,
+                       n_components=2, dtype=cfg_dtype, tolerance=1e-10 if saved == np.float64 else 1e-4)
+    res = HessianAnalyzer(cfg).analyze_step(model, CE, dict_batch(1), step=0, strict=True)
+    vecs = np.load(tmp_path / "m_step0.npz", allow_pickle=False)["top_eigenvectors"]
+    assert vecs.dtype == saved
+    if saved == np.float64:
+        # Against the dense float64 Hessian: residuals a float32 copy of the vectors could not reach.
+        batch = dict_batch(1)
+        H = dense_hessian(tiny_model(), transformer_loss, [(batch["input_ids"], batch["labels"])])
+        lam = torch.tensor(res["hessian"]["top_eigenvalues"], dtype=torch.float64)
+        V = torch.from_numpy(vecs)
+        resid = (V @ H - lam[:, None] * V).norm(dim=1) / lam.abs()
+        assert float(resid.max()) < 1e-8
+        assert float((V.float().double() @ H - lam[:, None] * V.float().double()).norm(dim=1).max()
+                     / lam.abs().min()) > 1e-8  # (what float32 storage would have given)
+
+
+def _save_case(tmp_path):
+    cfg = exact_config(trace_probes=2, output_dir=str(tmp_path), save_eigenvectors=True, model_name="u",
+                       track_component_hessian=False, track_gradient_alignment=False, n_components=2)
+    an = HessianAnalyzer(cfg)
+    return an, an.analyze_step(tiny_model(), CE, dict_batch(1), step=4, strict=True)
+
+
+def _fail_second(monkeypatch, phase):
+    """Make the second file of the next save fail: its write (phase 1) or its rename into place (phase 2)."""
+    from hessext.analysis import persistence
+
+    owner, name = (persistence, "atomic_write") if phase == "write" else (persistence.os, "replace")
+    real, calls = getattr(owner, name), []
+
+    def fails_second_time(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(f"injected failure in the second {phase}")
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, fails_second_time)
+
+
+@pytest.mark.parametrize("phase", ["write", "rename"])
+def test_one_save_is_both_files_or_neither(tmp_path, monkeypatch, phase):
+    """A failure of the second file (its write, or its rename into place) leaves the previous save intact
+    and no new or temporary file behind; a first save that fails leaves nothing."""
+    an, res = _save_case(tmp_path)
+    paths = an.save_hessian_data(res)
+    before = {p: open(p, "rb").read() for p in paths.values()}
+    res2 = {**res, "hessian": {**res["hessian"], "max_eigenvalue": 123.0}}
+    with monkeypatch.context() as m:
+        _fail_second(m, phase)
+        with pytest.raises(OSError, match="injected"):
+            an.save_hessian_data(res2)
+    assert sorted(os.listdir(tmp_path)) == ["u_step4.json", "u_step4.npz"]  # no temporary left
+    assert {p: open(p, "rb").read() for p in paths.values()} == before      # the old pair, unchanged
+
+    fresh = tmp_path / "fresh"
+    an.update_config(output_dir=str(fresh), save_hessian_data=True)
+    with monkeypatch.context() as m:
+        _fail_second(m, phase)
+        with pytest.warns(UserWarning, match="save_hessian_data failed.*injected"):
+            out = an.analyze_step(tiny_model(), CE, dict_batch(1), step=4)
+    assert "hessian" in out and "error" not in out     # the analysis itself is returned
+    assert not fresh.exists() or os.listdir(fresh) == []
+    an.save_hessian_data(res2)                         # and a later save writes both files
+    assert sorted(os.listdir(fresh)) == ["u_step4.json", "u_step4.npz"]
+    assert json.loads((fresh / "u_step4.json").read_text())["hessian"]["max_eigenvalue"] == 123.0
 
 
 def test_create_plots(tmp_path):
@@ -488,8 +572,8 @@ def test_get_hessian_eigenvectors(case):
     model, train, _, H, _, _ = case
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vals, vecs = get_hessian_eigenvectors(model, CE, train, num_batches=100, device="cuda", n_top_vectors=4,
-                                              tol=1e-10)
+        vals, vecs = get_hessian_eigenvectors(model, CE, train, num_batches=100, device="cuda",
+                                              n_top_vectors=4, tol=1e-10)
     assert isinstance(vals, np.ndarray) and vals.shape == (4,) and vecs.shape == (4, H.shape[0])
     np.testing.assert_allclose(vals, torch.linalg.eigvalsh(H).flip(0)[:4].numpy(), rtol=1e-7)
     Hn = H.numpy()

@@ -10,17 +10,22 @@ import io
 import os
 import random
 import runpy
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from _models import (  # noqa: E402
+    cnn_batch,
+    dense_hessian,
+    mlp_batch,
+    tiny_cnn,
+    tiny_mlp,
+    tiny_transformer,
+    transformer_batch,
+    transformer_loss,
+)
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _models import (cnn_batch, dense_hessian, mlp_batch, tiny_cnn, tiny_mlp, tiny_transformer,  # noqa: E402
-                     transformer_batch, transformer_loss)
 
 import hessext  # noqa: E402
 from hessext.compat import DEFAULT_TRACE_METHOD  # noqa: E402

@@ -1,4 +1,5 @@
-"""Every code block of the API B document (``project`` → ``hessext``) runs, checked against dense ground truth.
+"""Every code block of the API B document (``project`` → ``hessext``) runs, checked against dense ground
+truth.
 
 The blocks are the document's code verbatim (import prefix changed): both versions of the sections the
 document repeats (``*_v2``: its second half, whose first block lost its import line to a truncation and has it
@@ -17,21 +18,18 @@ from __future__ import annotations
 import copy
 import math
 import re
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _models import dense_hessian, transformer_batch, transformer_loss  # noqa: E402
 
 import hessext.hessian
 from hessext import models
-from hessext.analyzer import HessianAnalyzer, HessianConfig
-from hessext.components import resolve_component
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _models import dense_hessian, transformer_batch, transformer_loss  # noqa: E402
+from hessext.analysis import HessianAnalyzer, HessianConfig
+from hessext.analysis.components import resolve_component
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "001_f378273eecb59f06.txt"
 TINY = dict(vocab_size=7, d_model=4, num_heads=2, num_layers=1, d_ff=6, max_seq_length=5)
@@ -265,7 +263,7 @@ visualizer.create_comprehensive_report(
     save_path="./hessian_plots",
     model_name="my_transformer"
 )
-"""),
+"""),  # noqa: E501 (the document's line, verbatim)
     ("individual_plot_types", r"""
 # Plot eigenvalue evolution
 HessianVisualizer.plot_eigenvalue_evolution(
@@ -658,7 +656,8 @@ def history(truth):
 def ns(monkeypatch, tmp_path, history, truth):
     # Blocks that build their own model get the factory at small sizes (vocabulary 1000 for the document's
     # torch.randint(0, 1000, …) batches); every other block analyses the tiny model, checked against dense.
-    monkeypatch.setattr(models.TransformerFactory, "create_decoder_only_transformer", staticmethod(small_decoder))
+    monkeypatch.setattr(models.TransformerFactory, "create_decoder_only_transformer",
+                        staticmethod(small_decoder))
     monkeypatch.chdir(tmp_path)
     model, b, _ = truth
     model = copy.deepcopy(model)
@@ -817,8 +816,8 @@ def test_custom_configuration(ns):
 def test_custom_configuration_v2(ns):
     run("custom_configuration_v2", ns)
     c = ns["custom_config"]
-    assert not c.track_sharpness and c.track_train_val_landscape_divergence and c.component_list == ["attention",
-                                                                                                    "ffn"]
+    assert not c.track_sharpness and c.track_train_val_landscape_divergence
+    assert c.component_list == ["attention", "ffn"]
 
 
 def test_analyze_specific_components(ns, truth, capsys):

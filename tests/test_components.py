@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from _models import dense_hessian, tiny_transformer, transformer_batch, transformer_loss  # noqa: E402
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _models import dense_hessian, tiny_transformer, transformer_batch, transformer_loss  # noqa: E402
-
-from hessext.components import (COMPONENT_NAMES, ComponentAnalyzer, ComponentSelector,  # noqa: E402
-                                component_indices, extract_component_parameters, resolve_component)
+from hessext.analysis.components import (  # noqa: E402
+    COMPONENT_NAMES,
+    ComponentAnalyzer,
+    ComponentSelector,
+    component_indices,
+    extract_component_parameters,
+    resolve_component,
+)
 from hessext.layout import ParamLayout  # noqa: E402
 from hessext.models import TransformerFactory  # noqa: E402
 
@@ -67,7 +69,8 @@ class GPT2MLP(nn.Module):
 class GPT2Block(nn.Module):
     def __init__(self, d: int) -> None:
         super().__init__()
-        self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(d), GPT2Attention(d), nn.LayerNorm(d), GPT2MLP(d)
+        self.ln_1, self.attn = nn.LayerNorm(d), GPT2Attention(d)
+        self.ln_2, self.mlp = nn.LayerNorm(d), GPT2MLP(d)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -149,7 +152,8 @@ def bert_like(d: int = 4, vocab: int = 7) -> nn.Module:
 def test_factory_model_names():
     m = TransformerFactory.create_decoder_only_transformer(**TINY)
     assert names(m, "attention_query") == ["layers.0.attn.q_proj.weight"]
-    assert names(m, "attention") == [f"layers.0.attn.{k}.weight" for k in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    assert names(m, "attention") == [f"layers.0.attn.{k}.weight"
+                                     for k in ("q_proj", "k_proj", "v_proj", "out_proj")]
     assert names(m, "ffn") == ["layers.0.ffn.fc1.weight", "layers.0.ffn.fc2.weight"]
     assert names(m, "hidden_states") == ["layers.0.attn.out_proj.weight", "layers.0.ffn.fc2.weight"]
     assert names(m, "embeddings") == ["embed.weight", "pos_embed.weight"]
@@ -185,7 +189,8 @@ def test_gpt2_names_and_column_slices():
     assert names(m, "attention_key") == [(w, 1, 4, 8)]
     assert names(m, "attention_output") == ["transformer.h.0.attn.c_proj.weight"]
     assert names(m, "ffn") == ["transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"]
-    assert names(m, "hidden_states") == ["transformer.h.0.attn.c_proj.weight", "transformer.h.0.mlp.c_proj.weight"]
+    assert names(m, "hidden_states") == ["transformer.h.0.attn.c_proj.weight",
+                                         "transformer.h.0.mlp.c_proj.weight"]
     assert names(m, "embeddings") == ["transformer.wte.weight", "transformer.wpe.weight"]
     assert names(m, "norm") == ["transformer.h.0.ln_1.weight", "transformer.h.0.ln_2.weight",
                                 "transformer.ln_f.weight"]
@@ -211,7 +216,8 @@ def test_llama_names():
     a = "model.layers.0.self_attn."
     assert names(m, "attention_query") == [a + "q_proj.weight"]
     assert names(m, "attention_output") == [a + "o_proj.weight"]
-    assert names(m, "ffn") == [f"model.layers.0.mlp.{k}.weight" for k in ("gate_proj", "up_proj", "down_proj")]
+    assert names(m, "ffn") == [f"model.layers.0.mlp.{k}.weight"
+                               for k in ("gate_proj", "up_proj", "down_proj")]
     assert names(m, "hidden_states") == [a + "o_proj.weight", "model.layers.0.mlp.down_proj.weight"]
     assert names(m, "norm") == ["model.layers.0.input_layernorm.weight",
                                 "model.layers.0.post_attention_layernorm.weight", "model.norm.weight"]
@@ -230,8 +236,8 @@ def test_bert_names():
     assert names(m, "hidden_states") == [L + "attention.output.dense.weight", L + "output.dense.weight"]
     assert names(m, "embeddings") == [f"bert.embeddings.{k}.weight" for k in
                                       ("word_embeddings", "position_embeddings", "token_type_embeddings")]
-    assert set(names(m, "norm")) == {"bert.embeddings.LayerNorm.weight", L + "attention.output.LayerNorm.weight",
-                                     L + "output.LayerNorm.weight"}
+    assert set(names(m, "norm")) == {"bert.embeddings.LayerNorm.weight",
+                                     L + "attention.output.LayerNorm.weight", L + "output.LayerNorm.weight"}
     assert names(m, "output_projection") == ["cls.predictions.decoder.weight"]
     # The pooler belongs to no component.
     every = {n for c in COMPONENT_NAMES for n in names(m, c)}
@@ -316,7 +322,8 @@ def _block_eigs(H, idx):
 
 def test_component_eigenvalues_match_dense_blocks(factory_case):
     model, batch, H = factory_case
-    comps = ["attention", "attention_query", "ffn", "embeddings", "norm", "hidden_states", "output_projection"]
+    comps = ["attention", "attention_query", "ffn", "embeddings", "norm", "hidden_states",
+             "output_projection"]
     an = ComponentAnalyzer(tol=1e-9, trace_probes=0)
     res = an.analyze_all_components(model, torch.nn.CrossEntropyLoss(), batch, "decoder_only",
                                     component_list=comps, n_components=3)
@@ -329,7 +336,8 @@ def test_component_eigenvalues_match_dense_blocks(factory_case):
         assert got["num_parameters"] == idx.numel()
         torch.testing.assert_close(torch.tensor(got["top_eigenvalues"], dtype=torch.float64), exact[:3],
                                    rtol=1e-6, atol=1e-8, msg=comp)
-        assert got["min_eigenvalue"] == pytest.approx(exact[2].item(), rel=1e-6, abs=1e-8), comp  # of the top-3
+        # min_eigenvalue describes the top-3 values (as the original): the third largest
+        assert got["min_eigenvalue"] == pytest.approx(exact[2].item(), rel=1e-6, abs=1e-8), comp
         assert got["max_eigenvalue"] == got["top_eigenvalues"][0]
 
 

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 from _models import dense_hessian, mlp_batch, tiny_mlp  # noqa: E402
 
 from hessext import ops  # noqa: E402
 from hessext.density import slq_quadrature, spectral_density  # noqa: E402
+from hessext.linop import LinearOperator  # noqa: E402
 
 F64 = torch.float64
 
@@ -123,3 +120,45 @@ def test_tiny_mlp_hessian_operator():
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         spectral_density(with_spectrum(np.arange(5.0)), **kwargs)
+
+
+class NeverMultiplies(LinearOperator):
+    """A huge operator that must never be multiplied (nor its bases allocated)."""
+
+    def __init__(self, n: int = 10 ** 8) -> None:
+        super().__init__(n, torch.float32)
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the operator was multiplied")
+
+
+@pytest.mark.parametrize("fn", [slq_quadrature, spectral_density])
+def test_absurd_num_iter_is_refused_before_allocating(monkeypatch, fn):
+    import hessext.lanczos as L
+
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError("the Lanczos bases were allocated")
+    monkeypatch.setattr(L.LanczosChains, "allocate", classmethod(refuse))
+    op = NeverMultiplies()
+    n = op.n
+    with pytest.raises(ValueError) as info:
+        fn(op, num_probes=4, num_iter=10 ** 9)
+    msg = str(info.value)
+    need = 4 * n * n * 4                          # p · min(num_iter, n) · n float32 values
+    for part in ("num_iter=1000000000", "num_probes=4", f"n={n}", f"needs {need:,} bytes",
+                 "are available on cpu", "smaller num_iter", "fewer num_probes"):
+        assert part in msg, (part, msg)
+    assert op.num_matvecs == 0
+
+
+def test_num_iter_beyond_memory_says_what_fits(monkeypatch):
+    import hessext.lanczos as L
+
+    ev = np.linspace(-1.0, 2.0, 50)
+    A = with_spectrum(ev)
+    monkeypatch.setattr(L, "available_memory", lambda device: 3 * 10 * 50 * 8)   # 3 bases of 10 rows
+    with pytest.raises(ValueError, match=r"num_iter=30 with num_probes=3, n=50: .*\(at most 10 fits"):
+        slq_quadrature(A, num_probes=3, num_iter=30)
+    nodes, weights, mv = slq_quadrature(A, num_probes=3, num_iter=10)        # what the message offers runs
+    assert mv == 30 and torch.allclose(weights.sum(1), torch.ones(3, dtype=F64), atol=1e-12)
+    assert float(nodes.max()) <= 2.0 + 1e-12 and float(nodes.min()) >= -1.0 - 1e-12

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import socket
-import sys
 import time
 import traceback
 from datetime import timedelta
@@ -19,16 +18,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _models import dense_hessian, mlp_batch, tiny_mlp, tiny_transformer, transformer_batch, transformer_loss  # noqa: E402
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _models import (dense_hessian, mlp_batch, tiny_mlp, tiny_transformer, transformer_batch,  # noqa: E402
-                     transformer_loss)
-
-from hessext.distributed import (DistributedHessianOperator, data_parallel, init_from_env,  # noqa: E402
-                                 shard)
-from hessext.lanczos import lanczos  # noqa: E402
+from hessext.distributed import (  # noqa: E402
+    DataParallelMean,
+    DistributedHessianOperator,
+    data_parallel,
+    hessian_operator,
+    init_from_env,
+    shard,
+)
 from hessext.hvp import HessianOperator  # noqa: E402
+from hessext.lanczos import lanczos  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -80,7 +82,7 @@ COMPONENTS = ["attention", "ffn", "embeddings", "norm"]
 
 def _components(op: HessianOperator) -> dict:
     """API B's ComponentAnalyzer, unchanged, on a given operator: per-component top eigenvalues and traces."""
-    from hessext.components import ComponentAnalyzer
+    from hessext.analysis import ComponentAnalyzer
 
     res = ComponentAnalyzer(tol=1e-9, trace_probes=8, seed=0).analyze_all_components(
         op.model, None, None, component_list=COMPONENTS, n_components=2, operator=op)
@@ -104,7 +106,7 @@ def _api_a_batch() -> tuple:
 
 def _analyzer(batch: tuple) -> dict:
     """API B's HessianAnalyzer.analyze_step, unchanged, on the tiny transformer (float64)."""
-    from hessext.analyzer import HessianAnalyzer, HessianConfig
+    from hessext.analysis import HessianAnalyzer, HessianConfig
 
     cfg = HessianConfig(n_components=2, n_bottom=1, tolerance=1e-10, trace_probes=8, dtype=torch.float64,
                         component_list=["attention", "ffn"], track_train_val_landscape_divergence=False)
@@ -190,13 +192,14 @@ def _checks(rank: int, event, dead) -> dict:
     tbatch = shard(transformer_batch(n=4), rank, WORLD)
     res["components"] = _components(DistributedHessianOperator(tmodel, transformer_loss, tbatch,
                                                                dtype=torch.float64))
-    # API A's functions and API B's HessianAnalyzer build their own operators: under data_parallel() they
-    # are distributed ones, the facades' code is unchanged; outside the block they are plain again.
+    # API A's functions and API B's HessianAnalyzer build their operators with hessian_operator(): under
+    # data_parallel() they are distributed ones, the facades' code is unchanged; outside the block they are
+    # plain again.
     with data_parallel():
-        res["api_a_class"] = type(HessianOperator(model, LOSS, mine)) is DistributedHessianOperator
+        res["api_a_class"] = type(hessian_operator(model, LOSS, mine)) is DistributedHessianOperator
         res["api_a"] = _api_a(model, shard(_api_a_batch(), rank, WORLD))
         res["analyzer"] = _analyzer(shard(transformer_batch(n=4), rank, WORLD))
-    res["api_a_restored"] = type(HessianOperator(model, LOSS, mine)) is HessianOperator
+    res["api_a_restored"] = type(hessian_operator(model, LOSS, mine)) is HessianOperator
 
     # layout mismatch: rank 1 analyses a subset
     res["mismatch"] = _error(lambda: DistributedHessianOperator(
@@ -497,9 +500,10 @@ def test_without_process_group_is_plain_operator(monkeypatch):
 
 
 def test_data_parallel_without_process_group(monkeypatch):
-    """Outside torch.distributed the block changes no number; operators built inside it are data-parallel
-    ones (with the block's keywords, an explicit keyword winning), plain ones again after it, also after an
-    exception inside the block; another thread is not affected."""
+    """Outside torch.distributed the block changes no number; operators hessian_operator() builds inside it
+    are data-parallel ones (with the block's keywords, an explicit keyword winning), plain ones again after
+    it, also after an exception inside the block; another thread is not affected; HessianOperator(...)
+    itself is always the plain class (no ambient class swapping)."""
     import threading
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -507,25 +511,31 @@ def test_data_parallel_without_process_group(monkeypatch):
     ref = _api_a(model, batch)
     x, y = mlp_batch(n=6)
     with data_parallel():
-        op = HessianOperator(model, LOSS, (x, y))
+        op = hessian_operator(model, LOSS, (x, y))
         assert type(op) is DistributedHessianOperator and op.reduce_dtype is None
+        assert isinstance(op._reducer, DataParallelMean) and not op._reducer.distributed
+        assert type(HessianOperator(model, LOSS, (x, y))) is HessianOperator
         assert torch.equal(_api_a(model, batch), ref)
         seen = []
-        t = threading.Thread(target=lambda: seen.append(type(HessianOperator(model, LOSS, (x, y)))))
+        t = threading.Thread(target=lambda: seen.append(type(hessian_operator(model, LOSS, (x, y)))))
         t.start()
         t.join()
         assert seen == [HessianOperator]
         with data_parallel(reduce_dtype=torch.float64):
-            assert HessianOperator(model, LOSS, (x, y)).reduce_dtype == torch.float64
-            assert HessianOperator(model, LOSS, (x, y), reduce_dtype=torch.float32).reduce_dtype == torch.float32
-        assert HessianOperator(model, LOSS, (x, y)).reduce_dtype is None
+            assert hessian_operator(model, LOSS, (x, y)).reduce_dtype == torch.float64
+            explicit = hessian_operator(model, LOSS, (x, y), reduce_dtype=torch.float32)
+            assert explicit.reduce_dtype == torch.float32
+            assert DistributedHessianOperator(model, LOSS, (x, y)).reduce_dtype == torch.float64
+        assert hessian_operator(model, LOSS, (x, y)).reduce_dtype is None
     with pytest.raises(KeyError):
         with data_parallel():
             raise KeyError("boom")
-    assert type(HessianOperator(model, LOSS, (x, y))) is HessianOperator
+    assert type(hessian_operator(model, LOSS, (x, y))) is HessianOperator
     with pytest.raises(ValueError, match="reduce_dtype"):
         with data_parallel(reduce_dtype=torch.int32):
             pass
+    with pytest.raises(TypeError, match="reducer"):
+        DistributedHessianOperator(model, LOSS, (x, y), reducer=DataParallelMean())
 
 
 def test_shard_lists_and_batches():

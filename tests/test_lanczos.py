@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
+from _models import (  # noqa: E402
+    cnn_batch,
+    dense_hessian,
+    mlp_batch,
+    tiny_cnn,
+    tiny_mlp,
+    tiny_transformer,
+    transformer_batch,
+    transformer_loss,
+)
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _models import (cnn_batch, dense_hessian, mlp_batch, tiny_cnn, tiny_mlp, tiny_transformer,  # noqa: E402
-                     transformer_batch, transformer_loss)
-
 from hessext.lanczos import eigsh, extreme_eigenpairs, lanczos  # noqa: E402
-from hessext.linop import DenseOperator  # noqa: E402
+from hessext.linop import DenseOperator, LinearOperator  # noqa: E402
 from hessext.results import EigenResult  # noqa: E402
 
 F64, F32 = torch.float64, torch.float32
@@ -301,3 +306,147 @@ def test_selective_and_cgs2_lanczos_agree(monkeypatch):
         out[sel] = lanczos(A, k=4, which="BE", tol=1e-10, max_iter=120)
         assert out[sel].orthogonality_loss < 1e-12
     np.testing.assert_allclose(out[True].eigenvalues.numpy(), out[False].eigenvalues.numpy(), rtol=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+def test_zero_rayleigh_quotient_at_the_first_test_is_not_a_converged_pair():
+    """A first test after one step with α_0 = q_0ᵀAq_0 = 0 and β_0 = 1 has Ritz value 0 with residual 1:
+    not converged (the √ε‖T‖ floor is 0 there, since ‖T_1‖ = 0). Lanczos continues and finds the top
+    eigenvalue."""
+    A = torch.zeros(6, 6, dtype=F64)
+    A[0, 1] = A[1, 0] = 1.0
+    A[2, 2] = 0.5
+    v0 = torch.zeros(6, dtype=F64)
+    v0[0] = 1.0
+    res = lanczos(A, k=1, v0=v0, check_every=1)
+    assert res.converged and res.eigenvalues.tolist() == pytest.approx([1.0], abs=1e-14)
+    assert float(torch.linalg.vector_norm(A @ res.eigenvectors[0] - res.eigenvectors[0])) < 1e-14
+
+
+def test_tol_warning_points_at_the_caller():
+    A = with_spectrum(spread_spectrum(), dtype=F32)
+    with pytest.warns(UserWarning, match="below what float32 arithmetic can verify") as rec:
+        lanczos(A, k=1, tol=1e-12, max_iter=20)
+    assert [w.filename for w in rec] == [__file__]
+
+
+def test_descending_pairs_for_the_facades():
+    ev = spread_spectrum()
+    A = with_spectrum(ev)
+    res = lanczos(A, k=4, which="BE", tol=1e-10)
+    vals, vecs = res.descending()
+    order = torch.argsort(res.eigenvalues, descending=True)
+    assert torch.equal(vals, res.eigenvalues[order]) and torch.equal(vecs, res.eigenvectors[order])
+    assert vals.numpy() == pytest.approx(np.sort(np.r_[ev[:2], ev[-2:]])[::-1], rel=1e-10)
+    # row i is still the eigenvector of value i
+    assert float(torch.linalg.vector_norm(A @ vecs.T - vecs.T * vals, dim=0).max()) < 1e-8
+    assert torch.equal(res.top(), vals) and torch.equal(res.top(2), vals[:2])
+    assert lanczos(A, k=2, return_vectors=False).descending()[1] is None
+
+
+def test_lanczos_chains_satisfy_the_lanczos_relation():
+    """The public step routine (shared with SLQ): for each of p chains, Q_m orthonormal and
+    A Q_mᵀ = Q_mᵀ T_m + β_{m−1} q_m e_mᵀ, with T_m = tridiag(β, α, β) from the chain's buffers."""
+    from hessext.lanczos import LanczosChains
+
+    ev = spread_spectrum()
+    A = with_spectrum(ev)
+    n, p, m = A.shape[0], 3, 15
+    chains = LanczosChains.allocate(p, m + 1, n, F64, torch.device("cpu"))
+    assert LanczosChains.nbytes(p, m + 1, n, F64) == chains.V.numel() * 8
+    Z = torch.randn(p, n, generator=torch.Generator().manual_seed(0), dtype=F64)
+    chains.V[:, 0] = Z / torch.linalg.vector_norm(Z, dim=1, keepdim=True)
+    chains.advance(DenseOperator(A), 0, m, btol=1e-10)
+    assert not bool(chains.flags.any())
+    for c in range(p):
+        Q = chains.V[c]                                              # [m + 1, n]: q_0 … q_m
+        a, b = chains.alpha[c, :m], chains.beta[c, :m]
+        T = torch.diag(a) + torch.diag(b[:m - 1], 1) + torch.diag(b[:m - 1], -1)
+        assert float((Q @ Q.T - torch.eye(m + 1, dtype=F64)).abs().max()) < 1e-13
+        rel = A @ Q[:m].T - Q[:m].T @ T
+        rel[:, m - 1] -= b[m - 1] * Q[m]
+        assert float(rel.abs().max()) < 1e-12 * 7
+        assert float(chains.tnorm[c]) >= float(torch.linalg.eigvalsh(T).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------- memory
+class NeverMultiplies(LinearOperator):
+    """A huge operator that must never be multiplied (nor its basis allocated)."""
+
+    def __init__(self, n: int = 10 ** 8) -> None:
+        super().__init__(n, torch.float32)
+
+    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the operator was multiplied")
+
+
+def _no_allocation(monkeypatch) -> None:
+    import hessext.lanczos as L
+
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError("the Lanczos basis was allocated")
+    monkeypatch.setattr(L.LanczosChains, "allocate", classmethod(refuse))
+
+
+@pytest.mark.parametrize("call", ["lanczos", "extreme_eigenpairs"])
+def test_absurd_max_iter_is_refused_before_allocating(monkeypatch, call):
+    _no_allocation(monkeypatch)
+    op = NeverMultiplies()
+    n = op.n
+    with pytest.raises(ValueError) as info:
+        if call == "lanczos":
+            lanczos(op, k=2, max_iter=10 ** 9)
+        else:
+            extreme_eigenpairs(op, k_top=1, k_bottom=1, max_iter=10 ** 9)
+    msg = str(info.value)
+    need = (n + 1) * n * 4                        # m = min(max_iter, n) = n rows + 1, float32
+    for part in ("max_iter=1000000000", "k=2", f"n={n}", f"needs {need:,} bytes", "are available on cpu",
+                 "smaller max_iter", "smaller k"):
+        assert part in msg, (part, msg)
+    assert op.num_matvecs == 0
+
+
+def test_max_iter_beyond_memory_says_what_fits(monkeypatch):
+    import hessext.lanczos as L
+
+    ev = spread_spectrum()
+    A = with_spectrum(ev)
+    row = A.shape[0] * 8                                                  # bytes of one basis row
+    monkeypatch.setattr(L, "available_memory", lambda device: 40 * row)  # 40 rows: max_iter <= 39
+    with pytest.raises(ValueError, match=r"max_iter=100 with k=3, n=120: .*\(at most 39 fits"):
+        lanczos(A, k=3, max_iter=100)
+    with pytest.raises(ValueError, match=r"max_iter=None \(the default, m = 66\) with k=3"):
+        lanczos(A, k=3)
+    res = lanczos(A, k=3, max_iter=39, tol=1e-10)                         # what the message offers runs
+    assert res.converged
+    check_pairs(A, res, ev[-3:], 1e-8)
+    monkeypatch.setattr(L, "available_memory", lambda device: 3 * row)
+    with pytest.raises(ValueError, match="even max_iter = k = 3 does not fit"):
+        lanczos(A, k=3, max_iter=3)
+    monkeypatch.setattr(L, "available_memory", lambda device: None)     # unknown: no check
+    assert lanczos(A, k=3, max_iter=39, tol=1e-10).converged
+
+
+def test_available_memory_and_format_bytes():
+    from hessext.lanczos import available_memory, format_bytes
+
+    avail = available_memory("cpu")
+    assert isinstance(avail, int) and avail > 0
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+        assert avail <= total
+    assert available_memory("meta") is None
+    assert format_bytes(10) == "10 B" and format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 1024 ** 3) == "3.0 GiB" and format_bytes(2 * 1024 ** 6) == "2048.0 PiB"
+
+
+def test_available_memory_on_cuda_counts_the_allocator_cache(monkeypatch):
+    """CUDA: free device memory plus what torch's caching allocator holds reserved but unused (mocked: this
+    runs without a GPU)."""
+    from hessext.lanczos import available_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 5000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 300)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 100)
+    assert available_memory("cuda:0") == 1000 + 300 - 100

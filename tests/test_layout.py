@@ -1,15 +1,10 @@
 """ParamLayout: order, offsets, views, index sets (names and row slices) and fingerprints."""
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
-from torch import nn
-
-sys.path.insert(0, os.path.dirname(__file__))
 from _models import tiny_mlp, tiny_transformer  # noqa: E402
+from torch import nn
 
 from hessext.layout import ParamLayout  # noqa: E402
 
@@ -118,7 +113,6 @@ def test_indices_names_and_query_rows_of_in_proj():
     assert lay.ranges([(IN_PROJ, slice(0, 3, 2))]) == [(off, off + row), (off + 2 * row, off + 3 * row)]
     assert lay.ranges([(IN_PROJ, -1)]) == [(off + lay.numels[lay.position(IN_PROJ)] - row,
                                              off + lay.numels[lay.position(IN_PROJ)])]
-    assert int(lay.mask([(IN_PROJ, slice(0, d))]).sum()) == d * row
 
 
 def test_indices_errors():
@@ -146,7 +140,7 @@ def test_fingerprint():
         tiny_mlp(hidden=6)).fingerprint()
     sub = ParamLayout.from_module(tiny_transformer(), ["head.bias"])
     assert sub.fingerprint() != a.fingerprint()
-    assert a.select(["head.bias"]) == sub
+    assert ParamLayout.from_module(tiny_transformer(seed=1), ["head.bias"]) == sub
 
 
 def test_from_named_parameters_and_shared_weights():

@@ -51,6 +51,16 @@ def test_shape_and_type_errors():
         op @ torch.zeros(5, 2, 2)
     with pytest.raises(TypeError, match="floating"):
         op @ torch.zeros(5, dtype=torch.long)
+    # a complex vector is refused (casting it would silently drop its imaginary part), naming the dtype
+    for z in (torch.ones(5, dtype=torch.complex128), torch.ones(5, 2, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match=str(z.dtype)):
+            op @ z
+    with pytest.raises(TypeError, match="complex128"):
+        op.matvec(torch.ones(5, dtype=torch.complex128))
+    with pytest.raises(TypeError, match="complex"):
+        DenseOperator(torch.ones(2, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        LinearOperator.__init__(DiagOperator(torch.ones(2)), -1)
     with pytest.raises(TypeError):
         op @ [1.0] * 5
     with pytest.raises(ValueError, match="square"):

@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from hessext.alignment import (eigenspace_overlap, eigenvalue_distribution_overlap, gradient_alignment,
-                               sharpness_metrics, train_val_divergence)
-from hessext.metrics import HessianMetrics, compute_detailed_hessian_metrics
+from hessext.analysis.alignment import (
+    eigenspace_overlap,
+    eigenvalue_distribution_overlap,
+    gradient_alignment,
+    sharpness_metrics,
+    train_val_divergence,
+)
+from hessext.analysis.metrics import HessianMetrics, compute_detailed_hessian_metrics
 
 M = HessianMetrics.compute_detailed_hessian_metrics
 
@@ -48,7 +53,8 @@ def test_effective_ranks():
     u = M([1.0, 1.0, 1.0, 1.0])
     assert u["effective_rank_entropy"] == pytest.approx(4.0, rel=1e-8)
     p = np.array([3.0, 1.0]) / 4
-    assert M([3.0, 1.0])["effective_rank_entropy"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-8)
+    assert M([3.0, 1.0])["effective_rank_entropy"] == pytest.approx(math.exp(-(p * np.log(p)).sum()),
+                                                                    rel=1e-8)
 
 
 def test_complexity_score_uses_given_trace():
@@ -145,18 +151,19 @@ def test_distribution_overlap():
 
 
 def test_eigenspace_overlap():
-    I = torch.eye(4)
-    assert eigenspace_overlap(I[:2], I[:2]) == pytest.approx(1.0)
-    assert eigenspace_overlap(I[:2], I[2:]) == pytest.approx(0.0)
+    eye = torch.eye(4)
+    assert eigenspace_overlap(eye[:2], eye[:2]) == pytest.approx(1.0)
+    assert eigenspace_overlap(eye[:2], eye[2:]) == pytest.approx(0.0)
     R = torch.tensor([[1.0, 1.0, 0, 0], [1.0, -1.0, 0, 0]]) / math.sqrt(2)  # same span, rotated
-    assert eigenspace_overlap(I[:2], R) == pytest.approx(1.0)
-    assert eigenspace_overlap(I[:2], I[1:3]) == pytest.approx(0.5)
+    assert eigenspace_overlap(eye[:2], R) == pytest.approx(1.0)
+    assert eigenspace_overlap(eye[:2], eye[1:3]) == pytest.approx(0.5)
 
 
 def test_train_val_divergence_identical_and_nan_safe():
     m = M([3.0, 1.0], trace=10.0)
     d = train_val_divergence(m, m, [3.0, 1.0], [3.0, 1.0], torch.eye(3)[:2], torch.eye(3)[:2])
-    assert d["trace_ratio"] == pytest.approx(1.0) and d["eigenvalue_distribution_overlap"] == pytest.approx(1.0)
+    assert d["trace_ratio"] == pytest.approx(1.0)
+    assert d["eigenvalue_distribution_overlap"] == pytest.approx(1.0)
     assert d["train_val_landscape_divergence_score"] == pytest.approx(2 * math.log(2) / 4)
     assert d["eigenspace_overlap"] == pytest.approx(1.0)
     # Signed traces and a zero denominator: the original produced NaN (log1p of a ratio < -1).

@@ -29,11 +29,8 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 import hessext  # noqa: E402
-from hessext import ops  # noqa: E402
-from hessext.analyzer import HessianAnalyzer, HessianConfig  # noqa: E402
+from hessext import HessianAnalyzer, HessianConfig, ops  # noqa: E402
 from hessext.compat import ModelWrapper, hessian_trace, min_max_hessian_eigs  # noqa: E402
 from hessext.density import spectral_density  # noqa: E402
 from hessext.hvp import HessianOperator  # noqa: E402

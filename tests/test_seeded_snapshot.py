@@ -15,7 +15,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("seeded_snapshot", os.path.join(ROOT, "tools", "seeded_snapshot.py"))
+_spec = importlib.util.spec_from_file_location("seeded_snapshot",
+                                               os.path.join(ROOT, "tools", "seeded_snapshot.py"))
 snapshot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(snapshot)  # type: ignore[union-attr]
 
@@ -41,4 +42,5 @@ def test_seeded_results_unchanged(recorded: dict) -> None:
         else:
             a = [float.fromhex(x) for x in now[key]]
             b = [float.fromhex(x) for x in ref]
-            assert len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9) for x, y in zip(a, b)), key
+            close = all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9) for x, y in zip(a, b))
+            assert len(a) == len(b) and close, key

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 from _models import dense_hessian, mlp_batch, tiny_mlp  # noqa: E402
 
 from hessext import ops  # noqa: E402
@@ -58,13 +54,13 @@ def test_xtrace_efficient_form_equals_leave_one_out_definition():
     s = 6
     Om = ops.rademacher(N, s, seed=3, dtype=F64)
     Y = A @ Om
-    I = torch.eye(N, dtype=F64)
+    eye = torch.eye(N, dtype=F64)
     t = []
     for i in range(s):
         Qi, _ = torch.linalg.qr(torch.cat([Y[:, :i], Y[:, i + 1:]], 1))
         P = Qi @ Qi.T
         w = Om[:, i]
-        t.append(float(torch.trace(Qi.T @ A @ Qi) + w @ (I - P) @ A @ (I - P) @ w))
+        t.append(float(torch.trace(Qi.T @ A @ Qi) + w @ (eye - P) @ A @ (eye - P) @ w))
     r = xtrace(A, 2 * s, seed=3)
     assert r.estimate == pytest.approx(np.mean(t), rel=1e-10)
     assert r.num_matvecs == 2 * s
@@ -221,3 +217,22 @@ def test_hessian_operator_trace():
     # same probes, same numbers as on the dense matrix
     assert hutchinson(op, 8, seed=4).estimate == pytest.approx(hutchinson(H, 8, seed=4).estimate, rel=1e-10)
     assert xtrace(op, 20, seed=4).estimate == pytest.approx(xtrace(H, 20, seed=4).estimate, rel=1e-8)
+
+
+def test_repeated_index_in_a_block_is_refused():
+    """A block is a set of coordinates: a repeated index would count its diagonal entry twice."""
+    A = with_spectrum(SPECTRA["indefinite"])
+    for call in (lambda b: hutchinson(A, 4, blocks=b), lambda b: hutchpp(A, 6, blocks=b),
+                 lambda b: estimate_trace(A, 6, blocks=b), lambda b: estimate_trace(A, rtol=0.5, blocks=b)):
+        with pytest.raises(ValueError, match=r"blocks\['w'\] must be unique"):
+            call({"ok": slice(0, 5), "w": [3, 7, 3]})
+        with pytest.raises(ValueError, match=r"blocks\['w'\] must be unique"):
+            call({"w": torch.tensor([1, 1])})
+    # the same indices once each (any of the accepted forms) give the block's trace exactly at full budget
+    idx = [3, 7, 11]
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[idx] = True
+    r = hutchpp(A, 3 * N, blocks={"list": idx, "mask": mask, "array": np.array(idx)})
+    exact = float(A.diagonal()[idx].sum())
+    for name in ("list", "mask", "array"):
+        assert r.block_estimates[name] == pytest.approx(exact, abs=1e-10)

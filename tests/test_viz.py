@@ -13,18 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 from _models import dense_hessian, tiny_mlp  # noqa: E402
 
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
-from hessext import viz  # noqa: E402
-from hessext.landscape import (Landscape1D, loss_landscape_1d, loss_landscape_2d,  # noqa: E402
-                               random_direction, suggest_radius)
+from hessext.landscape import (  # noqa: E402
+    Landscape1D,
+    loss_landscape_1d,
+    loss_landscape_2d,
+    random_direction,
+    suggest_radius,
+)
 from hessext.viz import COMPONENT_COLORS, HessianVisualizer, component_color  # noqa: E402
+from hessext.viz._style import format_value  # noqa: E402
 
 DPI = 60  # small files, quick tests
 COMPS = ["attention", "ffn", "embeddings", "norm"]
@@ -122,7 +127,7 @@ def test_every_plot_writes_a_nonblank_png(tmp_path, hist, quantity):
     assert fig.hessext_files == [str(path)]
     assert_png(path)
     titled = [ax for ax in fig.axes if ax.get_title()]
-    assert titled or fig._suptitle is not None
+    assert titled or fig.get_suptitle()
     for ax in titled:  # every panel says what its axes are
         assert ax.get_xlabel(), ax.get_title()
         assert ax.get_ylabel() or any(t.get_text() for t in ax.get_yticklabels()), ax.get_title()
@@ -281,7 +286,7 @@ def test_save_analysis_summary(tmp_path, hist):
     path = tmp_path / "m_analysis_summary.txt"
     assert path.read_text() == text
     assert "[Hessian spectrum]" in text and "max_eigenvalue" in text and "[Components]" in text
-    assert viz._fmt(hist[20]["hessian"]["max_eigenvalue"]) in text
+    assert format_value(hist[20]["hessian"]["max_eigenvalue"]) in text
     text = HessianVisualizer.save_analysis_summary(hist, None, "m")  # a history: table over steps
     assert "4 analysed steps" in text and "Latest step (30)" in text
 
@@ -368,6 +373,31 @@ def test_backend_is_never_forced(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr
     assert_png(tmp_path / "a_sharpness.png")
+
+
+def test_use_pyplot_setting_is_the_one_the_figures_read(monkeypatch):
+    """``hessext.viz.USE_PYPLOT`` is documented as the switch: setting it on the package reaches the figure
+    helpers in the package's modules."""
+    import hessext.viz as viz
+    from hessext.viz import _figure
+    assert viz.USE_PYPLOT is None and _figure.USE_PYPLOT is None
+    monkeypatch.setattr(viz, "USE_PYPLOT", False)
+    assert _figure.USE_PYPLOT is False
+    fig = HessianVisualizer.plot_sharpness({0: {"max_sharpness": 1.0}}, None, "m")
+    assert fig.canvas.manager is None  # a bare Agg figure, whatever pyplot's state
+    monkeypatch.setattr(viz, "USE_PYPLOT", None)
+    assert _figure.USE_PYPLOT is None
+
+
+def test_check_formats_is_public_and_names_the_argument():
+    from hessext.viz import check_formats
+    assert check_formats("PNG") == ("png",) and check_formats([".svg", "pdf"]) == ("svg", "pdf")
+    with pytest.raises(ValueError, match=r"formats must be among .* got \['bmp'\]"):
+        check_formats(("png", "bmp"))
+    with pytest.raises(ValueError, match="formats is empty"):
+        check_formats(())
+    with pytest.raises(TypeError, match="formats must be a string or a sequence of strings, got int 3"):
+        check_formats(3)
 
 
 # ----------------------------------------------------------------------------- loss landscapes
@@ -519,9 +549,7 @@ def one_thread():
 
 
 def test_plots_of_a_real_tiny_analysis(tmp_path, one_thread):
-    pytest.importorskip("hessext.lanczos")
-    pytest.importorskip("hessext.trace")
-    from hessext.analyzer import HessianAnalyzer, HessianConfig
+    from hessext.analysis import HessianAnalyzer, HessianConfig
     from hessext.models import TransformerFactory
     torch.manual_seed(0)
     model = TransformerFactory.create_decoder_only_transformer(vocab_size=7, d_model=8, num_heads=2,
@@ -584,6 +612,14 @@ def _legend_hits(ax, leg):
                 p = p[np.all(np.isfinite(p), axis=1)]
                 if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
                     return True
+        for col in a.collections:  # scatter points (Ritz values)
+            if isinstance(col, PathCollection) and len(col.get_offsets()):
+                p = col.get_offset_transform().transform(np.asarray(col.get_offsets(), float))
+                if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
+                    return True
+        for patch in a.patches:  # bars
+            if isinstance(patch, Rectangle) and patch.get_window_extent().overlaps(box):
+                return True
     return False
 
 
@@ -617,9 +653,10 @@ def crowded_history():
 def test_legends_never_cover_data(tmp_path, hist):
     crowded = crowded_history()
     figs = {q: make(save_path=str(tmp_path), model_name="m", dpi=DPI) for q, make in _cases(hist).items()}
-    figs["crowded_extremes"] = HessianVisualizer.plot_eigenvalue_evolution(crowded, str(tmp_path), "c", dpi=DPI)
-    figs["crowded_alignment"] = HessianVisualizer.plot_gradient_alignment(crowded, str(tmp_path), "c", dpi=DPI)
-    figs["crowded_sharpness"] = HessianVisualizer.plot_sharpness(crowded, str(tmp_path), "c", dpi=DPI)
+    V = HessianVisualizer
+    figs["crowded_extremes"] = V.plot_eigenvalue_evolution(crowded, str(tmp_path), "c", dpi=DPI)
+    figs["crowded_alignment"] = V.plot_gradient_alignment(crowded, str(tmp_path), "c", dpi=DPI)
+    figs["crowded_sharpness"] = V.plot_sharpness(crowded, str(tmp_path), "c", dpi=DPI)
     checked = 0
     for name, fig in figs.items():
         _drawn(fig)
@@ -643,7 +680,8 @@ def test_log_axes_keep_the_extreme_points_off_the_frame(hist):
             continue
         y = ln.get_transform().transform(np.asarray(ln.get_xydata(), float))[:, 1]
         # at least 3 % of the axes height between every point and the frame (the markers stay whole)
-        assert np.all(y > box.y0 + 0.03 * box.height) and np.all(y < box.y1 - 0.03 * box.height), ln.get_label()
+        margin = 0.03 * box.height
+        assert np.all(y > box.y0 + margin) and np.all(y < box.y1 - margin), ln.get_label()
 
 
 def test_bars_on_a_log_axis_start_a_decade_down_and_carry_their_values(hist):
@@ -655,10 +693,10 @@ def test_bars_on_a_log_axis_start_a_decade_down_and_carry_their_values(hist):
     lmax = [comps[c]["max_eigenvalue"] for c in COMPS]
     assert lo <= min(lmax) / 1.2 and math.log10(lo) == int(math.log10(lo))  # a round decade below the data
     texts = {t.get_text() for t in ax.texts}
-    assert {viz._fmt(v, 3) for v in lmax} <= texts  # every bar says its value
+    assert {format_value(v, 3) for v in lmax} <= texts  # every bar says its value
     fig = HessianVisualizer.plot_component_comparison(section(hist, "components"), None, "m")
     ax = [a for a in fig.axes if a.get_title().startswith("λ_max by component")][0]
-    assert ax.get_xscale() == "log" and {viz._fmt(v, 3) for v in lmax} <= {t.get_text() for t in ax.texts}
+    assert ax.get_xscale() == "log" and {format_value(v, 3) for v in lmax} <= {t.get_text() for t in ax.texts}
 
 
 def test_component_history_with_named_steps_in_both_orders(tmp_path, hist):
@@ -681,9 +719,11 @@ def test_train_and_validation_share_a_colour_per_quantity():
              "val_trace": 40.0 * (s + 1)} for s in range(4)}
     fig = HessianVisualizer.plot_memorization_metrics(h, None, "m")
     ax = [a for a in fig.axes if a.get_title() == "Curvature on train and validation data"][0]
-    st = {ln.get_label(): (matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle()) for ln in ax.get_lines()}
-    assert st["λ_max train"][0] == st["λ_max validation"][0] != st["tr H train"][0] == st["tr H validation"][0]
-    assert st["λ_max train"][1] == st["tr H train"][1] != st["λ_max validation"][1] == st["tr H validation"][1]
+    st = {ln.get_label(): (matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle())
+          for ln in ax.get_lines()}
+    lt, lv, tt, tv = (st[k] for k in ("λ_max train", "λ_max validation", "tr H train", "tr H validation"))
+    assert lt[0] == lv[0] != tt[0] == tv[0]  # colour = quantity
+    assert lt[1] == tt[1] != lv[1] == tv[1]  # line style = data set
 
 
 def test_one_unit_per_axis_in_the_complexity_figure(hist):
@@ -717,7 +757,6 @@ def test_report_files_have_ordinary_permissions(tmp_path, hist):
 def test_every_plot_of_a_real_engine_run(tmp_path, one_thread):
     """Top-k spectrum, spectral density, loss landscapes and component bars from the engine's own results,
     and nothing of the model changes."""
-    pytest.importorskip("hessext.lanczos")
     from hessext.density import spectral_density
     from hessext.hvp import HessianOperator
     from hessext.lanczos import lanczos
@@ -747,7 +786,8 @@ def test_every_plot_of_a_real_engine_run(tmp_path, one_thread):
     np.testing.assert_allclose(ys, np.sort(dense.numpy())[::-1][:4], rtol=1e-6, atol=1e-8)
     assert "step 3" in figs["top_spectrum"].axes[0].get_title()
     # the 1-D slice's marked base point is the model's loss
-    base = [ln for ln in figs["loss_landscape_1d"].axes[0].get_lines() if ln.get_label() == "current parameters θ"]
+    base = [ln for ln in figs["loss_landscape_1d"].axes[0].get_lines()
+            if ln.get_label() == "current parameters θ"]
     with torch.no_grad():
         loss0 = float(ce(model(X), Y))
     assert base and float(base[0].get_ydata()[0]) == pytest.approx(loss0, rel=1e-9)

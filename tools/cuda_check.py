@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = parse_ptxas(log)
         names = demangle([r.name for r in reports])
         failures = []
-        print(f"\n| kernel | arch | registers | stack (B) | spill stores (B) | spill loads (B) |")
+        print("\n| kernel | arch | registers | stack (B) | spill stores (B) | spill loads (B) |")
         print("|---|---|---:|---:|---:|---:|")
         for r, name in zip(reports, names):
             short = name.replace("(anonymous namespace)::", "").removeprefix("void ").split("(")[0]

@@ -48,10 +48,19 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def compute() -> dict[str, list[str]]:
     import hessext
-    from hessext import (HessianAnalyzer, HessianConfig, ModelWrapper, TransformerFactory,
-                         compute_hessian_gradient_alignment, get_hessian_eigenvectors, hessian_trace,
-                         loss_landscape_1d, measure_train_val_landscape_divergence, min_max_hessian_eigs,
-                         random_direction)
+    from hessext import (
+        HessianAnalyzer,
+        HessianConfig,
+        ModelWrapper,
+        TransformerFactory,
+        compute_hessian_gradient_alignment,
+        get_hessian_eigenvectors,
+        hessian_trace,
+        loss_landscape_1d,
+        measure_train_val_landscape_divergence,
+        min_max_hessian_eigs,
+        random_direction,
+    )
     from hessext.density import spectral_density
     from hessext.hvp import HessianOperator
     from hessext.lanczos import extreme_eigenpairs, lanczos
@@ -66,7 +75,8 @@ def compute() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     seed = 3
     r = hutchinson(H, 8, seed=seed, blocks={"first": slice(0, 40), "last": slice(40, None)})
-    out["hutchinson"] = _hex([r.estimate, r.std_error, *r.block_estimates.values(), *r.block_std_errors.values()])
+    out["hutchinson"] = _hex([r.estimate, r.std_error, *r.block_estimates.values(),
+                              *r.block_std_errors.values()])
     r = hutchpp(H64, 9, seed=seed)
     out["hutchpp"] = _hex([r.estimate, r.std_error])
     r = xtrace(H64, 8, seed=seed)
@@ -96,8 +106,9 @@ def compute() -> dict[str, list[str]]:
     cfg = HessianConfig(n_components=3, n_bottom=1, max_iter=20, trace_probes=6, seed=seed,
                         track_component_hessian=False, track_gradient_alignment=False)
     res = HessianAnalyzer(cfg).analyze_step(model, _mse, (X, y), model_type=None, strict=True)
-    out["analyze_step_mlp"] = _hex([res["hessian"]["top_eigenvalues"], res["hessian"]["hessian_trace_estimate"],
-                                    res["hessian"]["hessian_trace_std_error"]])
+    hs = res["hessian"]
+    out["analyze_step_mlp"] = _hex([hs["top_eigenvalues"], hs["hessian_trace_estimate"],
+                                    hs["hessian_trace_std_error"]])
 
     torch.manual_seed(0)
     tmodel = TransformerFactory.create_decoder_only_transformer(vocab_size=11, d_model=8, num_heads=2,

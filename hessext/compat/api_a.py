@@ -31,7 +31,6 @@ analysis runs in **eval mode** (dropout off, BatchNorm on its running statistics
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,16 +38,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import map_tensors, tensors_of
-from ..hvp import HessianOperator
+from .._checks import ArgumentTypeError, check_bool, check_int, check_tol, converged
 from .._state import preserve_model_state
+from ..data import map_tensors, tensors_of
+from ..distributed import hessian_operator
+from ..hvp import HessianOperator
+from ..lanczos import lanczos
+from ..trace import TRACE_METHODS, estimate_trace, hutchinson, hutchpp, xtrace
 
 __all__ = ["ModelWrapper", "min_max_hessian_eigs", "hessian_trace", "DEFAULT_TRACE_METHOD", "TRACE_METHODS"]
 
 #: Estimator used by :func:`hessian_trace` when ``method`` is None (chosen by measurement; see its docstring).
+#: ``hessian_trace(method=...)`` accepts the names of :data:`hessext.trace.TRACE_METHODS`.
 DEFAULT_TRACE_METHOD = "auto"
-#: Estimators accepted by ``hessian_trace(method=...)``.
-TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace", "auto")
+#: Fewest products each estimator needs (``"auto"`` and Hutchinson: 1; XTrace: 2; Hutch++: 3).
+_MIN_BUDGET = {"hutchinson": 1, "hutchpp": 3, "xtrace": 2, "auto": 1}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -69,27 +73,29 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
-    return bool(value)
-
-
-def _check_pos_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+def _budget(name: str, value: Any) -> int:
+    """A product budget (``max_iter``, ``num_random_vectors``): :func:`hessext._checks.check_int`, with a
+    value below 1 worded as API A's messages have always been ("must be a positive int")."""
+    number = check_int(name, value)
+    if number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return number
+
+
+def _relative_tol(value: Any) -> float:
+    """API A's relative ``tol`` in (0, 1) (:func:`hessext._checks.check_tol`); any out-of-range value is
+    reported with the interval."""
+    try:
+        return check_tol(value, upper=1.0)
+    except ArgumentTypeError:
+        raise
+    except ValueError as e:
+        raise ValueError(f"tol must be a float in (0, 1), got {value!r}") from e
 
 
 def _compute_dtype(float64: Any) -> Optional[torch.dtype]:
     """``float64=True``: compute in float64 on the operator's copies (the model keeps its dtype)."""
-    return torch.float64 if _check_bool(float64, "float64") else None
-
-
-def _check_tol(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 < float(value) < 1.0):
-        raise ValueError(f"tol must be a float in (0, 1), got {value!r}")
-    return float(value)
+    return torch.float64 if check_bool("float64", float64) else None
 
 
 def _check_loss_fn(loss_fn: Any, name: str = "loss_fn") -> None:
@@ -115,7 +121,7 @@ def _resolve_device(use_cuda: Any, model: nn.Module) -> Optional[torch.device]:
 
     The operator computes on copies on that device; the user's model is never moved.
     """
-    use_cuda = _check_bool(use_cuda, "use_cuda")
+    use_cuda = check_bool("use_cuda", use_cuda)
     if not use_cuda:
         return None
     if not torch.cuda.is_available():
@@ -216,15 +222,15 @@ def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
     first = next((t for t in tensors_of(batch) if t.dim() > 0), None)
     if first is not None and first.shape[0] == 0:
         arg = "X" if loss_module.kind == "output" else "inputs"
-        raise ValueError(f"{arg} has 0 samples (a tensor of shape {tuple(first.shape)} in the batch); the Hessian "
-                         "of a loss over an empty batch is undefined")
+        raise ValueError(f"{arg} has 0 samples (a tensor of shape {tuple(first.shape)} in the batch); the "
+                         "Hessian of a loss over an empty batch is undefined")
 
     def batch_loss(model_call: Callable[..., Any], b: Any) -> tuple[Tensor, float]:
         return model_call(b), 1.0
 
     # One batch: a list around it, so that a tuple/list is not read as several batches.
-    return HessianOperator(loss_module, None, [batch], names, batch_loss=batch_loss, mode=mode, dtype=dtype,
-                           device=device, eval_mode=True)
+    return hessian_operator(loss_module, None, [batch], names, batch_loss=batch_loss, mode=mode, dtype=dtype,
+                            device=device, eval_mode=True)
 
 
 # ----------------------------------------------------------------------------------------------- ModelWrapper
@@ -331,8 +337,6 @@ def _extreme_eigs(H: HessianOperator, max_iter: int, tol: float, seed: int):
     Returns ``(lam_min, lam_max, v_min, v_max, residuals[2], converged, num_matvecs)`` with ``v_*`` tensors
     ``[n]`` in the operator's dtype and device.
     """
-    from ..lanczos import lanczos
-
     n = H.n
     before = H.num_matvecs
     if n == 1:  # a 1x1 Hessian: one product gives it exactly
@@ -349,11 +353,11 @@ def _extreme_eigs(H: HessianOperator, max_iter: int, tol: float, seed: int):
     if not all(map(math.isfinite, (lam_min, lam_max, r_min, r_max))):
         raise RuntimeError(f"Lanczos produced non-finite values (eigenvalues {vals.tolist()}, residuals "
                            f"{r.tolist()}): the Hessian-vector products are not finite")
-    # Criterion: ‖H v − λ v‖ ≤ tol·max(|λ|, √ε·‖H‖). The floor √ε·‖H‖ only matters for an eigenvalue that is
-    # numerically zero at the working precision, whose relative residual is undefined.
-    floor = math.sqrt(torch.finfo(H.dtype).eps) * max(abs(lam_min), abs(lam_max))
-    ok = res.converged or (r_min <= tol * max(abs(lam_min), floor)
-                           and r_max <= tol * max(abs(lam_max), floor))
+    # Criterion (hessext._checks.converged): ‖H v − λ v‖ < tol·max(|λ|, √ε·‖H‖). The floor √ε·‖H‖ only
+    # matters for an eigenvalue that is numerically zero at the working precision (its relative residual is
+    # undefined).
+    ok = res.converged or bool(converged([r_min, r_max], [lam_min, lam_max], tol,
+                                         max(abs(lam_min), abs(lam_max)), H.dtype).all())
     return lam_min, lam_max, vecs[lo], vecs[hi], (r_min, r_max), ok, H.num_matvecs - before
 
 
@@ -373,8 +377,8 @@ def _min_max_wrapper(model_wrapper: ModelWrapper, loss_fn: Optional[Callable[[An
                      seed: int = 0, float64: bool = False) -> tuple[float, float, np.ndarray, np.ndarray]:
     if loss_fn is not None:
         _check_loss_fn(loss_fn)
-    max_iter = _check_pos_int(max_iter, "max_iter")
-    tol = _check_tol(tol)
+    max_iter = _budget("max_iter", max_iter)
+    tol = _relative_tol(tol)
     device = _resolve_device(use_cuda, model_wrapper.model)
     H = model_wrapper.operator(loss_fn, device=device, dtype=_compute_dtype(float64))
     lam_min, lam_max, v_min, v_max, resid, ok, _ = _extreme_eigs(H, max_iter, tol, seed)
@@ -388,12 +392,11 @@ def _min_max_legacy(net: nn.Module, inputs: Any, targets: Any, criterion: Callab
                     max_iter: int = 100, tol: float = 1e-3, seed: int = 0,
                     float64: bool = False) -> tuple[float, float, np.ndarray, np.ndarray, int]:
     _check_loss_fn(criterion, "criterion")
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 0:
-        raise ValueError(f"rank must be a non-negative int, got {rank!r}")
-    verbose = _check_bool(verbose, "verbose")
-    all_params = _check_bool(all_params, "all_params")
-    max_iter = _check_pos_int(max_iter, "max_iter")
-    tol = _check_tol(tol)
+    check_int("rank", rank, minimum=0)
+    verbose = check_bool("verbose", verbose)
+    all_params = check_bool("all_params", all_params)
+    max_iter = _budget("max_iter", max_iter)
+    tol = _relative_tol(tol)
     device = _resolve_device(use_cuda, net)
     params: Optional[list[str]] = None
     if not all_params:  # as the original: leave out 0-dim (scalar) parameters
@@ -501,24 +504,21 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
 
 # ----------------------------------------------------------------------------------------------- trace
 def _estimate_trace(H: HessianOperator, budget: int, method: Optional[str], seed: int):
-    from .. import trace as _trace
-
     explicit = method is not None
     method = DEFAULT_TRACE_METHOD if method is None else method
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS} or None, got {method!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if budget < {"hutchinson": 1, "hutchpp": 3, "xtrace": 2, "auto": 1}[method]:
+    seed = check_int("seed", seed)
+    if budget < _MIN_BUDGET[method]:
         if not explicit:  # the default estimator needs 2 probes; one probe is Hutchinson's job
             method = "hutchinson"
         else:
             raise ValueError(f"num_random_vectors={budget} is too small for method={method!r} (needs >= "
                              f"{3 if method == 'hutchpp' else 2})")
     if method == "auto":
-        res = _trace.estimate_trace(H, budget, method="auto", seed=int(seed))
+        res = estimate_trace(H, budget, method="auto", seed=seed)
     else:
-        res = getattr(_trace, method)(H, budget, seed=int(seed))
+        res = {"hutchinson": hutchinson, "hutchpp": hutchpp, "xtrace": xtrace}[method](H, budget, seed=seed)
     if not math.isfinite(res.estimate):
         raise RuntimeError(f"the trace estimate is {res.estimate}: the Hessian-vector products are not "
                            "finite")
@@ -530,8 +530,8 @@ def _trace_wrapper(model_wrapper: ModelWrapper, loss_fn: Optional[Callable[[Any]
                    seed: int = 0, return_result: bool = False, float64: bool = False):
     if loss_fn is not None:
         _check_loss_fn(loss_fn)
-    budget = _check_pos_int(num_random_vectors, "num_random_vectors")
-    return_result = _check_bool(return_result, "return_result")
+    budget = _budget("num_random_vectors", num_random_vectors)
+    return_result = check_bool("return_result", return_result)
     device = _resolve_device(use_cuda, model_wrapper.model)
     H = model_wrapper.operator(loss_fn, device=device, dtype=_compute_dtype(float64))
     res = _estimate_trace(H, budget, method, seed)
@@ -542,8 +542,8 @@ def _trace_legacy(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], input
                   num_random_vectors: int = 10, *, use_cuda: bool = False, method: Optional[str] = None,
                   seed: int = 0, return_result: bool = False, float64: bool = False):
     _check_loss_fn(loss_fn)
-    budget = _check_pos_int(num_random_vectors, "num_random_vectors")
-    return_result = _check_bool(return_result, "return_result")
+    budget = _budget("num_random_vectors", num_random_vectors)
+    return_result = check_bool("return_result", return_result)
     device = _resolve_device(use_cuda, model)
     _param_device(model)
     _check_data_device(inputs, model, device, "inputs")
@@ -585,23 +585,17 @@ def hessian_trace(*args: Any, **kwargs: Any):
       after 150 Adam steps; root-mean-square relative error over 20 seeds against the exact trace of the
       dense float64 Hessian (``python benchmarks/bench_api_a.py --trace``; full table in the README):
 
-      ======================  ==========  ==========  ==========  ==========
-      budget 30 / 100         hutchinson  hutchpp     xtrace      auto
-      ======================  ==========  ==========  ==========  ==========
-      MLP init                1.1e-1 /    1.9e-1 /    2.9e-1 /    1.1e-1 /
-                              8.4e-2      1.2e-1      1.1e-1      8.4e-2
-      MLP trained             2.1e-2 /    2.8e-2 /    3.1e-2 /    2.1e-2 /
-                              1.2e-2      1.1e-2      1.1e-2      1.1e-2
-      CNN init                2.5e-1 /    4.7e-1 /    3.7e-1 /    2.5e-1 /
-                              1.3e-1      1.5e-1      8.4e-2      8.4e-2
-      CNN trained             3.5e-2 /    2.5e-2 /    2.3e-2 /    2.3e-2 /
-                              2.1e-2      6.7e-3      7.2e-3      7.2e-3
-      transformer init        3.8e-2 /    6.0e-2 /    5.7e-2 /    3.8e-2 /
-                              1.8e-2      2.5e-2      1.9e-2      1.8e-2
-      transformer trained     6.6e-2 /    3.1e-2 /    2.6e-2 /    2.6e-2 /
-                              3.7e-2      7.8e-4      7.2e-4      7.2e-4
-      geo. mean, 12 runs      4.6e-2      3.4e-2      3.2e-2      2.6e-2
-      ======================  ==========  ==========  ==========  ==========
+      ====================  =================  =================  =================  =================
+      budget 30 / 100       hutchinson         hutchpp            xtrace             auto
+      ====================  =================  =================  =================  =================
+      MLP init              1.1e-1 / 8.4e-2    1.9e-1 / 1.2e-1    2.9e-1 / 1.1e-1    1.1e-1 / 8.4e-2
+      MLP trained           2.1e-2 / 1.2e-2    2.8e-2 / 1.1e-2    3.1e-2 / 1.1e-2    2.1e-2 / 1.1e-2
+      CNN init              2.5e-1 / 1.3e-1    4.7e-1 / 1.5e-1    3.7e-1 / 8.4e-2    2.5e-1 / 8.4e-2
+      CNN trained           3.5e-2 / 2.1e-2    2.5e-2 / 6.7e-3    2.3e-2 / 7.2e-3    2.3e-2 / 7.2e-3
+      transformer init      3.8e-2 / 1.8e-2    6.0e-2 / 2.5e-2    5.7e-2 / 1.9e-2    3.8e-2 / 1.8e-2
+      transformer trained   6.6e-2 / 3.7e-2    3.1e-2 / 7.8e-4    2.6e-2 / 7.2e-4    2.6e-2 / 7.2e-4
+      geo. mean, 12 runs    4.6e-2             3.4e-2             3.2e-2             2.6e-2
+      ====================  =================  =================  =================  =================
 
       Flat spectra (freshly initialised networks) favour Hutchinson by up to 2.7×, spectra with a few
       dominant eigenvalues (trained networks) favour XTrace by up to 52×; ``"auto"`` takes the better one

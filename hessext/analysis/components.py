@@ -51,7 +51,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_bool, check_int, check_tol
 from .metrics import HessianMetrics
+from .spectrum import as_floats, extreme_ritz_pairs, make_operator, shared_probe_traces
 
 __all__ = [
     "COMPONENT_NAMES",
@@ -161,88 +163,83 @@ def _classify(model: nn.Module) -> tuple[dict[str, list[ParamPart]], list[str]]:
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         segs = mod_name.split(".") if mod_name else []
-        leaf = segs[-1].lower() if segs else ""
-        parent = segs[:-1]
-        direct = [(k, p) for k, p in module.named_parameters(recurse=False)]
-        if not direct:
-            continue
-
-        def full(k: str) -> str:
-            return f"{mod_name}.{k}" if mod_name else k
-
-        def add(role: str, part: ParamPart, p: Tensor) -> None:
-            roles[role].append(part)
-            seen.add(id(p))
-
-        if isinstance(module, nn.MultiheadAttention):
-            d = module.embed_dim
-            for k, p in direct:
-                if id(p) in seen:
-                    continue
-                if k in ("in_proj_weight", "in_proj_bias"):
-                    for j, role in enumerate(("q", "k", "v")):
-                        add(role, ParamPart(full(k), 0, j * d, (j + 1) * d), p)
-                elif k in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
-                    add(k[0], ParamPart(full(k)), p)
-                elif k in ("bias_k", "bias_v"):
-                    add(k[-1], ParamPart(full(k)), p)
-                else:
-                    add("attn_other", ParamPart(full(k)), p)
-            continue
-
-        in_attn = _is_attn_ctx(segs)
-        in_ffn = _is_ffn_ctx(segs)
-        parent_leaf = parent[-1].lower() if parent else ""
-        for k, p in direct:
+        for k, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue  # shared (tied) parameter, already classified under its first name
-            name = full(k)
-            if _is_norm(module):
-                add("norm", ParamPart(name), p)
-            elif _is_embedding(module):
-                add("attn_other" if in_attn else "embed", ParamPart(name), p)
-            elif k in ("weight", "bias") and p.dim() in (1, 2):
-                # A Linear-like layer (Linear, Conv1D, ...).
-                role = None
-                if leaf in _QKV_THIRDS and (in_attn or leaf == "c_attn"):
-                    conv1d = type(module).__name__ == "Conv1D"
-                    dim = 1 if (conv1d and k == "weight") else 0
-                    size = p.shape[dim]
-                    if size % 3 == 0:
-                        third = size // 3
-                        for j, r in enumerate(("q", "k", "v")):
-                            add(r, ParamPart(name, dim, j * third, (j + 1) * third), p)
-                        continue
-                    role = "qkv_fused"
-                    notes.append(f"{name}: fused QKV of size {size} is not divisible by 3")
-                elif leaf in _QKV_INTERLEAVED:
-                    role = "qkv_fused"
-                    notes.append(f"{name}: fused QKV with an interleaved per-head layout")
-                elif in_attn and leaf in _Q:
-                    role = "q"
-                elif in_attn and leaf in _K:
-                    role = "k"
-                elif in_attn and leaf in _V:
-                    role = "v"
-                elif in_attn and (leaf in _O or (leaf == "dense" and parent_leaf == "output")):
-                    role = "o"
-                elif in_attn:
-                    role = "attn_other"
-                elif leaf in _FFN_IN or (leaf == "dense" and parent_leaf == "intermediate"):
-                    role = "ffn_in"
-                elif leaf in _FFN_OUT or (in_ffn and leaf in _FFN_OUT_IN_CONTEXT) or (
-                        leaf == "dense" and parent_leaf == "output"):
-                    role = "ffn_out"
-                elif in_ffn:
-                    role = "ffn_other"
-                elif leaf in _HEAD or (leaf == "decoder" and parent_leaf == "predictions"):
-                    role = "head"
-                add(role or "other", ParamPart(name), p)
-            elif _POS_PARAM.search(k.lower()):
-                add("embed", ParamPart(name), p)
-            else:
-                add("other", ParamPart(name), p)
+            seen.add(id(p))
+            name = f"{mod_name}.{k}" if mod_name else k
+            for role, part in _parameter_parts(module, segs, k, p, name, notes):
+                roles[role].append(part)
     return roles, notes
+
+
+def _parameter_parts(module: nn.Module, segs: Sequence[str], k: str, p: Tensor, name: str,
+                     notes: list[str]) -> list[tuple[str, ParamPart]]:
+    """The (role, part) pairs of parameter ``k`` (full name ``name``) of ``module`` at path ``segs``; a packed
+    parameter gives one part per role. Notes on packed weights of unknown layout go to ``notes``."""
+    if isinstance(module, nn.MultiheadAttention):
+        return _mha_parts(module.embed_dim, k, name)
+    leaf = segs[-1].lower() if segs else ""
+    parent_leaf = segs[-2].lower() if len(segs) > 1 else ""
+    in_attn = _is_attn_ctx(segs)
+    if _is_norm(module):
+        return [("norm", ParamPart(name))]
+    if _is_embedding(module):
+        return [("attn_other" if in_attn else "embed", ParamPart(name))]
+    if k in ("weight", "bias") and p.dim() in (1, 2):  # a Linear-like layer (Linear, Conv1D, ...)
+        if leaf in _QKV_THIRDS and (in_attn or leaf == "c_attn"):
+            conv1d = type(module).__name__ == "Conv1D"
+            dim = 1 if (conv1d and k == "weight") else 0  # a GPT-2 Conv1D weight is [d, 3d]
+            size = p.shape[dim]
+            if size % 3 == 0:
+                third = size // 3
+                return [(r, ParamPart(name, dim, j * third, (j + 1) * third)) for j, r in enumerate("qkv")]
+            notes.append(f"{name}: fused QKV of size {size} is not divisible by 3")
+            return [("qkv_fused", ParamPart(name))]
+        if leaf in _QKV_INTERLEAVED:
+            notes.append(f"{name}: fused QKV with an interleaved per-head layout")
+            return [("qkv_fused", ParamPart(name))]
+        return [(_linear_role(leaf, parent_leaf, in_attn, _is_ffn_ctx(segs)), ParamPart(name))]
+    if _POS_PARAM.search(k.lower()):
+        return [("embed", ParamPart(name))]
+    return [("other", ParamPart(name))]
+
+
+def _mha_parts(d: int, k: str, name: str) -> list[tuple[str, ParamPart]]:
+    """Parts of parameter ``k`` of an ``nn.MultiheadAttention`` of width ``d``: the packed ``in_proj_*`` in
+    thirds (query, key, value rows)."""
+    if k in ("in_proj_weight", "in_proj_bias"):
+        return [(role, ParamPart(name, 0, j * d, (j + 1) * d)) for j, role in enumerate("qkv")]
+    if k in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        return [(k[0], ParamPart(name))]
+    if k in ("bias_k", "bias_v"):
+        return [(k[-1], ParamPart(name))]
+    return [("attn_other", ParamPart(name))]
+
+
+def _linear_role(leaf: str, parent_leaf: str, in_attn: bool, in_ffn: bool) -> str:
+    """The role of a Linear-like layer that is not a fused QKV, from its name ``leaf``, its parent's name and
+    its context (inside attention / inside a feed-forward block)."""
+    if in_attn:
+        if leaf in _Q:
+            return "q"
+        if leaf in _K:
+            return "k"
+        if leaf in _V:
+            return "v"
+        if leaf in _O or (leaf == "dense" and parent_leaf == "output"):
+            return "o"
+        return "attn_other"
+    if leaf in _FFN_IN or (leaf == "dense" and parent_leaf == "intermediate"):
+        return "ffn_in"
+    if (leaf in _FFN_OUT or (in_ffn and leaf in _FFN_OUT_IN_CONTEXT)
+            or (leaf == "dense" and parent_leaf == "output")):
+        return "ffn_out"
+    if in_ffn:
+        return "ffn_other"
+    if leaf in _HEAD or (leaf == "decoder" and parent_leaf == "predictions"):
+        return "head"
+    return "other"
 
 
 def _check_name(name: object) -> str:
@@ -364,13 +361,10 @@ class ComponentSelector:
         return list(COMPONENT_NAMES)
 
     @staticmethod
-    def get_all_component_names() -> list[str]:
-        """Every known component name (same as :meth:`get_comprehensive_components`)."""
-        return list(COMPONENT_NAMES)
-
-    @staticmethod
     def check_names(names: Iterable[str]) -> list[str]:
-        """Validate names without a model. Raises ``ValueError`` on unknown names, ``TypeError`` on non-str."""
+        """Validate names without a model (duplicates dropped, order kept).
+
+        Raises ``ValueError`` on unknown names, ``TypeError`` on non-str."""
         if isinstance(names, str):
             names = [names]
         names = list(names)
@@ -402,10 +396,6 @@ class ComponentSelector:
         return valid
 
 
-def _desc(t: Tensor) -> list[float]:
-    return sorted((float(x) for x in t.detach().cpu().tolist()), reverse=True)
-
-
 class ComponentAnalyzer:
     """Per-component Hessian analysis: eigenvalues of diagonal blocks and traces from shared probes.
 
@@ -413,7 +403,8 @@ class ComponentAnalyzer:
         include_bias: include bias vectors in components (default ``False``, as
             :func:`extract_component_parameters`).
         tol: Lanczos tolerance on the Ritz residuals (relative).
-        max_iter: Krylov dimension cap per component (None: :func:`default_max_iter`).
+        max_iter: Krylov dimension cap per component (None:
+            :func:`hessext.analysis.spectrum.clustered_spectrum_max_iter`).
         trace_probes: Rademacher probes of the whole-model Hutchinson estimate whose per-block sums give
             every component's trace (0 disables component traces).
         seed: probe / start-vector seed.
@@ -421,15 +412,11 @@ class ComponentAnalyzer:
 
     def __init__(self, include_bias: bool = False, tol: float = 1e-4, trace_probes: int = 20,
                  seed: int = 0, max_iter: Optional[int] = None) -> None:
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise ValueError(f"tol must be positive, got {tol!r}")
-        if isinstance(trace_probes, bool) or not isinstance(trace_probes, int) or trace_probes < 0:
-            raise ValueError(f"trace_probes must be a non-negative int, got {trace_probes!r}")
-        self.include_bias = include_bias
-        self.tol = float(tol)
-        self.trace_probes = trace_probes
-        self.seed = int(seed)
-        self.max_iter = max_iter
+        self.include_bias = check_bool("include_bias", include_bias)
+        self.tol = check_tol(tol)
+        self.trace_probes = check_int("trace_probes", trace_probes, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.max_iter = None if max_iter is None else check_int("max_iter", max_iter, minimum=1)
 
     # -------------------------------------------------------------- index sets
     def component_index_sets(self, model: nn.Module, layout: Any,
@@ -472,13 +459,12 @@ class ComponentAnalyzer:
         Returns:
             ``{component: {...}}`` for every component that resolves on this model.
         """
-        from .analyzer import make_operator
-
-        _check_k("n_components", n_components)
+        check_int("n_components", n_components, minimum=1)
         if component_list is None:
             component_list = ComponentSelector.get_standard_components()
         H = operator if operator is not None else make_operator(
-            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device, arg_name="data_batch")
+            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
+            arg_name="data_batch")
         index_sets = self.component_index_sets(model, H.layout, component_list)
         if not index_sets:
             return {}
@@ -490,8 +476,8 @@ class ComponentAnalyzer:
             size = int(idx.numel())
             # Top of the block only: the bottom of a (nearly) PSD block sits at ~0, where a relative
             # residual test cannot be met and the run would go to max_iter.
-            top, _ = _extremes(A, min(n_components, size), 0, self.tol, self.seed, self.max_iter)
-            top_vals = _desc(top.eigenvalues)
+            top, _ = extreme_ritz_pairs(A, min(n_components, size), 0, self.tol, self.seed, self.max_iter)
+            top_vals = as_floats(top.descending()[0])
             entry = HessianMetrics.compute_detailed_hessian_metrics(top_vals)
             entry.update({
                 "num_parameters": size,
@@ -535,7 +521,8 @@ class ComponentAnalyzer:
         values, skipped = {}, []
         for comp, entry in results.items():
             v = entry.get(metric_name) if isinstance(entry, Mapping) else None
-            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v):
+            real = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+            if real and math.isfinite(v):
                 values[comp] = float(v)
             else:
                 skipped.append(comp)
@@ -570,7 +557,8 @@ class ComponentAnalyzer:
             "parameter_fraction": {c: (s / model_n if model_n else float("nan")) for c, s in sizes.items()},
             "unique_parameter_tensors": len(unique),
             "max_eigenvalues": {c: results[c].get("max_eigenvalue") for c in names},
-            "trace_estimates": {c: results[c].get("trace_estimate") for c in names if "trace_estimate" in results[c]},
+            "trace_estimates": {c: results[c]["trace_estimate"] for c in names
+                                if "trace_estimate" in results[c]},
         }
         maxes = {c: v for c, v in summary["max_eigenvalues"].items() if isinstance(v, (int, float))}
         if maxes:
@@ -581,58 +569,6 @@ class ComponentAnalyzer:
 
 def _names_of(model: nn.Module, name: str, include_bias: bool) -> list[str]:
     return [p.name for p in resolve_component(model, name, include_bias)]
-
-
-def _check_k(name: str, k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name} must be a positive int, got {k!r}")
-    return k
-
-
-def default_max_iter(n: int, k: int) -> int:
-    """Krylov dimension cap of the API B solves: ``min(n, 10k + 200)`` (Lanczos stops earlier at ``tol``).
-
-    Hessians of transformers have clustered top eigenvalues; the engine's generic default (``2k + 60``)
-    often stops before ``tol`` is met, so API B allows more steps (measured: 90–160 steps for k = 11 at
-    tol 1e-4 on the default factory model)."""
-    return min(n, 10 * k + 200)
-
-
-def _extremes(A: Any, k_top: int, k_bottom: int, tol: float, seed: int,
-              max_iter: Optional[int] = None) -> tuple[Any, Any]:
-    """(top, bottom-or-None) EigenResults from one Krylov space."""
-    from .lanczos import extreme_eigenpairs, lanczos
-
-    if max_iter is None:
-        max_iter = default_max_iter(A.shape[0], k_top + k_bottom)
-    max_iter = min(max(max_iter, k_top + k_bottom), A.shape[0])
-    if k_bottom <= 0:
-        return lanczos(A, k=k_top, which="LA", tol=tol, seed=seed, max_iter=max_iter), None
-    return extreme_eigenpairs(A, k_top=k_top, k_bottom=k_bottom, tol=tol, seed=seed, max_iter=max_iter)
-
-
-def shared_probe_traces(H: Any, num_probes: int, index_sets: Mapping[str, Tensor] | None = None,
-                        seed: int = 0) -> dict[str, Any]:
-    """Whole-model Hutchinson trace and per-block traces from the same Rademacher probes.
-
-    ``tr(H) ≈ (1/m) Σ_j z_jᵀ H z_j``; block S: ``tr(H_SS) ≈ (1/m) Σ_j Σ_{i∈S} z_ij (H z_j)_i``; standard
-    errors are the sample standard deviation over probes / √m. Blocks may overlap.
-
-    Returns:
-        ``{"estimate", "std_error", "num_matvecs", "blocks": {name: {"estimate", "std_error"}}}``.
-    """
-    from .trace import hutchinson
-
-    blocks = dict(index_sets or {})
-    res = hutchinson(H, num_probes, seed=seed, blocks=blocks or None)
-    out = {"estimate": float(res.estimate), "std_error": float(res.std_error),
-           "num_matvecs": int(res.num_matvecs), "blocks": {}}
-    if blocks:
-        be = res.block_estimates or {}
-        bs = res.block_std_errors or {}
-        out["blocks"] = {k: {"estimate": float(be[k]), "std_error": float(bs.get(k, float("nan")))}
-                         for k in blocks if k in be}
-    return out
 
 
 def compute_component_hessians(model: nn.Module, loss_fn: Any, data_batch: Any,

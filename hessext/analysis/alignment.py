@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .metrics import HessianMetrics, to_numpy_1d
+from .._checks import order_descending
+from .metrics import to_numpy_1d
+from .spectrum import extreme_ritz_pairs, make_operator
 
 __all__ = [
     "gradient_alignment",
@@ -72,8 +74,9 @@ def gradient_alignment(grad: Tensor, Hg: Tensor, eigenvalues: Optional[Tensor] =
         lam = eigenvalues.detach().to("cpu", torch.float64)
         V = eigenvectors.detach().to(g.device, torch.float64)
         if V.dim() != 2 or V.shape != (lam.numel(), g.numel()):
-            raise ValueError(f"eigenvectors must be [k, n] = [{lam.numel()}, {g.numel()}], got {tuple(V.shape)}")
-        order = torch.argsort(lam, descending=True)
+            raise ValueError(f"eigenvectors must be [k, n] = [{lam.numel()}, {g.numel()}], got "
+                             f"{tuple(V.shape)}")
+        order = order_descending(lam)
         lam, V = lam[order], V[order.to(V.device)]
         V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)
         proj = (V @ g).cpu()  # g·v_i
@@ -193,7 +196,8 @@ def train_val_divergence(train_metrics: Mapping[str, Any], val_metrics: Mapping[
     sig: dict[str, Any] = {
         "trace_ratio": _safe_ratio(g(train_metrics, "hessian_trace_estimate"),
                                    g(val_metrics, "hessian_trace_estimate")),
-        "max_eigenvalue_ratio": _safe_ratio(g(train_metrics, "max_eigenvalue"), g(val_metrics, "max_eigenvalue")),
+        "max_eigenvalue_ratio": _safe_ratio(g(train_metrics, "max_eigenvalue"),
+                                            g(val_metrics, "max_eigenvalue")),
         "negative_eigenvalue_diff": int(train_metrics.get("negative_count", 0))
         - int(val_metrics.get("negative_count", 0)),
         "effective_rank_diff": int(train_metrics.get("effective_rank_95", 0))
@@ -211,7 +215,8 @@ def train_val_divergence(train_metrics: Mapping[str, Any], val_metrics: Mapping[
         "train_max_eigenvalue": g(train_metrics, "max_eigenvalue"),
         "val_max_eigenvalue": g(val_metrics, "max_eigenvalue"),
     }
-    sig["eigenvalue_distribution_overlap"] = eigenvalue_distribution_overlap(train_eigenvalues, val_eigenvalues)
+    sig["eigenvalue_distribution_overlap"] = eigenvalue_distribution_overlap(train_eigenvalues,
+                                                                             val_eigenvalues)
     terms = [math.log1p(abs(sig["trace_ratio"])), math.log1p(abs(sig["max_eigenvalue_ratio"])),
              float(abs(sig["negative_eigenvalue_diff"])), 1.0 - sig["eigenvalue_distribution_overlap"]]
     finite = [t for t in terms if math.isfinite(t)]
@@ -231,15 +236,12 @@ def compute_hessian_gradient_alignment(model: Any, loss_fn: Any, data_batch: Any
     Computes the gradient, ``H g`` (one HVP) and — unless ``eigenvalues``/``eigenvectors`` ``[k, n]`` are
     given — the top ``n_components`` Ritz pairs, then :func:`gradient_alignment`.
     """
-    from .analyzer import make_operator
-    from .components import _extremes
-
     H = make_operator(model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
                       arg_name="data_batch")
     loss, g = H.loss_and_grad()
     Hg = H @ g
     if eigenvalues is None or eigenvectors is None:
-        res, _ = _extremes(H, min(n_components, H.n), 0, tol, 0)
+        res, _ = extreme_ritz_pairs(H, min(n_components, H.n), 0, tol, 0)
         eigenvalues, eigenvectors = res.eigenvalues, res.eigenvectors
     lam = torch.as_tensor(np.asarray(eigenvalues, dtype=np.float64)) if not isinstance(eigenvalues, Tensor) \
         else eigenvalues
