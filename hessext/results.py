@@ -217,14 +217,6 @@ class DensityResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
-        return {
-            "grid": _floats(self.grid),
-            "density": _floats(self.density),
-            "nodes": _floats(self.nodes),
-            "weights": _floats(self.weights),
-            "num_matvecs": int(self.num_matvecs),
-            "sigma": float(self.sigma),
-            "n": int(self.n),
-            "trace_estimate": float(self.trace_estimate),
-            "trace_std_error": float(self.trace_std_error),
-        }
+        arrays = {k: _floats(getattr(self, k)) for k in ("grid", "density", "nodes", "weights")}
+        return {**arrays, "num_matvecs": int(self.num_matvecs), "sigma": float(self.sigma), "n": int(self.n),
+                "trace_estimate": float(self.trace_estimate), "trace_std_error": float(self.trace_std_error)}
