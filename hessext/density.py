@@ -24,7 +24,8 @@ from torch import Tensor
 
 from . import ops
 from ._checks import ArgumentTypeError, check_int, check_positive_float, check_seed, work_dtype
-from .lanczos import LanczosChains, require_memory
+from ._memory import require_memory
+from .lanczos import LanczosChains
 from .linop import LinearOperator, as_operator, holds_session
 from .results import DensityResult
 

@@ -23,17 +23,23 @@ is copied over and solved with ``scipy.linalg.eigh_tridiagonal`` (on the CPU, wh
 free, also once per step for the DGKS test). The step recurrence lives in :class:`LanczosChains`, shared
 with stochastic Lanczos quadrature (:mod:`hessext.density`, p chains at once).
 
+Orthogonalisation choice (``reorth=``, issue 20): ``"full"`` as above; ``"selective"`` (experimental,
+:class:`SelectiveOrthogonalizer`): the three-term recurrence, orthogonalised only against converged Ritz
+vectors when estimates of the loss ask for it, with measured checkpoints and a fallback to full passes;
+``"none"`` (the bare recurrence, for tests). ``"auto"`` is ``"full"`` at every size for now
+(:func:`resolve_reorth` says why, with the measurements of ``benchmarks/bench_lanczos_scale.py``).
+
 Public names other modules use: :func:`lanczos` / :data:`eigsh`, :func:`extreme_eigenpairs`,
-:class:`LanczosChains`, :func:`krylov_dim_for_extremes` (= :func:`default_max_iter`),
+:class:`LanczosChains`, :class:`SelectiveOrthogonalizer`, :func:`resolve_reorth`,
+:func:`krylov_dim_for_extremes` (= :func:`default_max_iter`),
 :func:`available_memory`, :func:`require_memory`, :func:`format_bytes`.
 """
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -42,7 +48,9 @@ from torch import Tensor
 
 from . import ops
 from ._checks import check_int, check_seed, check_tol, converged, work_dtype
+from ._memory import available_memory, format_bytes, require_memory
 from .linop import LinearOperator, as_operator, holds_session
+from .reorth import SelectiveOrthogonalizer
 from .results import EigenResult
 
 __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov_dim_for_extremes",
@@ -51,11 +59,6 @@ __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov
 
 WHICH = ("LA", "SA", "LM", "BE")
 REORTH = ("auto", "full", "selective", "none")
-#: ``reorth="auto"`` orthogonalises selectively when ``n > AUTO_SELECTIVE_MIN_N`` and ``n · m`` (the Krylov
-#: dimension) is at least ``AUTO_SELECTIVE_MIN_WORK``; smaller problems keep full reorthogonalisation (bitwise
-#: as before; there a full pass costs little next to a product).
-AUTO_SELECTIVE_MIN_N = 100_000
-AUTO_SELECTIVE_MIN_WORK = 10_000_000
 _GRAM_FLOP_BUDGET = 4e9      # full basis Gram matrix for the orthogonality measure when j²n is below this
 
 
@@ -107,62 +110,6 @@ def _check_every_interval(j: int, device: torch.device) -> int:
     if device.type == "cpu":
         return 1
     return max(3, min(10, j // 10))
-
-
-# ----------------------------------------------------------------------------------------------- memory
-def _host_available_bytes() -> Optional[int]:
-    """``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``SC_AVPHYS_PAGES · SC_PAGE_SIZE``; else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024          # the value is in kiB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def available_memory(device: "torch.device | str") -> Optional[int]:
-    """Bytes a new allocation on ``device`` can get now, or None when it cannot be known.
-
-    CPU: the kernel's ``MemAvailable`` (free memory plus what can be reclaimed without swapping), from
-    ``/proc/meminfo``, else ``os.sysconf``. CUDA: the device's free memory (``torch.cuda.mem_get_info``) plus
-    what torch's caching allocator holds reserved but unused. Other device types: None (no check).
-    """
-    device = torch.device(device)
-    if device.type == "cpu":
-        return _host_available_bytes()
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free) + int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device))
-    return None
-
-
-def format_bytes(nbytes: float) -> str:
-    """``nbytes`` in binary units for messages: ``"1.5 GiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(nbytes) < 1024 or unit == "PiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    raise AssertionError("unreachable")
-
-
-def require_memory(nbytes: int, device: "torch.device | str", what: str,
-                   advice: Callable[[int], str]) -> None:
-    """Refuse, before allocating, a buffer of ``nbytes`` that does not fit in ``device``'s available memory
-    (:func:`available_memory`; nothing is checked where that is unknown).
-
-    Raises ``ValueError("{what} needs N bytes (…), but only M bytes (…) are available on {device}:
-    {advice(M)}")``: ``what`` names the arguments that set the size, ``advice(M)`` says what to pass instead.
-    """
-    avail = available_memory(device)
-    if avail is None or nbytes <= avail:
-        return
-    raise ValueError(f"{what} needs {nbytes:,} bytes ({format_bytes(nbytes)}), but only {avail:,} bytes "
-                     f"({format_bytes(avail)}) are available on {torch.device(device)}: {advice(avail)}")
 
 
 # ----------------------------------------------------------------------------------------------- recurrence
@@ -269,164 +216,6 @@ class LanczosChains:
         self.flags[0, j] = nrm <= btol * tn
         if j + 1 < rows:
             torch.div(w, max(nrm, torch.finfo(V.dtype).tiny), out=V[j + 1])
-
-
-class SelectiveOrthogonalizer:
-    """Selective orthogonalisation (Parlett & Scott 1979) with PRO-style triggers (Simon 1984) and measured
-    checkpoints: the ``reorth="selective"`` state of one Lanczos run.
-
-    Paige's theorem: in floating point, ``q_{j+1}`` loses orthogonality to ``Q_j`` only along Ritz vectors
-    ``y_i`` that have converged, ``|y_iᵀ q_{j+1}| ≈ ε‖A‖ / ρ_i`` with ``ρ_i = |β_j s_{j,i}|``. So the
-    ``y_i`` whose ``ρ_i ≤ ε^{1/4}‖T‖`` ("good") are computed (one GEMM over the basis, :meth:`refresh`) and
-    kept as rows of ``Y``; the components ``τ_{i,l} = y_iᵀ q_l`` of later vectors are estimated by the
-    recurrence obtained from ``y_iᵀ`` of the Lanczos relation,
-
-        β_l τ_{l+1} = (θ_i − α_l) τ_l − β_{l−1} τ_{l−1} ± 2ε‖T‖,
-
-    and ``w`` is orthogonalised against ``Y`` (:func:`hessext.ops.reorthogonalize`, one pass: 2 sweeps of
-    ``r`` rows, not of the ``j``-row basis) only when an estimate exceeds ``η = √ε``; the measured
-    coefficients reset the estimates, and the step after is checked the same way (the recurrence carries
-    ``τ_l`` into ``τ_{l+2}``). ``Y`` is recomputed when a good Ritz value is not covered by a stored vector or
-    its residual fell 1000-fold since (from above √ε‖T‖). The basis thus stays semi-orthogonal
-    (``|q_iᵀ q_l| ≲ √ε``), which keeps
-    ``T_j`` equal to a projection of ``A`` to working precision (Simon 1984): no ghost copies, accurate Ritz
-    values. Monitoring, never assumed: at geometric checkpoints (basis sizes 24, 48, 96, …) the step measures
-    ``max_i |q_iᵀ w| / ‖w‖`` against the whole basis (one sweep); above ``√ε`` it repairs with a full pass
-    here and at the next step, and the run continues with full reorthogonalisation. ``measured`` is the
-    largest loss seen (checkpoints and the coefficients of every selective pass).
-
-    Cost per step: the recurrence (about 7 vector reads) plus ``4r`` reads on the steps that orthogonalise,
-    plus one basis sweep per refresh and per checkpoint — against ``2j`` for a full pass.
-    """
-
-    def __init__(self, n: int, rmax: int, dtype: torch.dtype, device: torch.device, mode: str = "selective"):
-        self.mode = mode                      # "selective", "full" (after a failed checkpoint) or "none"
-        self.rmax = rmax
-        self.Y = torch.empty(rmax if mode == "selective" else 0, n, dtype=dtype, device=device)
-        self.r = 0
-        self.theta = np.zeros(0)              # Ritz values of the stored rows
-        self.rho = np.zeros(0)                # their residuals when computed
-        self.tau = np.zeros(0)                # estimated |y_iᵀ q_j| of the newest basis vector
-        self.tau_prev = np.zeros(0)
-        self.eps = float(torch.finfo(dtype).eps)
-        self.eta = math.sqrt(self.eps)
-        self.trigger = self.eta / 2           # margin: one step can multiply the loss by |θ − α| / β
-        self.next_checkpoint = 24
-        self.force_full = 0                   # full passes still owed after a failed checkpoint
-        self.force_next = False               # the step after a selective pass orthogonalises too
-        self.noise = 16 * self.eps            # rounding per step, in units of ‖T‖; calibrated upwards
-        self.measured = 0.0
-        self.passes = self.refreshes = self.checkpoints = self.repairs = 0
-
-    def clean(self, w: Tensor, V: Tensor, j: int, a: float, bprev: float, tn: float) -> tuple[Tensor, float]:
-        """Make ``w`` (the step's unnormalised ``β_j q_{j+1}``) as orthogonal as the mode asks.
-
-        Returns ``(w, β_j = ‖w‖)``."""
-        if self.mode == "none":
-            return w, float(torch.linalg.vector_norm(w))
-        if self.mode == "full" or self.force_full > 0 or j + 1 >= self.next_checkpoint:
-            return self._full_or_checkpoint(w, V, j)
-        nrm = float(torch.linalg.vector_norm(w))
-        if self.r == 0:
-            return w, nrm
-        t = np.abs(self.theta - a) * self.tau + bprev * self.tau_prev + self.noise * tn
-        t = t / max(nrm, torch.finfo(V.dtype).tiny)
-        self.tau_prev, self.tau = self.tau, t
-        if np.all(t <= self.trigger) and not self.force_next:
-            return w, nrm
-        w, c, nt = ops.reorthogonalize(w, self.Y[:self.r], 1)
-        self.passes += 1
-        got = float(c.abs().max()) / max(nrm, 1e-300)    # w's loss before the pass: it is not stored
-        if got > float(t.max()):               # the estimate was low: scale the rounding term up
-            self.noise *= min(100.0, 2.0 * got / max(float(t.max()), self.eps))
-        self.force_next = not self.force_next
-        self.tau = np.full(self.r, self.eps)
-        if got > 2 * self.eta:                 # it grew past semi-orthogonality: repair as PRO would, with a
-            self.repairs += 1                  # full pass here and at the next step
-            self.force_full = 1
-            w, _, nt = ops.reorthogonalize(w, V[:j + 1], 1)
-        return w, float(nt)
-
-    def _full_or_checkpoint(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
-        """A checkpoint measures ``max |Q_{j+1}ᵀ w| / ‖w‖`` (one sweep) and repairs if it is above ``√ε``;
-        in ``"full"`` mode (or while repairs are owed) every step does one CGS pass against the basis."""
-        basis = V[:j + 1]
-        if self.mode == "full" or self.force_full > 0:
-            w2, c, nt = ops.reorthogonalize(w, basis, 1)
-            self.measured = max(self.measured, float(c[:j - 1].abs().max()) / max(float(nt), 1e-300)
-                                if j > 1 else 0.0)
-            self.force_full = max(0, self.force_full - 1)
-            self.tau = np.full(self.r, self.eps)
-            self.tau_prev = np.full(self.r, self.eps)
-            return w2, float(nt)
-        self.checkpoints += 1
-        self.next_checkpoint *= 2
-        nrm = float(torch.linalg.vector_norm(w))
-        g = basis @ w
-        loss = float(g.abs().max()) / max(nrm, 1e-300)
-        self.measured = max(self.measured, loss)
-        if loss <= self.eta:                   # |y_iᵀ w| ≤ ‖Q_{j+1}ᵀ w‖ for y_i in the span of the basis
-            self.tau_prev, self.tau = self.tau, np.full(self.r, float(torch.linalg.vector_norm(g)) / nrm)
-            return w, nrm
-        self.mode = "full"                     # the estimates missed: be safe for the rest of the run
-        w.addmv_(basis.T, g, alpha=-1)
-        return w, float(torch.linalg.vector_norm(w))
-
-    def refresh(self, V: Tensor, j: int, theta: np.ndarray, S: np.ndarray, res: np.ndarray,
-                tn: float) -> None:
-        """After the test of ``T_j``: recompute ``Y`` (one GEMM over ``V[:j]``) when a good Ritz value is
-        uncovered or much improved, and orthogonalise the newest vector ``V[j]`` against it."""
-        if self.mode != "selective" or j < 2:
-            return
-        good = np.flatnonzero(res <= self.eps ** 0.25 * tn / 4)      # hysteresis: trigger at a quarter of
-        if good.size == 0:                                            # the threshold that selects the rows
-            return
-        good = good[np.argsort(res[good], kind="stable")[:self.rmax]]
-        if not self._needs_refresh(theta[good], res[good], tn):
-            return
-        good = np.flatnonzero(res <= self.eps ** 0.25 * tn)
-        good = good[np.argsort(res[good], kind="stable")[:self.rmax]]
-        good = _extreme_windows(good, theta.size, self.rmax)
-        r = good.size
-        Sg = torch.from_numpy(np.ascontiguousarray(S[:, good].T)).to(dtype=V.dtype, device=V.device)
-        torch.mm(Sg, V[:j], out=self.Y[:r])
-        self.r, self.theta, self.rho = r, theta[good].copy(), res[good].copy()
-        self.refreshes += 1
-        q, _, nq = ops.reorthogonalize(V[j], self.Y[:r], 1)
-        V[j] = q / nq
-        self.tau = np.full(r, self.eps)
-        self.tau_prev = np.zeros(r)
-
-    def _needs_refresh(self, th: np.ndarray, rh: np.ndarray, tn: float) -> bool:
-        """Whether some good value has no stored vector (one-to-one match within the residuals) or a stored
-        vector whose residual has since fallen 1000-fold from above ``√ε‖T‖``."""
-        free = np.ones(self.r, dtype=bool)
-        for t, p in zip(th, rh):
-            cand = np.flatnonzero(free & (np.abs(self.theta - t) <= self.rho + p + 100 * self.eps * tn))
-            if cand.size == 0:
-                return True
-            i = cand[np.argmin(np.abs(self.theta[cand] - t))]
-            if p < self.rho[i] / 1000 and self.rho[i] > self.eta * tn:
-                return True
-            free[i] = False
-        return False
-
-
-def _extreme_windows(good: np.ndarray, j: int, rmax: int) -> np.ndarray:
-    """The good indices widened to whole windows at the ends of the spectrum of ``T_j`` (plus two more
-    values inward): a converged Ritz vector of a cluster is accurate only as part of the cluster's invariant
-    subspace, so its unconverged neighbours are stored too. At most ``rmax``, the best-converged first."""
-    mid = (j - 1) / 2.0
-    lo, hi = good[good < mid], good[good >= mid]
-    out = []
-    if hi.size:
-        out.append(np.arange(max(0, int(hi.min()) - 2), j))
-    if lo.size:
-        out.append(np.arange(0, min(j, int(lo.max()) + 3)))
-    idx = np.unique(np.concatenate(out + [good]))
-    if idx.size > rmax:
-        idx = good
-    return idx
 
 
 #: DGKS threshold (Daniel, Gragg, Kaufman, Stewart 1976; ARPACK uses 0.717): a second Gram–Schmidt pass is
@@ -574,17 +363,21 @@ class _Krylov:
 
 
 def resolve_reorth(reorth: object, n: int, m: int) -> str:
-    """The orthogonalisation of a run: ``reorth`` itself, or for ``"auto"`` the size rule above."""
+    """The orthogonalisation of a run of size ``n`` and Krylov dimension ``m``: ``reorth`` itself, or for
+    ``"auto"`` full reorthogonalisation at every size for now. Measured (benchmarks/bench_lanczos_scale.py,
+    float32 tanh-MLP Hessians, top-10 to 1e-4): ``"selective"`` converges to the same eigenvalues but, with
+    both ends of an indefinite Hessian converging (~40 good Ritz vectors by step 150) and float32's narrow
+    margin between ε and √ε, its Ritz-vector GEMMs and passes cost as much as full passes; ``"auto"`` switches
+    where a measurement shows it cheaper, which none does yet."""
     if not isinstance(reorth, str) or reorth not in REORTH:
         raise ValueError(f"reorth must be one of {REORTH}, got {reorth!r}")
-    if reorth != "auto":
-        return reorth
-    return "selective" if n > AUTO_SELECTIVE_MIN_N and n * m >= AUTO_SELECTIVE_MIN_WORK else "full"
+    return "full" if reorth == "auto" else reorth
 
 
 def _selective_rows(k: int, m: int) -> int:
-    """Rows of the good-Ritz-vector buffer of a selective run: ``min(m, 2k + 8)``."""
-    return min(m, 2 * k + 8)
+    """Rows of the good-Ritz-vector buffer of a selective run: ``min(m, 3k + 20)`` (k wanted values at one
+    end converge together with about as many at the other end of an indefinite Hessian)."""
+    return min(m, 3 * k + 20)
 
 
 def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
@@ -708,6 +501,18 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
     return "continue"
 
 
+def _refresh_between_tests(st: _Krylov) -> None:
+    """Selective mode between convergence tests (``check_every > 1``): solve ``T_j`` and update the good
+    Ritz vectors only (a breakdown is left to the next test)."""
+    j = st.j
+    ab = torch.stack([st.chains.alpha[0, :j], st.chains.beta[0, :j]]).to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(ab)) or np.any(st.chains.flags[0, :j].cpu().numpy()):
+        return
+    theta, S = eigh_tridiagonal(ab[0], ab[1, :j - 1])
+    st.guard.refresh(st.chains.V[0], j, theta, S, np.abs(ab[1, j - 1]) * np.abs(S[j - 1, :]),
+                     _tnorm_host(ab[0], ab[1, :j - 1]))
+
+
 def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
     """The step loop: advance to the next convergence test, synchronise, test; restart or stop."""
     k, m, device = st.want.k, st.m, st.chains.V.device
@@ -717,6 +522,11 @@ def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
         next_check = min(m, 2)
     while True:
         target = min(max(next_check, st.j + 1), m)
+        if st.guard is not None:                     # selective: the good set is updated after every step
+            while st.j + 1 < target:
+                st.chains.advance(st.op, st.j, st.j + 1, btol, st.pbar, guard=st.guard)
+                st.j += 1
+                _refresh_between_tests(st)
         st.chains.advance(st.op, st.j, target, btol, st.pbar, guard=st.guard)
         st.j = target
         verdict = _test(st, *_synchronise(st))
@@ -775,7 +585,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     _warn_tol_beyond_precision(tol, dtype, stacklevel=4)    # -> _run -> lanczos -> holds_session -> caller
     mode = resolve_reorth(reorth, n, m)
     rmax = _selective_rows(k, m) if mode == "selective" else 0
-    _require_basis_memory(n, k, m, max_iter, dtype, device)   # + rmax ≤ 2k + 8 rows of Ritz vectors
+    _require_basis_memory(n, k, m, max_iter, dtype, device)   # + rmax ≤ 3k + 20 rows of Ritz vectors
     st = _Krylov(op=op, want=want, chains=LanczosChains.allocate(1, m + 1, n, dtype, device), m=m, tol=tol,
                  seed=seed, start_matvecs=op.num_matvecs)
     if mode != "full":
@@ -868,6 +678,11 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         progress: show a tqdm bar.
         compute_residuals: replace the free Lanczos residual estimates by true residuals
             ``‖A y_i − θ_i y_i‖`` at the cost of one block product of k columns (k more matvecs).
+        reorth: ``"auto"`` (default: ``"full"`` at every size for now, see :func:`resolve_reorth`),
+            ``"full"`` (this docstring's algorithm), ``"selective"`` (experimental: the three-term recurrence
+            with selective orthogonalisation against converged Ritz vectors, measured checkpoints and a
+            fallback to full reorthogonalisation, :class:`SelectiveOrthogonalizer`; a convergence test after
+            every step) or ``"none"`` (the bare recurrence: ghost eigenvalues; for tests and demonstrations).
 
     Breakdown: when ``β_j ≤ ε^{2/3} ‖T‖`` (detected at the next test; the steps after it are discarded) the
     basis spans an invariant subspace and its Ritz values are exact eigenvalues. A random start vector reaches
@@ -925,9 +740,9 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs from ONE Krylov space.
 
     Same algorithm and keyword arguments as :func:`lanczos` (``max_iter``, ``tol``, ``seed``, ``v0``,
-    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``); the run stops when both ends
-    have converged. Both results report the matvecs and iterations of the shared run; each has its own
-    ``converged`` flag (its pairs met ``tol``). Either count may be 0 (an empty result), not both.
+    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``, ``reorth``); the run stops
+    when both ends have converged. Both results report the matvecs and iterations of the shared run; each
+    has its own ``converged`` flag (its pairs met ``tol``). Either count may be 0 (an empty result), not both.
 
     Returns:
         ``(top, bottom)``: :class:`~hessext.results.EigenResult` with ``which="LA"`` and ``which="SA"``,

@@ -152,7 +152,7 @@ def test_absurd_num_iter_is_refused_before_allocating(monkeypatch, fn):
 
 
 def test_num_iter_beyond_memory_says_what_fits(monkeypatch):
-    import hessext.lanczos as L
+    import hessext._memory as L
 
     ev = np.linspace(-1.0, 2.0, 50)
     A = with_spectrum(ev)

@@ -407,7 +407,7 @@ def test_absurd_max_iter_is_refused_before_allocating(monkeypatch, call):
 
 
 def test_max_iter_beyond_memory_says_what_fits(monkeypatch):
-    import hessext.lanczos as L
+    import hessext._memory as L
 
     ev = spread_spectrum()
     A = with_spectrum(ev)

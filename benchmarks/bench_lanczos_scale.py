@@ -1,0 +1,164 @@
+"""Lanczos at scale: where the time of a solve goes, full against selective orthogonalisation (issue 20).
+
+Workload: ``HessianOperator`` of a tanh MLP 784-h-h-10 with cross-entropy on one batch of 16 random samples
+(float32, random init, seed 0), ``lanczos(k=10, tol=1e-4, max_iter=300)``, for n from ~1e5 to ~1e7. Each
+size is solved with ``reorth="full"`` (today's behaviour and ``"auto"``'s choice, the reference) and
+``reorth="selective"``, on the backend this process loaded; the
+driver runs itself once per backend (compiled, then ``HESSEXT_FORCE_PYTHON=1``) in subprocesses.
+
+Time split per solve (wall clock, one process, fixed thread count):
+
+- HVP: inside the operator's ``matmat`` (a wrapping operator times it);
+- orth: inside orthogonalisation — ``hessext.ops.reorthogonalize`` (full passes) and the selective state's
+  ``clean``/``refresh`` (selective passes, Ritz-vector GEMMs, checkpoints), nested calls counted once;
+- rest: everything else (the three-term recurrence, tests of ``T_j``, final Ritz vectors and the
+  orthogonality measurement).
+
+"outside HVP" = (orth + rest) / total, the issue's figure of merit (target ≤ 30 % at n ≈ 6M). "agree" is
+``max |λ_i − λ_i^full| / |λ_i^full|`` over the 10 eigenvalues against the full run of the same size.
+
+Run: ``python benchmarks/bench_lanczos_scale.py [--quick] [--threads 2]``; ``--backend`` runs one backend
+in this process (used by the driver). A full run takes ~5–8 min on a 2-core machine, ``--quick`` ~1 min.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: hidden width h of 784-h-h-10 -> n ≈ 784h + h² + 11h + 10
+SIZES_FULL = (110, 700, 2100, 2700)          # n ≈ 0.1M, 1.0M, 6.1M, 9.4M
+SIZES_QUICK = (110, 700)
+
+
+class _Timer:
+    """Accumulates wall time of wrapped calls; nested wrapped calls are counted once (by the outermost)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.depth = 0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.total += time.perf_counter() - t0
+        return timed
+
+
+def run_backend(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
+    """Solve every size with ``reorth="full"`` and ``"auto"`` on this process's backend; one row per solve."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import hessext
+    import hessext.lanczos as hl
+    import hessext.ops as hops
+    from hessext.hvp import HessianOperator
+    from hessext.linop import LinearOperator
+
+    torch.set_num_threads(threads)
+    orth = _Timer()
+    hops.reorthogonalize = orth.wrap(hops.reorthogonalize)
+    hl.SelectiveOrthogonalizer.clean = orth.wrap(hl.SelectiveOrthogonalizer.clean)
+    hl.SelectiveOrthogonalizer.refresh = orth.wrap(hl.SelectiveOrthogonalizer.refresh)
+
+    class TimedOperator(LinearOperator):
+        """The wrapped operator, with the wall time of its products accumulated in ``seconds``."""
+
+        def __init__(self, op: LinearOperator) -> None:
+            super().__init__(op.n, op.dtype, op.device)
+            self.op, self.seconds = op, 0.0
+
+        def session(self):  # noqa: ANN201
+            return self.op.session()
+
+        def _matmat(self, X: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            Y = self.op.matmat(X)
+            self.seconds += time.perf_counter() - t0
+            return Y
+
+    rows = []
+    for h in sizes:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(784, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 10))
+        X, y = torch.randn(16, 784), torch.randint(0, 10, (16,))
+        op = TimedOperator(HessianOperator(model, nn.CrossEntropyLoss(), (X, y)))
+        ref = None
+        with op.session():
+            op.matvec(torch.ones(op.n))                      # build the cached graph outside the timings
+            for mode in ("full", "selective"):
+                op.seconds, orth.total, mv0 = 0.0, 0.0, op.num_matvecs
+                t0 = time.perf_counter()
+                r = hl.lanczos(op, k=10, tol=1e-4, max_iter=300, reorth=mode, return_vectors=False)
+                total = time.perf_counter() - t0
+                ev = r.eigenvalues.numpy()
+                if ref is None:
+                    ref = ev
+                agree = float(np.max(np.abs(ev - ref) / np.abs(ref)))
+                rows.append(dict(backend=hessext.BACKEND, n=op.n, mode=mode, total=total,
+                                 hvp=op.seconds, orth=orth.total, rest=total - op.seconds - orth.total,
+                                 matvecs=op.num_matvecs - mv0, converged=bool(r.converged),
+                                 ortho=float(r.orthogonality_loss), agree=agree,
+                                 ms_per_hvp=1e3 * op.seconds / max(1, op.num_matvecs - mv0)))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        del op, model
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of all solves."""
+    out = ["| backend | n | reorth | HVPs | ms/HVP | total s | HVP s | orth s | rest s | outside HVP | "
+           "‖QᵀQ−I‖ | agree vs full | conv |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        out.append(f"| {r['backend']} | {r['n']:,} | {r['mode']} | {r['matvecs']} | {r['ms_per_hvp']:.1f} | "
+                   f"{r['total']:.2f} | {r['hvp']:.2f} | {r['orth']:.2f} | {r['rest']:.2f} | "
+                   f"{(r['total'] - r['hvp']) / r['total']:.0%} | {r['ortho']:.1e} | {r['agree']:.1e} | "
+                   f"{'yes' if r['converged'] else 'no'} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="sizes up to n ≈ 1M only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", choices=("compiled", "python"), default=None,
+                    help="run one backend in this process and print its rows as JSON")
+    args = ap.parse_args()
+    sizes = SIZES_QUICK if args.quick else SIZES_FULL
+    if args.backend is not None:
+        print(json.dumps(run_backend(sizes, args.threads)))
+        return
+    rows: list[dict[str, Any]] = []
+    for backend in ("compiled", "python"):
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        env.pop("HESSEXT_FORCE_PYTHON", None)
+        if backend == "python":
+            env["HESSEXT_FORCE_PYTHON"] = "1"
+        cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
+               "--threads", str(args.threads)]
+        if args.quick:
+            cmd.append("--quick")
+        out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+        rows += json.loads(out.strip().splitlines()[-1])
+    print(f"\nLanczos top-10 to tol 1e-4, MLP 784-h-h-10 tanh, batch 16, float32, {args.threads} threads\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
