@@ -25,6 +25,7 @@ from ._version import __version__
 from .analysis import (
     ComponentAnalyzer,
     ComponentSelector,
+    CurvatureTracker,
     HessianAnalyzer,
     HessianConfig,
     HessianMetrics,
@@ -33,6 +34,7 @@ from .analysis import (
     compute_hessian_gradient_alignment,
     extract_component_parameters,
     get_hessian_eigenvectors,
+    load_tracking,
     measure_train_val_landscape_divergence,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "compute_component_hessians", "compute_hessian_gradient_alignment",
     "measure_train_val_landscape_divergence", "compute_detailed_hessian_metrics",
 ]
+__all__ += ["CurvatureTracker", "load_tracking"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ module                 what lives there
 ``persistence``        one step's JSON + NPZ files, written as one unit
 ``analyzer``           ``HessianAnalyzer``: one call analyses one training step, every section at once
 ``legacy``             the one-call legacy functions of API B
+``tracking``           curvature over training: ``CurvatureTracker`` (warm-started), JSON-lines records
 =====================  ======================================================================================
 
 Imports go one way: ``spectrum`` and ``metrics`` first, then ``components`` and ``alignment``, then
@@ -44,6 +45,7 @@ from .config import HessianConfig, HessianConfigError
 from .legacy import get_hessian_eigenvectors, measure_train_val_landscape_divergence
 from .metrics import HessianMetrics, compute_detailed_hessian_metrics
 from .spectrum import clustered_spectrum_max_iter, extreme_ritz_pairs, make_operator, shared_probe_traces
+from .tracking import CurvatureTracker, load_tracking, trainer_callback
 
 __all__ = [
     "HessianAnalyzer", "HessianConfig", "HessianConfigError",
@@ -55,3 +57,4 @@ __all__ = [
     "get_hessian_eigenvectors", "measure_train_val_landscape_divergence",
     "make_operator", "extreme_ritz_pairs", "clustered_spectrum_max_iter", "shared_probe_traces",
 ]
+__all__ += ["CurvatureTracker", "load_tracking", "trainer_callback"]

@@ -40,7 +40,8 @@ colour from a hash of the name), so that "ffn" is green in every figure of every
 
 Modules: ``_figure`` (figures and their files), ``_style`` (colours, input dicts, scales, number formats),
 ``_legends`` (legends off the data), ``history`` (series over training), ``components``, ``spectrum``,
-``landscape`` and ``report`` (the text summary and ``index.html``).
+``landscape``, ``tracking`` (curvature tracked over training) and ``report`` (the text summary and
+``index.html``).
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ from .history import (
 from .landscape import plot_loss_landscape_1d, plot_loss_landscape_2d
 from .report import create_comprehensive_report, save_analysis_summary
 from .spectrum import plot_spectral_density, plot_top_spectrum
+from .tracking import plot_curvature_tracking
 
 __all__ = ["HessianVisualizer", "COMPONENT_COLORS", "component_color", "USE_PYPLOT", "LOG_SPAN", "DPI",
            "check_formats", "plot_eigenvalue_evolution", "plot_complexity_metrics",
@@ -70,7 +72,7 @@ __all__ = ["HessianVisualizer", "COMPONENT_COLORS", "component_color", "USE_PYPL
            "plot_sharpness",
            "create_comprehensive_report", "save_analysis_summary",
            "plot_spectral_density", "plot_top_spectrum", "plot_component_bars", "plot_training_curves",
-           "plot_loss_landscape_1d", "plot_loss_landscape_2d"]
+           "plot_loss_landscape_1d", "plot_loss_landscape_2d", "plot_curvature_tracking"]
 
 
 class HessianVisualizer:
@@ -99,6 +101,7 @@ class HessianVisualizer:
     plot_component_bars = staticmethod(plot_component_bars)
     plot_loss_landscape_1d = staticmethod(plot_loss_landscape_1d)
     plot_loss_landscape_2d = staticmethod(plot_loss_landscape_2d)
+    plot_curvature_tracking = staticmethod(plot_curvature_tracking)
     # text and reports
     save_analysis_summary = staticmethod(save_analysis_summary)
     create_comprehensive_report = staticmethod(create_comprehensive_report)

@@ -15,6 +15,7 @@ from . import components as component_plots
 from . import history as history_plots
 from . import landscape as landscape_plots
 from . import spectrum as spectrum_plots
+from . import tracking as tracking_plots
 from ._figure import DPI, Figure, FormatsLike, PathLike, close_figure, safe_name
 from ._style import component_color, format_value, int_like, ordered_steps, section, step_key
 from .components import component_value, normalize_components
@@ -61,6 +62,10 @@ _CAPTIONS = {
     "loss_landscape_1d": "Loss along the top eigenvector, with the quadratic model from the gradient and "
                          "the curvature.",
     "loss_landscape_2d": "Loss on the plane of the two top eigenvectors.",
+    "curvature_tracking": "Curvature tracked over training (CurvatureTracker): each quantity with its "
+                          "stability threshold (dashed: 2/η, or (2 + 2β₁)/((1 − β₁)η) for Adam's "
+                          "preconditioned sharpness), and the matvecs per checkpoint, warm-started (solid) "
+                          "and cold (markers).",
 }
 _COMPLEXITY_KEYS = ("condition_number", "effective_rank_95", "effective_rank_entropy", "complexity_score")
 
@@ -397,9 +402,13 @@ def _history_jobs(h: _Histories) -> list[_Job]:
     return jobs
 
 
-def _result_jobs(eigen: Any, density: Any, landscape_1d: Any, landscape_2d: Any) -> list[_Job]:
-    """The figures of results at one point (spectrum, density, landscapes) that are given."""
+def _result_jobs(eigen: Any, density: Any, landscape_1d: Any, landscape_2d: Any,
+                 tracking: Any = None) -> list[_Job]:
+    """The figures of results at one point (spectrum, density, landscapes) and of a tracked run that are
+    given."""
     jobs: list[_Job] = []
+    if tracking is not None:
+        jobs.append(("curvature_tracking", tracking_plots.plot_curvature_tracking, tracking))
     if eigen is not None:
         jobs.append(("top_spectrum", spectrum_plots.plot_top_spectrum, eigen))
     items = spectrum_plots.density_items(density) if density is not None else []
@@ -454,14 +463,16 @@ def create_comprehensive_report(hessian_history: Optional[Mapping] = None,
                                 history: Optional[Mapping] = None, training_history: Optional[Mapping] = None,
                                 density: Any = None, eigen: Any = None, landscape_1d: Any = None,
                                 landscape_2d: Any = None, formats: FormatsLike = ("png",), dpi: int = DPI,
-                                title: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+                                title: Optional[str] = None, tracking: Any = None,
+                                **extra: Any) -> dict[str, Any]:
     """Draw every figure the given data allow, a text summary, and ``index.html`` showing them all.
 
     All inputs are optional; each figure is drawn only from what is given. ``history`` (a dict
     ``{step: analyze_step results}``) fills every section history that is not given explicitly.
     ``density`` (a ``DensityResult``, or ``{step: DensityResult}``), ``eigen`` (an ``EigenResult`` or
     eigenvalues), ``landscape_1d`` and ``landscape_2d`` (``hessext.landscape`` results) add the corresponding
-    figures.
+    figures. ``tracking`` (a :class:`hessext.CurvatureTracker`'s records, or the path of its JSON-lines file)
+    adds the curvature-over-training figure (:func:`hessext.viz.plot_curvature_tracking`).
 
     About the API document's ``create_comprehensive_report(**landscape_evolution, …)`` with
     ``landscape_evolution = {epoch: results}``: Python rejects non-string keywords at the call site
@@ -483,7 +494,7 @@ def create_comprehensive_report(hessian_history: Optional[Mapping] = None,
         raise ArgumentTypeError(f"save_path must be a str or a path, got {type(save_path).__name__}")
     os.makedirs(save_path, exist_ok=True)
     kw = dict(save_path=save_path, model_name=model_name, formats=formats, dpi=dpi)
-    jobs = _history_jobs(h) + _result_jobs(eigen, density, landscape_1d, landscape_2d)
+    jobs = _history_jobs(h) + _result_jobs(eigen, density, landscape_1d, landscape_2d, tracking)
     figures, failures = _draw_jobs(jobs, kw)
     summary_path, source = _write_summary(history, h, save_path, model_name, failures)
     index_path = os.path.join(os.fspath(save_path), "index.html")
