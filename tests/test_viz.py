@@ -17,9 +17,8 @@ from _models import dense_hessian, tiny_mlp  # noqa: E402
 
 matplotlib = pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
-from matplotlib.collections import PathCollection  # noqa: E402
+from _plotcheck import legend_hits  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from hessext.landscape import (  # noqa: E402
     Landscape1D,
@@ -594,35 +593,6 @@ def _drawn(fig):
     return fig
 
 
-def _legend_hits(ax, leg):
-    """True if ``leg`` lies on a data point or a data line of ``ax`` or its twins (reference lines aside),
-    checked independently of hessext: line vertices and points sampled along every segment."""
-    box = leg.get_window_extent()
-    siblings = [a for a in ax.figure.axes if a.bbox.bounds == ax.bbox.bounds]
-    for a in siblings:
-        for ln in a.get_lines():
-            if ln.get_gid() == "hessext-guide" or ln.get_label() == "equal curvature":
-                continue
-            xy = ln.get_transform().transform(np.asarray(ln.get_xydata(), float))
-            pts = [xy]
-            if ln.get_linestyle() not in ("None", "none", ""):
-                t = np.linspace(0, 1, 40)[None, :, None]
-                pts.append((xy[:-1, None, :] + t * (xy[1:] - xy[:-1])[:, None, :]).reshape(-1, 2))
-            for p in pts:
-                p = p[np.all(np.isfinite(p), axis=1)]
-                if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
-                    return True
-        for col in a.collections:  # scatter points (Ritz values)
-            if isinstance(col, PathCollection) and len(col.get_offsets()):
-                p = col.get_offset_transform().transform(np.asarray(col.get_offsets(), float))
-                if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
-                    return True
-        for patch in a.patches:  # bars
-            if isinstance(patch, Rectangle) and patch.get_window_extent().overlaps(box):
-                return True
-    return False
-
-
 def _inner_legends(fig):
     out = []
     for ax in fig.axes:
@@ -662,7 +632,7 @@ def test_legends_never_cover_data(tmp_path, hist):
         _drawn(fig)
         for ax, leg in _inner_legends(fig):
             checked += 1
-            assert not _legend_hits(ax, leg), f"{name}: the legend of {ax.get_title()!r} covers data"
+            assert not legend_hits(ax, leg), f"{name}: the legend of {ax.get_title()!r} covers data"
     assert checked >= 12
     # the crowded panels keep all their data in view (the legend got room, not the data cut)
     ax = {a.get_title(): a for a in figs["crowded_sharpness"].axes}["Sharpness"]

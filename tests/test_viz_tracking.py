@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
+from _plotcheck import legend_hits  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
 from hessext.viz import HessianVisualizer, create_comprehensive_report, plot_curvature_tracking  # noqa: E402
@@ -62,28 +63,6 @@ def _axes(fig):
 
 def _data_lines(ax):
     return [ln for ln in ax.get_lines() if ln.get_gid() != "hessext-guide"]
-
-
-def _legend_hits(ax, leg):
-    """True if ``leg`` lies on a data point or a data line of ``ax`` (reference lines aside), checked
-    independently of hessext, as tests/test_viz.py does: vertices and points sampled along every segment."""
-    box = leg.get_window_extent()
-    for ln in _data_lines(ax):
-        xy = ln.get_transform().transform(np.asarray(ln.get_xydata(), float))
-        pts = [xy]
-        if ln.get_linestyle() not in ("None", "none", ""):
-            t = np.linspace(0, 1, 40)[None, :, None]
-            pts.append((xy[:-1, None, :] + t * (xy[1:] - xy[:-1])[:, None, :]).reshape(-1, 2))
-        for p in pts:
-            p = p[np.all(np.isfinite(p), axis=1)]
-            if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
-                return True
-    for col in ax.collections:
-        if isinstance(col, PathCollection) and len(col.get_offsets()):
-            p = col.get_offset_transform().transform(np.asarray(col.get_offsets(), float))
-            if np.any((p[:, 0] > box.x0) & (p[:, 0] < box.x1) & (p[:, 1] > box.y0) & (p[:, 1] < box.y1)):
-                return True
-    return False
 
 
 def test_panels_threshold_and_values(tmp_path):
@@ -172,7 +151,7 @@ def test_legends_do_not_cover_data():
     fig.draw_without_rendering()
     legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
     assert len(legends) >= 4
-    hits = [ax.get_title() for ax, leg in legends if _legend_hits(ax, leg)]
+    hits = [ax.get_title() for ax, leg in legends if legend_hits(ax, leg)]
     assert hits == []
 
 
@@ -182,7 +161,7 @@ def test_legend_check_can_fail():
     ax = _axes(fig)["Sharpness λ_max(H)"]
     leg = ax.legend(loc="center", bbox_to_anchor=(0.5, 0.5), fontsize=30)
     fig.draw_without_rendering()
-    assert _legend_hits(ax, leg)
+    assert legend_hits(ax, leg)
 
 
 def test_jsonl_path_equals_list(tmp_path):
