@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from _models import dense_hessian
 from torch import nn
 
 from hessext.analysis.tracking import (
@@ -17,7 +18,6 @@ from hessext.analysis.tracking import (
     trainer_callback,
 )
 from hessext.linop import DenseOperator
-from tests._models import dense_hessian
 
 
 def _half_se(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -172,6 +172,14 @@ def test_file_survives_crash_and_reopening_continues(tmp_path):
     assert open(path, "rb").read().endswith(b"\n")
     lam = float(torch.linalg.eigvalsh(_dense(model, [(x, y)]))[-1])
     assert recs[-1]["quantities"]["lambda_max"] == pytest.approx(lam, rel=4e-3)
+
+
+def test_a_new_run_folder_is_created(tmp_path):
+    path = tmp_path / "runs" / "first" / "curvature.jsonl"           # neither folder exists yet
+    model, x, y = _problem(4)
+    tr = CurvatureTracker(model, _half_se, (x, y), every=1, path=path)
+    tr.step(0)
+    assert [r["step"] for r in load_tracking(path)] == [0]
 
 
 def test_model_optimizer_and_rng_untouched():

@@ -304,6 +304,7 @@ def _open_jsonl(path: str) -> list[dict]:
 
 def _append_jsonl(path: str, record: dict) -> None:
     line = (json.dumps(json_safe(record), allow_nan=True) + "\n").encode()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)   # a new run's folder
     with open(path, "ab") as fh:
         fh.write(line)
         fh.flush()
