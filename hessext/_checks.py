@@ -80,7 +80,8 @@ def index_set(indices: IndexLike, n: int, name: str = "indices", *, unique: bool
         indices = torch.from_numpy(indices)
     if not isinstance(indices, Tensor):
         try:
-            indices = torch.as_tensor(list(indices), dtype=torch.long if len(list(indices)) == 0 else None)
+            items = list(indices)                   # once: a generator can be read only once
+            indices = torch.as_tensor(items, dtype=torch.long if not items else None)
         except (TypeError, ValueError) as e:
             raise ArgumentTypeError(f"{name} must be a LongTensor, a bool mask, a slice or a sequence of "
                                     f"ints, got {type(indices).__name__}") from e
