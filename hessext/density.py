@@ -22,29 +22,47 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from . import ops
+from . import _memory, ops
 from ._checks import ArgumentTypeError, check_int, check_positive_float, check_seed, work_dtype
 from ._memory import require_memory
-from .lanczos import LanczosChains
+from .lanczos import BASIS_MEMORY_SHARE, LanczosChains
 from .linop import LinearOperator, as_operator, holds_session
 from .results import DensityResult
 
 __all__ = ["spectral_density", "slq_quadrature"]
 
 
-def _require_bases_memory(p: int, m: int, n: int, num_iter: int, dtype: torch.dtype,
-                          device: torch.device) -> None:
-    """Refuse ``p`` Lanczos bases of ``m·n`` values that cannot fit; the error names ``num_iter`` and
-    ``num_probes``."""
+def _probe_group(p: int, m: int, n: int, num_iter: int, dtype: torch.dtype, device: torch.device) -> int:
+    """How many of the ``p`` chains run at once: all of them when their bases (``p·m·n`` values) fit in half
+    of the memory available on ``device`` (the Lanczos basis bound,
+    :data:`hessext.lanczos.BASIS_MEMORY_SHARE`), else as many as fit, in groups (same probes, same
+    numbers). Refuses ``num_iter`` when even one chain does not fit in all of the available memory; the error
+    names ``num_iter``, ``num_probes`` and n."""
     itemsize = torch.empty((), dtype=dtype).element_size()
+    avail = _memory.available_memory(device)
+    if avail is None:
+        return p
+    fit = int(BASIS_MEMORY_SHARE * avail) // (m * n * itemsize)
+    if fit >= 1:
+        return min(p, fit)
+    require_memory(LanczosChains.nbytes(1, m, n, dtype), device,
+                   f"num_iter={num_iter} with num_probes={p}, n={n}: one Lanczos basis of m·n = {m}·{n} "
+                   f"{str(dtype).replace('torch.', '')} values (m = min(num_iter, n) = {m})",
+                   lambda a: f"pass a smaller num_iter (at most {a // (n * itemsize)} fits now)")
+    return 1
 
-    def advice(avail: int) -> str:
-        fit = avail // (p * n * itemsize)
-        return (f"pass a smaller num_iter (at most {fit} fits now with num_probes={p}) or fewer num_probes"
-                if fit >= 1 else "pass fewer num_probes (even num_iter=1 does not fit)")
-    require_memory(LanczosChains.nbytes(p, m, n, dtype), device,
-                   f"num_iter={num_iter} with num_probes={p}, n={n}: {p} Lanczos bases of m·n = {m}·{n} "
-                   f"{str(dtype).replace('torch.', '')} values (m = min(num_iter, n) = {m})", advice)
+
+def _chain_group(op: LinearOperator, c0: int, g: int, m: int, seed: int, dtype: torch.dtype,
+                 device: torch.device) -> Tensor:
+    """Run chains ``c0 … c0+g−1`` (probe c: counter offset ``c·n``); returns ``[3, g, m]`` = α, β, flags on
+    the host (float64)."""
+    n = op.n
+    chains = LanczosChains.allocate(g, m, n, dtype, device)
+    Z = ops.rademacher(n, g, seed=seed, offset=c0 * n, dtype=dtype, device=device)
+    chains.V[:, 0, :] = Z.T / math.sqrt(n)
+    eps = float(torch.finfo(dtype).eps)
+    chains.advance(op, 0, m, eps ** (2.0 / 3.0))
+    return torch.stack([chains.alpha, chains.beta, chains.flags.to(dtype)]).to("cpu", torch.float64)
 
 
 @holds_session
@@ -53,9 +71,11 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
     """Gauss quadrature nodes and weights of ``p`` normalised Rademacher probes.
 
     All probes run as parallel Lanczos chains (:class:`hessext.lanczos.LanczosChains`): one ``A @ [n, p]``
-    block product per step, full reorthogonalisation of each chain against its own basis (memory
-    ``p · m · n`` values, checked against the device's available memory before allocating), no host
-    synchronisation until the end on accelerators. A chain whose Krylov space becomes invariant after
+    block product per step, full reorthogonalisation of each chain against its own basis, no host
+    synchronisation until the end on accelerators. Memory: ``p · m · n`` values when that fits in half of the
+    memory available on the device when the call starts (the Lanczos basis bound); otherwise the chains run in
+    groups of as many as fit (the same probes: the result is the same up to the rounding of narrower block
+    products). A chain whose Krylov space becomes invariant after
     ``j < m`` steps (``β_j ≈ 0``) is exact there; it is truncated to j nodes and its remaining slots get
     weight 0 (node = its last node).
 
@@ -77,13 +97,10 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
     m = min(check_int("num_iter", num_iter, 1), op.n)
     seed = check_seed(seed)
     n, dtype, device = op.n, work_dtype(op.dtype), op.device
-    _require_bases_memory(p, m, n, num_iter, dtype, device)
+    g = _probe_group(p, m, n, num_iter, dtype, device)
     start = op.num_matvecs
-    chains = LanczosChains.allocate(p, m, n, dtype, device)
-    chains.V[:, 0, :] = ops.rademacher(n, p, seed=seed, dtype=dtype, device=device).T / math.sqrt(n)
-    eps = float(torch.finfo(dtype).eps)
-    chains.advance(op, 0, m, eps ** (2.0 / 3.0))
-    host = torch.stack([chains.alpha, chains.beta, chains.flags.to(dtype)]).to("cpu", torch.float64).numpy()
+    host = torch.cat([_chain_group(op, c0, min(g, p - c0), m, seed, dtype, device)
+                      for c0 in range(0, p, g)], dim=1).numpy()
     a_all, b_all, fl_all = host[0], host[1], host[2] > 0.5
     if not (np.all(np.isfinite(a_all)) and np.all(np.isfinite(b_all))):
         c, j = np.argwhere(~(np.isfinite(a_all) & np.isfinite(b_all)))[0]

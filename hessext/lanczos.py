@@ -43,14 +43,15 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
+from scipy.linalg import eigh, eigh_tridiagonal
 from torch import Tensor
 
-from . import ops
+from . import _memory, ops
 from ._checks import check_int, check_seed, check_tol, converged, work_dtype
 from ._memory import available_memory, format_bytes, require_memory
 from .linop import LinearOperator, as_operator, holds_session
 from .reorth import SelectiveOrthogonalizer
+from .restart import compress_basis, keep_count, projected_matrix
 from .results import EigenResult
 
 __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov_dim_for_extremes",
@@ -141,9 +142,11 @@ class LanczosChains:
         return p * rows * n * torch.empty((), dtype=dtype).element_size()
 
     @classmethod
-    def allocate(cls, p: int, rows: int, n: int, dtype: torch.dtype, device: torch.device) -> "LanczosChains":
-        """Empty bases ``[p, rows, n]`` and zeroed ``α, β, flags [p, rows]``, ``tnorm [p]``."""
-        return cls(V=torch.empty(p, rows, n, dtype=dtype, device=device),
+    def allocate(cls, p: int, rows: int, n: int, dtype: torch.dtype, device: torch.device,
+                 pin: bool = False) -> "LanczosChains":
+        """Empty bases ``[p, rows, n]`` (in page-locked host memory with ``pin``, for a host basis of an
+        accelerator's operator) and zeroed ``α, β, flags [p, rows]``, ``tnorm [p]``."""
+        return cls(V=torch.empty(p, rows, n, dtype=dtype, device=device, pin_memory=pin),
                    alpha=torch.zeros(p, rows, dtype=dtype, device=device),
                    beta=torch.zeros(p, rows, dtype=dtype, device=device),
                    flags=torch.zeros(p, rows, dtype=torch.bool, device=device),
@@ -303,6 +306,18 @@ class _Want:
             out |= bool(np.any(mu < ref - max(margin_rel * abs(ref), margin_abs)))
         return out
 
+    def widen(self, size: int) -> "_Want":
+        """The same choice with ``size ≥ k`` values: the wanted ones and their neighbours on the same side(s)
+        (both ends in proportion to ``kb : kt``); what a thick restart keeps."""
+        if self.lm:
+            return _Want(0, size, lm=True)
+        if self.kt == 0:
+            return _Want(size, 0)
+        if self.kb == 0:
+            return _Want(0, size)
+        kb = max(self.kb, min(size - self.kt, int(round(size * self.kb / self.k))))
+        return _Want(kb, size - kb)
+
     def extremes(self, mu: np.ndarray) -> np.ndarray:
         """Indices of the block's own extreme values on the wanted side(s)."""
         if self.lm or (self.kb > 0 and self.kt > 0):
@@ -326,6 +341,8 @@ class _Run:
     breakdown: bool
     ortho: float
     residual_kind: str
+    restarts: int = 0       # thick restarts (the basis bound was reached)
+    max_basis: int = 0      # the bound on the basis (vectors)
 
 
 @dataclass
@@ -336,7 +353,8 @@ class _Krylov:
     op: LinearOperator
     want: _Want
     chains: LanczosChains
-    m: int                      # Krylov dimension cap
+    m: int                      # basis rows cap (the bound M; = the Krylov dimension when never restarted)
+    budget: int                 # cap on the Lanczos steps kept over all thick restarts
     tol: float
     seed: int
     start_matvecs: int
@@ -345,6 +363,11 @@ class _Krylov:
     j: int = 0                  # basis size (steps kept)
     block_start: int = 0        # first row of the current Krylov block (rows before it: earlier restarts)
     restarts: int = 0
+    retired: int = 0            # steps folded into kept Ritz vectors by thick restarts
+    nkeep: int = 0              # rows 0 … nkeep−1 are kept Ritz vectors (the arrowhead's diagonal)
+    arrow: np.ndarray = field(default_factory=lambda: np.zeros(0))   # their coupling to row nkeep
+    thick_restarts: int = 0
+    beta_last: float = 0.0      # β_{j−1} of the latest test (signed; the arrow of a thick restart)
     breakdown: bool = False
     exhausted: bool = False     # the basis spans the whole space
     pending: bool = False       # a breakdown left a multiplicity question open
@@ -390,22 +413,50 @@ def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
     return min(m, n)
 
 
-def _require_basis_memory(n: int, k: int, m: int, max_iter: Optional[int], dtype: torch.dtype,
-                          device: torch.device) -> None:
-    """Refuse a basis of ``(m + 1)·n`` values that cannot fit; the error names ``max_iter``, k and n."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    asked = f"max_iter={max_iter}" if max_iter is not None else f"max_iter=None (the default, m = {m})"
+#: Share of the available memory the default basis bound may take (issue 14: "at most half").
+BASIS_MEMORY_SHARE = 0.5
+#: Step budget of a restarted run with ``max_iter=None``: this many times the unrestarted Krylov dimension.
+RESTART_BUDGET_FACTOR = 10
 
-    def advice(avail: int) -> str:
-        fit = avail // (n * itemsize) - 1
-        if fit >= k:
-            return (f"pass a smaller max_iter (at most {fit} fits now; the default for k={k} is "
-                    f"{krylov_dim_for_extremes(n, k)}) or a smaller k")
-        return (f"even max_iter = k = {k} does not fit: ask for fewer eigenpairs (smaller k), analyse fewer "
-                "parameters, or compute in float32")
-    require_memory(LanczosChains.nbytes(1, m + 1, n, dtype), device,
-                   f"{asked} with k={k}, n={n}: the Lanczos basis of (m + 1)·n = {m + 1}·{n} "
-                   f"{str(dtype).replace('torch.', '')} values (m = min(max_iter, n) = {m})", advice)
+
+def _basis_bound(n: int, k: int, m: int, max_iter: Optional[int], max_basis: Optional[int],
+                 dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
+    """The basis bound M (vectors kept at once) and the step budget of a run of Krylov dimension ``m``.
+
+    ``max_basis=None``: ``M = min(m, ⌊share · available / (n · itemsize)⌋ − 1)`` with ``share = 1/2`` of what
+    :func:`available_memory` reports for the basis device when the solve starts (``M = m`` where that is
+    unknown); an explicit ``max_basis`` is used as given (and must fit in all the available memory). ``M = m``
+    is today's unrestarted run, budget ``m``. ``M < m`` thick-restarts within M vectors
+    (:mod:`hessext.restart`), with a budget of ``max_iter`` steps, or ``RESTART_BUDGET_FACTOR · m`` for
+    ``max_iter=None``. Errors name ``max_basis``/``max_iter``, k and n, the bytes needed and available."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    row = n * itemsize
+    least = min(m, k + 2)
+    if max_basis is not None:
+        M = check_int("max_basis", max_basis, 1)
+        if M < least:
+            raise ValueError(f"max_basis must be >= min(Krylov dimension, k + 2) = {least} for k={k}, n={n}, "
+                             f"got max_basis={max_basis}")
+        M = min(M, m)
+        require_memory((M + 1) * row, device,
+                       f"max_basis={max_basis} with k={k}, n={n}: the Lanczos basis of (max_basis + 1)·n "
+                       f"= {M + 1}·{n} {str(dtype).replace('torch.', '')} values",
+                       lambda avail: f"pass max_basis <= {max(avail // row - 1, 0)} (or None: half of "
+                                     "the available memory)")
+    else:
+        avail = _memory.available_memory(device)
+        M = m if avail is None else min(m, int(BASIS_MEMORY_SHARE * avail) // row - 1)
+        if M < least:
+            raise ValueError(
+                f"the Lanczos basis for k={k}, n={n} needs at least {least + 1} vectors of {n} "
+                f"{str(dtype).replace('torch.', '')} values ({format_bytes((least + 1) * row)}), but half of "
+                f"the memory available on {torch.device(device)} is "
+                f"{format_bytes(BASIS_MEMORY_SHARE * avail)}: ask for fewer eigenpairs (smaller k), analyse "
+                "fewer parameters, compute in float32, keep the basis in host memory (basis_device='cpu') or "
+                "pass max_basis explicitly")
+    if M >= m:
+        return m, m
+    return M, (max_iter if max_iter is not None else RESTART_BUDGET_FACTOR * m)
 
 
 def _start_vector(n: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -451,7 +502,7 @@ def _synchronise(st: _Krylov) -> tuple[np.ndarray, np.ndarray, bool]:
         ch.beta[0, f] = 0.0
         st.breakdown = True
         if st.pbar is not None:
-            st.pbar.n = j
+            st.pbar.n = st.retired + j
     return a[:j], b[:j], broke
 
 
@@ -464,9 +515,7 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
     further copy of a wanted eigenvalue shows first in the last block).
     """
     j, want, tol = st.j, st.want, st.tol
-    st.theta, st.S = eigh_tridiagonal(a, b[:j - 1])
-    st.tn_host = _tnorm_host(a, b[:j - 1])
-    st.res_all = np.abs(b[j - 1]) * np.abs(st.S[j - 1, :])
+    _solve_projected(st, a, b)
     widx = want.select(st.theta)
     conv_a = j >= want.k and bool(np.all(converged(st.res_all[widx], st.theta[widx], tol, st.tn_host,
                                                           st.dtype)))
@@ -474,7 +523,8 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
         st.exhausted, st.pending = True, False
         return "stop"
     if st.block_start > 0 or broke:                   # the last block's own spectrum
-        mu, Sb = eigh_tridiagonal(a[st.block_start:j], b[st.block_start:j - 1])
+        mu, Sb = (eigh_tridiagonal(a[st.block_start:j], b[st.block_start:j - 1]) if st.block_start > 0
+                  else (st.theta, st.S))
     if broke:
         st.pending = want.improves(mu, st.theta, tol, 100 * st.eps * st.tn_host)
         if not (st.pending and j < st.m):
@@ -495,10 +545,49 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
     if conv_a and conv_b:
         st.pending = False
         return "stop"
-    if j >= st.m:
+    if j >= st.m or st.retired + j >= st.budget:
+        if st.retired + j < st.budget and st.guard is None and j >= 2:   # the basis is full: restart
+            _thick_restart(st)
+            return "thick"
         st.pending = st.block_start > 0 and not conv_b
         return "stop"
     return "continue"
+
+
+def _solve_projected(st: _Krylov, a: np.ndarray, b: np.ndarray) -> None:
+    """Ritz values θ, vectors S and Lanczos residual estimates ``|β_{j−1} s_{j−1,i}|`` of the projected
+    matrix: the tridiagonal ``T_j`` (``scipy.linalg.eigh_tridiagonal``), or after a thick restart the
+    arrowhead-plus-tridiagonal of :func:`hessext.restart.projected_matrix` (dense ``eigh``; j is at most
+    the basis bound)."""
+    j = st.j
+    if st.nkeep == 0:
+        st.theta, st.S = eigh_tridiagonal(a, b[:j - 1])
+        st.tn_host = _tnorm_host(a, b[:j - 1])
+    else:
+        st.theta, st.S = eigh(projected_matrix(a, b, st.nkeep, st.arrow))
+        st.tn_host = max(_tnorm_host(a[st.nkeep:], b[st.nkeep:j - 1]), float(np.abs(st.theta).max()))
+    st.beta_last = float(b[j - 1])
+    st.res_all = np.abs(b[j - 1]) * np.abs(st.S[j - 1, :])
+
+
+def _thick_restart(st: _Krylov) -> None:
+    """Keep the wanted Ritz pairs and their neighbours (:func:`hessext.restart.keep_count`), rewrite the basis
+    in place as ``[y_0 … y_{l−1}, q_j]`` and the projected matrix as the arrowhead ``diag(θ) + b`` with
+    ``b_i = β_{j−1} s_{j−1,i}`` (module docstring of :mod:`hessext.restart`)."""
+    j, ch = st.j, st.chains
+    idx = st.want.widen(keep_count(st.want.k, st.m, j)).select(st.theta)
+    nk = int(idx.size)
+    V = ch.V[0]
+    S_keep = torch.from_numpy(np.ascontiguousarray(st.S[:, idx])).to(dtype=V.dtype, device=V.device)
+    compress_basis(V, S_keep, j)
+    V[nk].copy_(V[j])
+    st.arrow = st.beta_last * st.S[j - 1, idx]
+    ch.alpha[0, :nk] = torch.from_numpy(st.theta[idx].copy()).to(dtype=V.dtype, device=V.device)
+    ch.beta[0, :nk] = 0
+    ch.flags[0, :nk] = False
+    st.retired += j - nk
+    st.j, st.nkeep, st.block_start = nk, nk, 0
+    st.thick_restarts += 1
 
 
 def _refresh_between_tests(st: _Krylov) -> None:
@@ -521,7 +610,7 @@ def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
     if st.guard is not None and check_every is None:
         next_check = min(m, 2)
     while True:
-        target = min(max(next_check, st.j + 1), m)
+        target = min(max(next_check, st.j + 1), m, st.budget - st.retired)
         if st.guard is not None:                     # selective: the good set is updated after every step
             while st.j + 1 < target:
                 st.chains.advance(st.op, st.j, st.j + 1, btol, st.pbar, guard=st.guard)
@@ -534,7 +623,7 @@ def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
             return
         if st.guard is not None:
             st.guard.refresh(st.chains.V[0], st.j, st.theta, st.S, st.res_all, st.tn_host)
-        if verdict == "restart":
+        if verdict in ("restart", "thick"):
             next_check = st.j + 1
         elif check_every is not None:
             next_check = st.j + check_every
@@ -564,36 +653,45 @@ def _ritz_pairs(st: _Krylov, return_vectors: bool, compute_residuals: bool) -> _
         residual_kind = "true"
     conv = converged(res_t.numpy(), st.theta[widx], st.tol, st.tn_host, dtype)
     return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, conv=conv,
-                ok=st.exhausted or not st.pending, exhausted=st.exhausted, iterations=st.j,
+                ok=st.exhausted or not st.pending, exhausted=st.exhausted, iterations=st.retired + st.j,
                 num_matvecs=op.num_matvecs - st.start_matvecs, breakdown=st.breakdown,
                 ortho=max(_orthogonality_loss(Vj, Y), st.guard.measured if st.guard is not None else 0.0),
-                residual_kind=residual_kind)
+                residual_kind=residual_kind, restarts=st.thick_restarts, max_basis=st.m)
 
 
 def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float, seed: int,
          v0: Optional[Tensor], check_every: Optional[int], return_vectors: bool, progress: bool,
-         compute_residuals: bool, reorth: str = "auto") -> _Run:
-    """One Lanczos run for the public functions: resolve the Krylov dimension, check the basis fits, allocate
-    it, iterate to convergence (:func:`_iterate`), extract the wanted Ritz pairs (:func:`_ritz_pairs`)."""
+         compute_residuals: bool, reorth: str = "auto", max_basis: Optional[int] = None,
+         basis_device: Any = None) -> _Run:
+    """One Lanczos run for the public functions: resolve the Krylov dimension and the basis bound
+    (:func:`_basis_bound`), allocate the basis, iterate to convergence (:func:`_iterate`, thick restarts when
+    the bound is reached), extract the wanted Ritz pairs (:func:`_ritz_pairs`)."""
     n, k = op.n, want.k
     if k > n:
         raise ValueError(f"k must be <= n = {n} (the operator size), got k={k}")
     m = _krylov_dim(n, k, max_iter)
     if check_every is not None:
         check_every = check_int("check_every", check_every, 1)
-    dtype, device = work_dtype(op.dtype), op.device
+    dtype = work_dtype(op.dtype)
+    device = op.device if basis_device is None else torch.device(basis_device)
     _warn_tol_beyond_precision(tol, dtype, stacklevel=4)    # -> _run -> lanczos -> holds_session -> caller
     mode = resolve_reorth(reorth, n, m)
     rmax = _selective_rows(k, m) if mode == "selective" else 0
-    _require_basis_memory(n, k, m, max_iter, dtype, device)   # + rmax ≤ 3k + 20 rows of Ritz vectors
-    st = _Krylov(op=op, want=want, chains=LanczosChains.allocate(1, m + 1, n, dtype, device), m=m, tol=tol,
-                 seed=seed, start_matvecs=op.num_matvecs)
+    M, budget = _basis_bound(n, k, m, max_iter, max_basis, dtype, device)  # + rmax ≤ 3k + 20 Ritz rows
+    if mode != "full" and M < m:
+        raise ValueError(f"reorth={reorth!r} needs the whole Krylov basis ({m + 1} vectors), but the basis "
+                         f"is bounded to {M} vectors (max_basis={max_basis}, or the memory available): use "
+                         "reorth='full', which restarts within the bound")
+    chains = LanczosChains.allocate(1, M + 1, n, dtype, device,
+                                    pin=device.type == "cpu" and op.device.type == "cuda")
+    st = _Krylov(op=op, want=want, chains=chains, m=M, budget=budget, tol=tol, seed=seed,
+                 start_matvecs=op.num_matvecs)
     if mode != "full":
         st.guard = SelectiveOrthogonalizer(n, rmax, dtype, device, mode)
     st.chains.V[0, 0] = _first_vector(v0, n, seed, dtype, device)
     if progress:
         from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown
-        st.pbar = tqdm(total=m, desc="lanczos", leave=False)
+        st.pbar = tqdm(total=budget, desc="lanczos", leave=False)
     try:
         _iterate(st, check_every)
     finally:
@@ -646,7 +744,8 @@ def _parse_which(which: object) -> str:
 def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_iter: Optional[int] = None,
             tol: float = 1e-6, seed: int = 0, v0: Optional[Tensor] = None, check_every: Optional[int] = None,
             return_vectors: bool = True, progress: bool = False,
-            compute_residuals: bool = False, reorth: str = "auto") -> EigenResult:
+            compute_residuals: bool = False, reorth: str = "auto", max_basis: Optional[int] = None,
+            basis_device: "torch.device | str | None" = None) -> EigenResult:
     """``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
     Args:
@@ -655,10 +754,20 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         k: number of eigenpairs, ``1 ≤ k ≤ n``.
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude, ``"BE"``
             both ends: ``k // 2`` from the bottom and ``k − k // 2`` from the top, from one Krylov space.
-        max_iter: maximum Krylov dimension = matrix-vector products (restarts after a breakdown included);
+        max_iter: maximum Krylov dimension m = Lanczos steps kept (restarts after a breakdown included);
             default :func:`krylov_dim_for_extremes` ``= min(n, max(4k, 2k + 60))``; values above ``n`` are
-            clamped to ``n``; must be ``≥ k``. The basis of ``(m + 1)·n`` values (m the clamped value) is
-            allocated up front and must fit in the device's available memory (:func:`available_memory`).
+            clamped to ``n``; must be ``≥ k``. When the basis is bounded below m (``max_basis``), the cap on
+            all steps over the thick restarts: ``max_iter`` as given, or ``10 m`` by default.
+        max_basis: bound M on the basis (vectors kept at once; ``(M + 1)·n`` values are allocated). None
+            (default): as many as fit in **half** of the memory available on the basis device when the solve
+            starts (:func:`available_memory`), at most m — so at small n the run is exactly the unrestarted
+            one. When the Krylov space outgrows M the run thick-restarts (Wu & Simon 2000,
+            :mod:`hessext.restart`): it keeps the wanted Ritz vectors and ``(M − k) // 2`` neighbours, and
+            continues with full reorthogonalisation against the kept basis; residual estimates stay exact.
+            Must be ``≥ min(m, k + 2)``.
+        basis_device: where the basis lives (default: the operator's device). ``"cpu"`` with an accelerator's
+            operator keeps the basis in page-locked host memory (the device holds the model and the vectors
+            of one product); orthogonalisation then runs on the host's kernel.
         tol: relative tolerance: stop when every wanted Ritz pair has
             ``|β_j s_{j,i}| / max(|θ_i|, √ε‖T‖) < tol`` (ε of the working dtype, ‖T‖ the tridiagonal's norm;
             the √ε floor lets eigenvalues that are zero to working precision converge). A ``tol`` below
@@ -724,11 +833,12 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         want = _Want(k // 2, k - k // 2)
     r = _run(op, want, max_iter=max_iter, tol=tol, seed=seed, v0=v0, check_every=check_every,
              return_vectors=return_vectors, progress=progress, compute_residuals=compute_residuals,
-             reorth=reorth)
+             reorth=reorth, max_basis=max_basis, basis_device=basis_device)
     ok = bool(r.ok and r.vals.numel() == k and (r.exhausted or np.all(r.conv)))
     return EigenResult(eigenvalues=r.vals, eigenvectors=r.vecs, residuals=r.res, num_matvecs=r.num_matvecs,
                        iterations=r.iterations, converged=ok, breakdown=r.breakdown,
-                       orthogonality_loss=r.ortho, which=which, residual_kind=r.residual_kind)
+                       orthogonality_loss=r.ortho, which=which, residual_kind=r.residual_kind,
+                       restarts=r.restarts, max_basis=r.max_basis)
 
 
 eigsh = lanczos
@@ -740,7 +850,8 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs from ONE Krylov space.
 
     Same algorithm and keyword arguments as :func:`lanczos` (``max_iter``, ``tol``, ``seed``, ``v0``,
-    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``, ``reorth``); the run stops
+    ``check_every``, ``return_vectors``, ``progress``, ``compute_residuals``, ``reorth``, ``max_basis``,
+    ``basis_device``); the run stops
     when both ends have converged. Both results report the matvecs and iterations of the shared run; each
     has its own ``converged`` flag (its pairs met ``tol``). Either count may be 0 (an empty result), not both.
 
@@ -749,7 +860,7 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
         eigenvalues ascending in each.
     """
     unknown = set(kwargs) - {"max_iter", "tol", "seed", "v0", "check_every", "return_vectors", "progress",
-                             "compute_residuals", "reorth"}
+                             "compute_residuals", "reorth", "max_basis", "basis_device"}
     if unknown:
         raise TypeError(f"extreme_eigenpairs got unexpected keyword arguments {sorted(unknown)}")
     op = as_operator(A)
@@ -764,7 +875,8 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
     r = _run(op, _Want(k_bottom, k_top), tol=tol, seed=seed, max_iter=kwargs.get("max_iter"),
              v0=kwargs.get("v0"), check_every=kwargs.get("check_every"),
              return_vectors=kwargs.get("return_vectors", True), progress=kwargs.get("progress", False),
-             compute_residuals=kwargs.get("compute_residuals", False), reorth=kwargs.get("reorth", "auto"))
+             compute_residuals=kwargs.get("compute_residuals", False), reorth=kwargs.get("reorth", "auto"),
+             max_basis=kwargs.get("max_basis"), basis_device=kwargs.get("basis_device"))
     kb = min(k_bottom, r.vals.numel())
     parts = []
     for sl, want_k, which in ((slice(kb, None), k_top, "LA"), (slice(0, kb), k_bottom, "SA")):
@@ -773,5 +885,6 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
         parts.append(EigenResult(eigenvalues=vals, eigenvectors=None if r.vecs is None else r.vecs[sl],
                                  residuals=res, num_matvecs=r.num_matvecs, iterations=r.iterations,
                                  converged=conv, breakdown=r.breakdown, orthogonality_loss=r.ortho,
-                                 which=which, residual_kind=r.residual_kind))
+                                 which=which, residual_kind=r.residual_kind, restarts=r.restarts,
+                                 max_basis=r.max_basis))
     return parts[0], parts[1]

@@ -40,13 +40,16 @@ class EigenResult:
             reorthogonalisation; ``"true"`` — computed with one extra block product (k matvecs).
             For a symmetric ``A`` some eigenvalue of ``A`` lies within ``residuals[i]`` of ``eigenvalues[i]``.
         num_matvecs: matrix-vector products spent (including any residual computation).
-        iterations: Lanczos steps kept (size of the Krylov basis used).
+        iterations: Lanczos steps kept (size of the Krylov basis used; with thick restarts, all steps kept over
+            the cycles).
         converged: all requested pairs met the tolerance (see :func:`hessext.lanczos.lanczos`).
         breakdown: an invariant subspace was found (``β_j ≈ 0``) at least once.
         orthogonality_loss: ``max |V Vᵀ − I|`` of the Lanczos basis (or an estimate for big bases; see
             :func:`hessext.lanczos.lanczos`), maxed with that of the returned Ritz vectors.
         which: ``"LA"``, ``"SA"``, ``"LM"`` or ``"BE"``.
         residual_kind: ``"estimate"`` or ``"true"``.
+        restarts: thick restarts of the run (0: the basis never reached its bound ``max_basis``).
+        max_basis: the bound on the number of basis vectors the run kept at once (0 where not recorded).
     """
 
     eigenvalues: Tensor
@@ -59,6 +62,8 @@ class EigenResult:
     orthogonality_loss: float
     which: str
     residual_kind: str = "estimate"
+    restarts: int = 0
+    max_basis: int = 0
 
     @property
     def k(self) -> int:

@@ -144,21 +144,26 @@ def test_absurd_num_iter_is_refused_before_allocating(monkeypatch, fn):
     with pytest.raises(ValueError) as info:
         fn(op, num_probes=4, num_iter=10 ** 9)
     msg = str(info.value)
-    need = 4 * n * n * 4                          # p · min(num_iter, n) · n float32 values
+    need = n * n * 4                              # ONE chain of min(num_iter, n) · n float32 values
     for part in ("num_iter=1000000000", "num_probes=4", f"n={n}", f"needs {need:,} bytes",
-                 "are available on cpu", "smaller num_iter", "fewer num_probes"):
+                 "are available on cpu", "smaller num_iter"):
         assert part in msg, (part, msg)
     assert op.num_matvecs == 0
 
 
-def test_num_iter_beyond_memory_says_what_fits(monkeypatch):
+def test_chains_run_in_groups_within_half_of_the_memory(monkeypatch):
+    """Probes whose bases do not fit in half of the memory run in groups: the same probes, the same
+    quadrature (to rounding); a num_iter whose single chain does not fit at all is refused, naming it."""
     import hessext._memory as L
 
     ev = np.linspace(-1.0, 2.0, 50)
     A = with_spectrum(ev)
-    monkeypatch.setattr(L, "available_memory", lambda device: 3 * 10 * 50 * 8)   # 3 bases of 10 rows
-    with pytest.raises(ValueError, match=r"num_iter=30 with num_probes=3, n=50: .*\(at most 10 fits"):
-        slq_quadrature(A, num_probes=3, num_iter=30)
-    nodes, weights, mv = slq_quadrature(A, num_probes=3, num_iter=10)        # what the message offers runs
+    whole = slq_quadrature(A, num_probes=3, num_iter=10)
+    monkeypatch.setattr(L, "available_memory", lambda device: 2 * 10 * 50 * 8)   # half: 1 basis of 10 rows
+    nodes, weights, mv = slq_quadrature(A, num_probes=3, num_iter=10)
     assert mv == 30 and torch.allclose(weights.sum(1), torch.ones(3, dtype=F64), atol=1e-12)
+    assert torch.allclose(nodes, whole[0], rtol=0, atol=1e-12)
+    assert torch.allclose(weights, whole[1], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"num_iter=30 with num_probes=3, n=50: .*\(at most 20 fits"):
+        slq_quadrature(A, num_probes=3, num_iter=30)
     assert float(nodes.max()) <= 2.0 + 1e-12 and float(nodes.min()) >= -1.0 - 1e-12

@@ -389,42 +389,47 @@ def _no_allocation(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("call", ["lanczos", "extreme_eigenpairs"])
-def test_absurd_max_iter_is_refused_before_allocating(monkeypatch, call):
+def test_basis_that_cannot_fit_is_refused_before_allocating(monkeypatch, call):
+    """Not even k + 3 vectors fit in half of the (pretended) memory: a clear error, nothing allocated."""
+    import hessext._memory as L
+
     _no_allocation(monkeypatch)
     op = NeverMultiplies()
     n = op.n
+    monkeypatch.setattr(L, "available_memory", lambda device: 6 * n * 4)   # half: 3 vectors of float32
     with pytest.raises(ValueError) as info:
         if call == "lanczos":
             lanczos(op, k=2, max_iter=10 ** 9)
         else:
             extreme_eigenpairs(op, k_top=1, k_bottom=1, max_iter=10 ** 9)
     msg = str(info.value)
-    need = (n + 1) * n * 4                        # m = min(max_iter, n) = n rows + 1, float32
-    for part in ("max_iter=1000000000", "k=2", f"n={n}", f"needs {need:,} bytes", "are available on cpu",
-                 "smaller max_iter", "smaller k"):
+    for part in ("k=2", f"n={n}", "at least 5 vectors", "half of the memory available on cpu", "smaller k",
+                 "max_basis"):
         assert part in msg, (part, msg)
+    with pytest.raises(ValueError, match=r"max_basis=50 with k=2, n=100000000: .*needs .*max_basis <= 5"):
+        lanczos(op, k=2, max_basis=50)                  # an explicit bound must fit in all of the memory
     assert op.num_matvecs == 0
 
 
-def test_max_iter_beyond_memory_says_what_fits(monkeypatch):
+def test_max_iter_beyond_memory_restarts_within_half_of_it(monkeypatch):
+    """The basis bound comes from half of the available memory; beyond it the run thick-restarts and still
+    finds the dense truth (it used to refuse)."""
     import hessext._memory as L
 
     ev = spread_spectrum()
     A = with_spectrum(ev)
     row = A.shape[0] * 8                                                  # bytes of one basis row
-    monkeypatch.setattr(L, "available_memory", lambda device: 40 * row)  # 40 rows: max_iter <= 39
-    with pytest.raises(ValueError, match=r"max_iter=100 with k=3, n=120: .*\(at most 39 fits"):
-        lanczos(A, k=3, max_iter=100)
-    with pytest.raises(ValueError, match=r"max_iter=None \(the default, m = 66\) with k=3"):
+    monkeypatch.setattr(L, "available_memory", lambda device: 40 * row)  # half: 20 rows -> bound 19
+    for kw in ({"max_iter": 100}, {}):
+        res = lanczos(A, k=3, tol=1e-10, **kw)
+        assert res.max_basis == 19 and res.restarts >= 1 and res.converged
+        check_pairs(A, res, ev[-3:], 1e-8)
+    monkeypatch.setattr(L, "available_memory", lambda device: 8 * row)   # half: 4 rows < k + 3
+    with pytest.raises(ValueError, match="needs at least 6 vectors"):
         lanczos(A, k=3)
-    res = lanczos(A, k=3, max_iter=39, tol=1e-10)                         # what the message offers runs
-    assert res.converged
-    check_pairs(A, res, ev[-3:], 1e-8)
-    monkeypatch.setattr(L, "available_memory", lambda device: 3 * row)
-    with pytest.raises(ValueError, match="even max_iter = k = 3 does not fit"):
-        lanczos(A, k=3, max_iter=3)
-    monkeypatch.setattr(L, "available_memory", lambda device: None)     # unknown: no check
-    assert lanczos(A, k=3, max_iter=39, tol=1e-10).converged
+    monkeypatch.setattr(L, "available_memory", lambda device: None)     # unknown: unbounded, no restart
+    res = lanczos(A, k=3, max_iter=39, tol=1e-10)
+    assert res.converged and res.restarts == 0 and res.max_basis == 39
 
 
 def test_available_memory_and_format_bytes():
