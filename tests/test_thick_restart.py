@@ -86,7 +86,8 @@ def test_diagonal_1e5_restarted_no_ghosts(dtype, tol, rtol):
     converged ones after restarts), the top 10 exactly."""
     g = np.random.default_rng(0)
     n = 100_000
-    d = np.concatenate([g.uniform(0, 1, n - 20), np.linspace(2, 10, 16), [10.5, 10.5 + 1e-3, 11.0, 11.0 + 2e-3]])
+    top = [10.5, 10.5 + 1e-3, 11.0, 11.0 + 2e-3]
+    d = np.concatenate([g.uniform(0, 1, n - 20), np.linspace(2, 10, 16), top])
     res = lanczos(Diag(torch.tensor(g.permutation(d), dtype=dtype)), k=10, tol=tol, max_basis=24,
                   max_iter=2000)
     assert res.converged and res.restarts >= 1
@@ -173,3 +174,15 @@ def test_restart_pieces():
                          np.array([0.1, 0.2]))
     np.testing.assert_array_equal(T, [[1, 0, 0.1, 0], [0, 2, 0.2, 0], [0.1, 0.2, 3, 0.5], [0, 0, 0.5, 4]])
     assert keep_count(5, 30, 30) == 17 and keep_count(5, 7, 7) == 6 and keep_count(1, 3, 3) == 2
+
+
+def test_fast_bound_only_above_a_million():
+    """n ≤ 10⁶ keeps the unbounded run (same basis size as before); above, the default bound is
+    fast_basis_bound(k) = max(20, 2k + 10), and the top eigenvalues are still exact."""
+    g = np.random.default_rng(1)
+    for n, expect in ((1_000_000, L.krylov_dim_for_extremes(1_000_000, 2)),
+                      (1_000_001, L.fast_basis_bound(2))):
+        d = np.concatenate([g.uniform(0, 1, n - 3), [3.0, 4.0, 5.0]])
+        res = lanczos(Diag(torch.tensor(g.permutation(d), dtype=F64)), k=2, tol=1e-8, return_vectors=False)
+        assert res.max_basis == expect and res.converged
+        np.testing.assert_allclose(res.eigenvalues.numpy(), [4.0, 5.0], rtol=1e-7)
