@@ -20,7 +20,7 @@ venv: $(BASE_STAMP)
 $(BASE_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q numpy scipy tqdm matplotlib pytest
+	$(BIN)/pip install -q numpy scipy tqdm matplotlib pytest "transformers>=5"
 	touch $@
 
 install: $(BUILD_STAMP)

@@ -8,7 +8,43 @@ Accepted ``data``:
   ``num_batches`` is None). The batches are materialised once, so that every matvec sees the same data.
   If the iterable yields fewer than ``num_batches`` a ``UserWarning`` is issued and what there is is used.
 
-Batch kinds and their loss:
+Which loss is analysed (``loss_source``)
+----------------------------------------
+For dict batches there are two conventions, chosen by ``loss_source`` (a keyword of
+:class:`~hessext.hvp.HessianOperator`, :class:`~hessext.evaluator.FunctionalEvaluator` and
+:func:`make_batch_loss`):
+
+- ``"model"``: the loss **the model reports**, ``model(**batch).loss`` — every key of the batch is passed as a
+  keyword argument (``input_ids``, ``attention_mask``, ``labels``, ``decoder_input_ids``, ``token_type_ids``,
+  …), so the model does its own label shift (causal LMs), masking (-100) and ``labels → decoder_input_ids``
+  (encoder–decoders). ``model_type``, ``loss_fn`` and ``pad_idx`` play no part. The output's loss is read
+  as ``out.loss``, else ``out["loss"]``, else ``out[0]`` when the output is a tuple whose first item is a
+  0-dim tensor (transformers' ``return_dict=False``).
+- ``"loss_fn"``: the seed documents' convention below (labels aligned with the logits position by position,
+  ``loss_fn`` applied to them), for models that do not compute a loss (the ``hessext.models`` factory).
+- ``"auto"`` (default): ``"model"`` when the model **computes its own loss** — its ``forward`` has an explicit
+  ``labels`` parameter (:func:`computes_own_loss`: transformers' ``*ForCausalLM``, ``*ForMaskedLM``,
+  ``*ForConditionalGeneration``, …; a bare ``GPT2Model`` has none) — else ``"loss_fn"``. A model that
+  takes ``labels`` but returns no loss then raises a ``ValueError`` that says to pass
+  ``loss_source="loss_fn"``. A wrapper whose ``forward(*args, **kwargs)`` hides the signature (DDP,
+  ``torch.compile``) is not detected: pass ``loss_source="model"``.
+
+The ambiguous case — ``"auto"`` chose ``"model"`` while a ``loss_fn`` (or ``pad_idx``) was given too, e.g.
+API B's ``analyze_step(hf_model, nn.CrossEntropyLoss(), batch)`` — issues ONE ``UserWarning`` per model
+class and process (not per operator: API B builds several operators per step), saying which loss was chosen
+and how to choose the other. Non-dict batches always use ``loss_fn`` (``"model"`` with them is an error).
+The choice made is exposed as ``loss_source_used`` (``"model"``, ``"loss_fn"`` or ``"batch_loss"``) on the
+evaluator and the operator, for results' metadata.
+
+Batch weights with the model's loss: a transformers loss is the mean over the non-ignored tokens **of one
+batch**; the operator keeps its rule for every kind of batch: batches are averaged with weight = number of
+sequences (``batch_size``). For one batch the analysed loss is exactly ``model(**batch).loss``; over several
+batches with different numbers of label tokens it is the sequence-weighted mean of the per-batch losses, not
+the token-weighted mean over their union (for that, pass ``batch_loss`` returning ``(loss, n_tokens)``).
+Note that transformers' causal/masked-LM losses upcast the logits to float32 (``logits.float()``), so a
+float64 analysis of such a model is float64 up to the logits and float32 in the final cross-entropy.
+
+Batch kinds and their loss (``loss_source="loss_fn"``):
 
 - ``(inputs, targets)`` (a 2-tuple or 2-list whose first element is a tensor) →
   ``loss_fn(model(inputs), targets)``;
@@ -46,6 +82,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import threading
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
@@ -55,11 +92,14 @@ from torch import Tensor, nn
 
 from ._checks import check_int
 
-__all__ = ["MODEL_TYPES", "LossNotFiniteError", "normalize_data", "is_batch", "batch_size", "map_tensors",
-           "tensors_of", "make_batch_loss", "check_loss", "check_loss_finite", "shift_right",
-           "forward_accepts", "validate_batch", "check_dict_batch"]
+__all__ = ["MODEL_TYPES", "LOSS_SOURCES", "LossNotFiniteError", "normalize_data", "is_batch", "batch_size",
+           "map_tensors", "tensors_of", "make_batch_loss", "BatchLossFunction", "check_loss",
+           "check_loss_finite", "shift_right", "forward_accepts", "computes_own_loss", "check_loss_source",
+           "reported_loss", "validate_batch", "check_dict_batch"]
 
 MODEL_TYPES = ("decoder_only", "encoder_only", "encoder_decoder")
+#: Which loss of a dict batch is analysed (module docstring).
+LOSS_SOURCES = ("auto", "model", "loss_fn")
 IGNORE_INDEX = -100
 
 BatchLoss = Callable[[Callable[..., Any], Any], "tuple[Tensor, float]"]
@@ -171,6 +211,46 @@ def forward_accepts(model: nn.Module, name: str) -> bool:
     return name in ps or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps.values())
 
 
+def computes_own_loss(model: nn.Module) -> bool:
+    """Whether ``model`` computes its own loss from ``labels``: its ``forward`` has an explicit ``labels``
+    parameter (not merely ``**kwargs``), as transformers' ``*ForCausalLM`` / ``*ForMaskedLM`` /
+    ``*ForConditionalGeneration`` heads have."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    p = sig.parameters.get("labels")
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return p is not None and p.kind in named
+
+
+def check_loss_source(loss_source: Any) -> str:
+    """``loss_source`` if it is one of :data:`LOSS_SOURCES`; ``ValueError`` naming the value otherwise."""
+    if not isinstance(loss_source, str) or loss_source not in LOSS_SOURCES:
+        raise ValueError(f"loss_source must be one of {LOSS_SOURCES}, got {loss_source!r}")
+    return loss_source
+
+
+def reported_loss(out: Any, where: str = "") -> Tensor:
+    """The loss a model reports in its output: ``out.loss``, else ``out["loss"]``, else ``out[0]`` for a
+    tuple whose first item is a 0-dim tensor (transformers with ``return_dict=False``).
+
+    Raises:
+        ValueError: the output carries no loss (``where`` prefixes the message).
+    """
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, Mapping):
+        loss = out.get("loss")
+    if loss is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor) \
+            and out[0].dim() == 0:
+        loss = out[0]
+    if not isinstance(loss, Tensor):
+        raise ValueError(f"{where}loss_source='model' analyses model(**batch).loss, but the output of type "
+                         f"{type(out).__name__} carries no loss (does the batch hold 'labels'?); pass "
+                         "loss_source='loss_fn' to apply loss_fn to the logits instead")
+    return loss
+
+
 def shift_right(labels: Tensor, pad: int = 0) -> Tensor:
     """``[pad, l_0, …, l_{L-2}]`` along the last dimension, with ignored labels (-100) replaced by ``pad``."""
     out = labels.new_full(labels.shape, pad)
@@ -262,12 +342,20 @@ def check_dict_batch(batch: Mapping, model_type: str | None = None, where: str =
                          "(sequence-first labels must be transposed)")
 
 
-def validate_batch(batch: Any, index: int, model_type: str | None = None) -> None:
+def validate_batch(batch: Any, index: int, model_type: str | None = None, loss_source: str = "loss_fn"
+                   ) -> None:
     """Data errors of a built-in batch, named as such before any forward pass (a loss would report them
     obscurely, or not at all): an ``(inputs, targets)`` pair whose tensors have different numbers of
-    samples, and the dict-batch checks of :func:`check_dict_batch`."""
+    samples, and the dict-batch checks of :func:`check_dict_batch`. With ``loss_source="model"`` (the
+    resolved source) the model defines what a dict batch holds: only its keys are checked (``str``, as
+    keyword arguments must be)."""
     where = f"batch {index}: "
-    if isinstance(batch, Mapping):
+    if isinstance(batch, Mapping) and loss_source == "model":
+        bad = [k for k in batch if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{where}the keys of a dict batch are passed as keyword arguments "
+                            f"(model(**batch)) and must be str, got {bad[:3]}")
+    elif isinstance(batch, Mapping):
         check_dict_batch(batch, model_type, where)
     elif isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
         x, y = batch
@@ -344,29 +432,67 @@ class _DictLoss:
         return crit(logits.reshape(-1, V), lab), float(batch_size(batch))
 
 
-def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = None,
-                    batch_loss: BatchLoss | None = None, pad_idx: int | None = None) -> BatchLoss:
-    """The function ``(model_call, batch) -> (loss, weight)`` for this loss and batch kind.
+_WARNED: set[type] = set()
+_WARNED_LOCK = threading.Lock()
 
-    Args:
-        loss_fn: the criterion (see the module docstring); may be None for dict batches (cross-entropy) or
-            when ``batch_loss`` is given.
-        model: the user's model (only inspected: does its forward accept ``attention_mask``?).
-        model_type: "decoder_only", "encoder_only", "encoder_decoder" or None (= "decoder_only").
-        batch_loss: custom override; it may return ``(loss, weight)`` or just ``loss`` (weight 1).
-        pad_idx: a label value to ignore in dict batches (besides -100); None: only -100.
+
+def _warn_ambiguous_once(model_cls: type, loss_fn: Any, pad_idx: int | None) -> None:
+    """The one-time warning (per model class and process) of ``loss_source="auto"`` choosing the model's
+    own loss while a ``loss_fn`` / ``pad_idx`` was given."""
+    with _WARNED_LOCK:
+        if model_cls in _WARNED:
+            return
+        _WARNED.add(model_cls)
+    given = [f"loss_fn={type(loss_fn).__name__}"] if loss_fn is not None else []
+    given += [f"pad_idx={pad_idx}"] if pad_idx is not None else []
+    warnings.warn(f"{model_cls.__name__} computes its own loss from 'labels': hessext analyses the loss it "
+                  f"reports, model(**batch).loss (loss_source='auto' -> 'model'), and does not use the given "
+                  f"{' and '.join(given)}. Pass loss_source='loss_fn' to analyse loss_fn(logits, labels) "
+                  "with the labels aligned to the logits (no shift), or loss_source='model' to silence this "
+                  "warning. (Shown once per model class.)", UserWarning, stacklevel=2)
+
+
+class BatchLossFunction:
+    """``(model_call, batch) -> (loss, weight)`` for the built-in batch kinds (module docstring), made by
+    :func:`make_batch_loss`.
+
+    Attributes:
+        loss_source: the requested source (``"auto"``, ``"model"`` or ``"loss_fn"``).
+        dict_source: the source used for dict batches (``"model"`` or ``"loss_fn"``).
     """
-    if model_type is not None and model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {MODEL_TYPES} or None, got {model_type!r}")
-    if pad_idx is not None:
-        pad_idx = check_int("pad_idx", pad_idx)
-    if batch_loss is not None:
-        return _custom_loss(batch_loss)
-    dict_loss = _DictLoss(loss_fn, model, model_type, pad_idx)
 
-    def dispatch(model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+    def __init__(self, loss_fn: Any, model: nn.Module, model_type: str | None, pad_idx: int | None,
+                 loss_source: str) -> None:
+        self.loss_fn, self.pad_idx = loss_fn, pad_idx
+        self.loss_source = check_loss_source(loss_source)
+        own = computes_own_loss(model)
+        self.dict_source = loss_source if loss_source != "auto" else ("model" if own else "loss_fn")
+        self._ambiguous = loss_source == "auto" and own and (loss_fn is not None or pad_idx is not None)
+        self._model_cls = type(model)
+        self._dict_loss = _DictLoss(loss_fn, model, model_type, pad_idx)
+
+    def source_for(self, batches: Iterable[Any]) -> str:
+        """The source used for these batches: :attr:`dict_source` if there is a dict batch, else
+        ``"loss_fn"``. Raises ``ValueError`` when ``loss_source="model"`` meets a non-dict batch."""
+        batches = list(batches)
+        kinds = [isinstance(b, Mapping) for b in batches]
+        if self.loss_source == "model" and not all(kinds):
+            i = kinds.index(False)
+            raise ValueError(f"loss_source='model' analyses model(**batch).loss and needs dict batches; "
+                             f"batch {i} is a {type(batches[i]).__name__}")
+        return self.dict_source if any(kinds) else "loss_fn"
+
+    def __call__(self, model_call: Callable[..., Any], batch: Any) -> tuple[Tensor, float]:
+        loss_fn = self.loss_fn
         if isinstance(batch, Mapping):
-            return dict_loss(model_call, batch)
+            if self.dict_source == "loss_fn":
+                return self._dict_loss(model_call, batch)
+            if self._ambiguous:
+                _warn_ambiguous_once(self._model_cls, loss_fn, self.pad_idx)
+            return reported_loss(model_call(**batch)), float(batch_size(batch))
+        if self.loss_source == "model":
+            raise ValueError(f"loss_source='model' analyses model(**batch).loss and needs dict batches, got "
+                             f"a {type(batch).__name__}")
         if loss_fn is None:
             raise TypeError("loss_fn is None; it is required for (inputs, targets) and tensor batches")
         if not callable(loss_fn):
@@ -379,4 +505,30 @@ def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = 
             out = _output_tensor(model_call(inputs), want_logits=False)
             return loss_fn(out, targets), float(batch_size(batch))
         raise TypeError(f"unsupported batch of type {type(batch).__name__}; pass batch_loss=")
-    return dispatch
+
+
+def make_batch_loss(loss_fn: Any, model: nn.Module, *, model_type: str | None = None,
+                    batch_loss: BatchLoss | None = None, pad_idx: int | None = None,
+                    loss_source: str = "auto") -> BatchLoss:
+    """The function ``(model_call, batch) -> (loss, weight)`` for this loss and batch kind.
+
+    Args:
+        loss_fn: the criterion (see the module docstring); may be None for dict batches (cross-entropy, or
+            the model's own loss) or when ``batch_loss`` is given.
+        model: the user's model (only inspected: does its forward accept ``attention_mask``, ``labels``?).
+        model_type: "decoder_only", "encoder_only", "encoder_decoder" or None (= "decoder_only").
+        batch_loss: custom override; it may return ``(loss, weight)`` or just ``loss`` (weight 1).
+        pad_idx: a label value to ignore in dict batches (besides -100); None: only -100.
+        loss_source: "auto", "model" or "loss_fn": which loss of a dict batch (module docstring).
+
+    Returns:
+        A :class:`BatchLossFunction` (the built-in kinds), or the checked ``batch_loss``.
+    """
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES} or None, got {model_type!r}")
+    if pad_idx is not None:
+        pad_idx = check_int("pad_idx", pad_idx)
+    check_loss_source(loss_source)
+    if batch_loss is not None:
+        return _custom_loss(batch_loss)
+    return BatchLossFunction(loss_fn, model, model_type, pad_idx, loss_source)

@@ -6,7 +6,15 @@
   leaves ``θ`` — detached aliases of the user's tensors, or converted copies when ``dtype=``/``device=``
   ask for it — the other parameters and the buffers detached constants (buffers cloned per evaluation in
   train mode, where BatchNorm writes them);
-- the **batches** (:mod:`hessext.data`), converted like the parameters and validated up front;
+- the **computation dtype**: ``dtype=`` (float32/float64), else the parameters' own float32/float64; a
+  **half-precision model** (bfloat16/float16 parameters) is analysed on float32 copies of its parameters,
+  buffers and floating inputs (:func:`hessext._checks.work_dtype`), so what is analysed is the Hessian of the
+  *float32-upcast model* — the same weights (exactly representable in float32) run in float32 arithmetic,
+  not the rounding of bf16/fp16 arithmetic, which has no useful second derivative. The user's model stays
+  in its dtype, untouched; ``upcast`` tells that this happened;
+- the **batches** (:mod:`hessext.data`), converted like the parameters and validated up front; which loss
+  of a dict batch is analysed (the model's own ``model(**batch).loss`` or ``loss_fn`` on the logits) is
+  ``loss_source`` (see :mod:`hessext.data`), the choice made is ``loss_source_used``;
 - the **loss of batch i at given parameter tensors**: the user's model *and* loss function run together as
   one module under ``torch.func.functional_call``, so a loss term that reads ``model.parameters()`` (weight
   decay) sees ``θ``; a term on the model's ``Parameter`` objects held in a closure (a proximal term over a
@@ -30,11 +38,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._checks import check_bool
+from ._checks import check_bool, work_dtype
 from ._state import ModelStructure, guard_held, isolated_forward, preserve_model_state
 from .data import (
+    BatchLossFunction,
     check_loss,
     check_loss_finite,
+    check_loss_source,
     make_batch_loss,
     map_tensors,
     normalize_data,
@@ -94,22 +104,29 @@ def parameter_names(model: nn.Module, params: Any) -> list[str] | None:
 
 def _compute_dtype_device(names: Sequence[str], analysed: Sequence[Tensor], dtype: torch.dtype | None,
                           device: Any) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device the analysis computes in (errors name the parameter and what to pass)."""
+    """The dtype and device the analysis computes in (errors name the parameter and what to pass).
+
+    ``dtype=None``: the parameters' work dtype (:func:`hessext._checks.work_dtype`: float32/float64 as they
+    are, bfloat16/float16 → float32); parameters whose work dtypes differ (float32 and float64) need an
+    explicit choice."""
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype!r}")
     for k, p in zip(names, analysed):
-        if not p.is_floating_point() or (dtype is None and p.dtype not in FLOAT_DTYPES):
+        if not p.is_floating_point():
             raise TypeError(f"parameter {k!r} has dtype {p.dtype}; the Hessian is computed in float32 or "
-                            "float64: pass dtype=torch.float32 or dtype=torch.float64")
-    dtypes = {p.dtype for p in analysed}
+                            "float64 for floating-point parameters only (dtype=torch.float32 converts "
+                            "floating parameters, not this one): leave it out of params=")
+    dtypes = {work_dtype(p.dtype) for p in analysed}
     if dtype is None and len(dtypes) > 1:
-        raise TypeError(f"the analysed parameters have mixed dtypes {sorted(map(str, dtypes))}; pass "
-                        "dtype=torch.float32 or dtype=torch.float64")
+        found = sorted({str(p.dtype) for p in analysed})
+        raise TypeError(f"the analysed parameters have mixed dtypes {found}; choose the computation dtype: "
+                        "dtype=torch.float32 or torch.float64 (HessianOperator, ModelWrapper.operator, "
+                        "HessianConfig.dtype) or float64=True (min_max_hessian_eigs, hessian_trace)")
     devices = {p.device for p in analysed}
     if device is None and len(devices) > 1:
         raise ValueError(f"the analysed parameters are on several devices {sorted(map(str, devices))}; "
                          "pass device=")
-    return (dtype if dtype is not None else analysed[0].dtype,
+    return (dtype if dtype is not None else dtypes.pop(),
             torch.device(device) if device is not None else analysed[0].device)
 
 
@@ -119,6 +136,9 @@ class FunctionalEvaluator:
 
     Attributes:
         model, layout, dtype, device, eval_mode, num_batches.
+        upcast: True when half-precision parameters are analysed on float32 copies (``dtype=None``).
+        loss_source_used: the loss analysed: ``"model"`` (``model(**batch).loss``), ``"loss_fn"`` (the
+            criterion on the output) or ``"batch_loss"`` (a custom function); see :mod:`hessext.data`.
         leaves: dict name → leaf tensor ``θ_k`` (``requires_grad``), in layout order.
         weights: dict batch index → weight ``w_b`` (its number of samples, or the ``batch_loss`` weight),
             known once the batch has been evaluated.
@@ -128,29 +148,40 @@ class FunctionalEvaluator:
     def __init__(self, model: nn.Module, loss_fn: Callable[..., Tensor] | None, data: Any,
                  params: Any = None, *, num_batches: int | None = None, model_type: str | None = None,
                  batch_loss: Callable[..., Any] | None = None, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, eval_mode: bool = True) -> None:
+                 device: torch.device | str | None = None, eval_mode: bool = True,
+                 loss_source: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eval_mode = check_bool("eval_mode", eval_mode)
+        check_loss_source(loss_source)
+        if batch_loss is not None and loss_source not in ("auto", getattr(batch_loss, "loss_source", None)):
+            raise ValueError(f"loss_source={loss_source!r} does not apply with batch_loss= (the custom "
+                             "function computes the loss); leave loss_source='auto'")
+        fn = make_batch_loss(loss_fn, model, model_type=model_type, batch_loss=batch_loss,
+                             loss_source=loss_source)
+        builtin = batch_loss if isinstance(batch_loss, BatchLossFunction) else fn
+        builtin = builtin if isinstance(builtin, BatchLossFunction) else None
         self.layout = ParamLayout.from_module(model, parameter_names(model, params))
         named = dict(model.named_parameters())
         analysed = [named[k] for k in self.layout.names]
         self.dtype, self.device = _compute_dtype_device(self.layout.names, analysed, dtype, device)
-        self._convert = dtype is not None or device is not None
-        self._float = dtype
+        self.upcast = dtype is None and any(p.dtype != self.dtype for p in analysed)
+        self._convert = dtype is not None or device is not None or self.upcast
+        self._float = self.dtype if self.upcast else dtype
         self._structure: ModelStructure | None = None
         with torch.inference_mode(False):
             self.leaves = {k: self._alias(p).requires_grad_(True)
                            for k, p in zip(self.layout.names, analysed)}
             self._fixed = {_PREFIX + k: self._alias(p) for k, p in named.items() if k not in self.leaves}
             self._buffers = {_PREFIX + k: self._alias(b) for k, b in model.named_buffers()}
-            self._batches = self._load(data, num_batches, model_type, batch_loss is not None)
+            self._batches = self._load(data, num_batches, model_type, batch_loss is not None,
+                                       builtin.dict_source if builtin is not None else "loss_fn")
+        self.loss_source_used = builtin.source_for(self._batches) if builtin is not None else "batch_loss"
         # the model's own Parameters: a loss term on them (a closure) is differentiated through them
         self._originals = [(j, p) for j, p in enumerate(analysed)]
         self.num_batches = len(self._batches)
-        self._module = LossModule(model, make_batch_loss(loss_fn, model, model_type=model_type,
-                                                         batch_loss=batch_loss))
+        self._module = LossModule(model, fn)
         self.weights: dict[int, float] = {}
         self.num_evaluations = 0
 
@@ -164,13 +195,14 @@ class FunctionalEvaluator:
             return t.to(device=self.device, dtype=to_dtype, copy=True)
         return t.clone() if t.is_inference() else t
 
-    def _load(self, data: Any, num_batches: int | None, model_type: str | None, custom: bool) -> list:
+    def _load(self, data: Any, num_batches: int | None, model_type: str | None, custom: bool,
+              dict_source: str) -> list:
         # a DataLoader draws its base seed (and a shuffled one its order) from the RNG: give it a private copy
         with isolated_forward():
             batches = normalize_data(data, num_batches, custom=custom)
         if not custom:
             for i, b in enumerate(batches):
-                validate_batch(b, i, model_type)
+                validate_batch(b, i, model_type, dict_source)
         if self._convert:
             def conv(t: Tensor) -> Tensor:
                 if self._float is not None and t.is_floating_point():

@@ -276,19 +276,25 @@ class HessianOperator(LinearOperator):
         batch_loss: custom ``(model_call, batch) -> (loss, weight)``, overrides the built-in batch kinds.
         mode: "auto", "double_backward" or "forward_over_reverse" (module docstring).
         dtype: torch.float32 / torch.float64: compute on converted copies of parameters, buffers and
-            floating inputs (the model is untouched). None: the parameters' own dtype (float32/float64).
+            floating inputs (the model is untouched). None: the parameters' own dtype (float32/float64);
+            bfloat16/float16 parameters are analysed on float32 copies (the Hessian of the float32-upcast
+            model; :mod:`hessext.evaluator`).
         device: compute on copies moved to this device (API A's ``use_cuda``). None: the parameters' device.
         eval_mode: analyse in eval mode (default) or, with False, in train mode (module docstring).
         progress: show a tqdm bar over the batches of each matvec (None: only with ≥ 20 batches).
         cache_graph: keep the gradient graphs of up to ``max_cached_graphs`` batches (double backward).
         reducer: how the weighted sums over this process's batches become the mean: None for
             :class:`LocalMean`; :func:`hessext.distributed.hessian_operator` passes the data-parallel one.
+        loss_source: which loss of a dict batch is analysed: "auto" (default: the model's own
+            ``model(**batch).loss`` when its forward takes ``labels`` — transformers' LM heads —, else
+            ``loss_fn`` on the logits), "model" or "loss_fn" (:mod:`hessext.data`).
 
     Attributes:
         layout: the :class:`ParamLayout` of the analysed parameters.
         model: the user's model.
         evaluator: the :class:`~hessext.evaluator.FunctionalEvaluator` of the loss.
         mode_used: the HVP mode in use ("double_backward" or "forward_over_reverse").
+        loss_source_used: the loss analysed: "model" (``model(**batch).loss``), "loss_fn" or "batch_loss".
         batched: whether blocks go through one batched call (False after a batching rule was missing).
         num_batches: number of batches used.
         max_cached_graphs: gradient graphs of at most this many batches are cached (default 4).
@@ -297,7 +303,7 @@ class HessianOperator(LinearOperator):
         ValueError: no trainable parameters / empty ``params``; unknown names (close names listed);
             data and model on different devices; empty data; data errors (batch named); bad
             ``mode``/``dtype``; a loss without an autograd graph (on the first product).
-        TypeError: half/integer parameters (pass ``dtype=torch.float32`` or ``torch.float64``); wrong types.
+        TypeError: integer parameters; mixed float32/float64 parameters without ``dtype=``; wrong types.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[..., Tensor] | None, data: Any,
@@ -306,15 +312,17 @@ class HessianOperator(LinearOperator):
                  batch_loss: Callable[..., Any] | None = None, mode: str = "auto",
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  eval_mode: bool = True, progress: bool | None = False, cache_graph: bool = True,
-                 reducer: Any = None) -> None:
+                 reducer: Any = None, loss_source: str = "auto") -> None:
         if mode not in HVP_MODES:
             raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
         ev = FunctionalEvaluator(model, loss_fn, data, params, num_batches=num_batches, model_type=model_type,
-                                 batch_loss=batch_loss, dtype=dtype, device=device, eval_mode=eval_mode)
+                                 batch_loss=batch_loss, dtype=dtype, device=device, eval_mode=eval_mode,
+                                 loss_source=loss_source)
         super().__init__(ev.layout.n, ev.dtype, ev.device)
         self.evaluator = ev
         self.model, self.layout, self.num_batches = ev.model, ev.layout, ev.num_batches
         self.loss_fn, self.model_type, self.eval_mode = loss_fn, model_type, ev.eval_mode
+        self.loss_source_used = ev.loss_source_used
         self.mode, self.progress = mode, progress
         self._strategies = {"double_backward": DoubleBackward(ev, bool(cache_graph)),
                             "forward_over_reverse": ForwardOverReverse(ev)}

@@ -507,8 +507,8 @@ def test_bad_inputs():
         HessianOperator(model, loss, batch, params=["0.weigth"])
     with pytest.raises(ValueError, match="not a parameter"):
         HessianOperator(model, loss, batch, params=[nn.Parameter(torch.zeros(2))])
-    with pytest.raises(TypeError, match=r"dtype=torch.float32"):
-        HessianOperator(copy.deepcopy(model).half(), loss, batch)
+    auto = HessianOperator(copy.deepcopy(model).half(), loss, batch)      # half models: float32 copies
+    assert auto.dtype == torch.float32 and auto.evaluator.upcast
     half = HessianOperator(copy.deepcopy(model).half(), loss, batch, dtype=torch.float32)  # converted copies
     assert half.dtype == torch.float32 and torch.isfinite(half @ torch.ones(half.n)).all()
     int_model = copy.deepcopy(model)

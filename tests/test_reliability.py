@@ -577,18 +577,12 @@ def test_complex_vector_refused_or_handled(mlp_case):
     torch.testing.assert_close(y.imag.double(), D @ im.double(), rtol=1e-4, atol=1e-5)
 
 
-def test_absurd_max_iter_refused_naming_it():
-    """A Krylov basis of 10⁶ × 10⁷ floats (40 TB) cannot fit: refused with a ValueError naming max_iter, or
-    capped with a warning naming it; never an allocator error."""
-    op = HugeIdentity()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            res = lanczos(op, k=1, max_iter=10 ** 6)
-        except ValueError as e:
-            assert "max_iter" in str(e), str(e)
-            return
-    assert any("max_iter" in str(w.message) for w in caught), "max_iter was neither refused nor capped"
+def test_absurd_max_iter_runs_within_a_bounded_basis():
+    """A Krylov dimension of 10⁶ over 10⁷ parameters (a 40 TB basis) is never allocated: the basis is bounded
+    (thick restart within max_basis vectors, issue 14) and the answer is right; never an allocator error."""
+    op = HugeIdentity()                    # 2·I breaks down after one step: test after every step
+    res = lanczos(op, k=1, max_iter=10 ** 6, check_every=1)
+    assert res.max_basis <= 62
     assert float(res.eigenvalues[-1]) == pytest.approx(2.0)
 
 

@@ -32,18 +32,24 @@ def get_hessian_eigenvectors(model: nn.Module, loss_fn: Any, train_data_loader: 
         train_data_loader: one batch, a list of batches or a DataLoader.
         num_batches: batches of an iterable to average (ignored for a single batch; None: all).
         device: "cpu", "cuda", … or None; "cuda" without a GPU warns and uses the parameters' device.
-        n_top_vectors: k (clamped to the number of parameters).
+        n_top_vectors: k, at most the number n of analysed parameters (the Hessian has n eigenpairs).
         model_type: loss convention of dict batches.
         tol: Lanczos tolerance on the relative Ritz residuals.
 
     Returns:
         ``(eigenvalues [k], eigenvectors [k, n])`` as float numpy arrays, eigenvalues descending (largest
         algebraic first), rows of ``eigenvectors`` unit-norm in ``ParamLayout`` order.
+
+    Raises:
+        ValueError: ``n_top_vectors`` is below 1 or above n (the message names k and n).
     """
-    check_int("n_top_vectors", n_top_vectors, minimum=1)
+    k = check_int("n_top_vectors", n_top_vectors, minimum=1)
     H = make_operator(model, loss_fn, train_data_loader, model_type, num_batches=num_batches, device=device,
                       arg_name="train_data_loader")
-    res, _ = extreme_ritz_pairs(H, min(n_top_vectors, H.n), 0, tol, seed)
+    if k > H.n:
+        raise ValueError(f"n_top_vectors must be <= n = {H.n} (the number of analysed parameters: the "
+                         f"Hessian has n eigenpairs), got n_top_vectors={k}")
+    res, _ = extreme_ritz_pairs(H, k, 0, tol, seed)
     vals, vecs = res.descending()
     return vals.detach().cpu().numpy(), vecs.detach().cpu().numpy()
 

@@ -67,7 +67,8 @@ def _checked_batches(data: Any, num_batches: Optional[int], arg_name: str) -> li
 
 def make_operator(model: nn.Module, loss_fn: Any, data: Any, model_type: Optional[str], *,
                   num_batches: Optional[int] = None, device: Any = None, dtype: Any = None,
-                  eval_mode: bool = True, pad_idx: Optional[int] = None, arg_name: str = "data") -> Any:
+                  eval_mode: bool = True, pad_idx: Optional[int] = None, arg_name: str = "data",
+                  loss_source: str = "auto") -> Any:
     """The Hessian operator of ``loss_fn`` on ``data`` with API B conventions.
 
     Built by :func:`hessext.distributed.hessian_operator`: a ``HessianOperator``, or a data-parallel one
@@ -75,6 +76,8 @@ def make_operator(model: nn.Module, loss_fn: Any, data: Any, model_type: Optiona
     batches (never warns for a single batch); label ``pad_idx`` (or the model's ``pad_idx`` attribute) is
     ignored by dict-batch losses besides -100. Invalid ``data`` raises ``ValueError``/``TypeError`` whose
     message starts with ``arg_name``; a ``loss_fn`` that is neither None nor callable raises ``TypeError``.
+    ``loss_source`` picks the loss of dict batches (:mod:`hessext.data`: a Hugging Face model's own
+    ``model(**batch).loss`` by default where its forward takes ``labels``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -91,10 +94,11 @@ def make_operator(model: nn.Module, loss_fn: Any, data: Any, model_type: Optiona
     batch_loss = None
     if isinstance(pad, numbers.Integral) and not isinstance(pad, bool):
         # The operator does not take pad_idx; build the same dict/pair loss with the pad label ignored.
-        batch_loss = make_batch_loss(loss_fn, model, model_type=model_type, pad_idx=int(pad))
+        batch_loss = make_batch_loss(loss_fn, model, model_type=model_type, pad_idx=int(pad),
+                                     loss_source=loss_source)
     return hessian_operator(model, loss_fn, data, num_batches=None, model_type=model_type,
                             batch_loss=batch_loss, device=_resolve_device(device), dtype=dtype,
-                            eval_mode=eval_mode)
+                            eval_mode=eval_mode, loss_source=loss_source)
 
 
 # ------------------------------------------------------------------------------------------------ eigenpairs

@@ -23,6 +23,12 @@ Both forms run the same engine: :class:`hessext.hvp.HessianOperator` (matrix-fre
 with full reorthogonalisation for both ends of the spectrum (:func:`hessext.lanczos.lanczos`,
 ``which="BE"``), and the trace estimators of :mod:`hessext.trace`.
 
+Precision: the computation runs in the parameters' dtype (float32/float64), or in float64 with
+``float64=True``. A **bfloat16/float16 model** is analysed on float32 copies of its parameters, buffers and
+floating inputs, with nothing to pass (:mod:`hessext.evaluator`): what is analysed is the Hessian of the
+float32-upcast model (the same weights in float32 arithmetic), and the model stays in its dtype, untouched.
+Only a model mixing float32 and float64 parameters needs a choice (``float64=True``).
+
 Model-state contract: the user's model is never changed — parameters, buffers, ``.grad``, ``requires_grad``,
 training flags and the global RNG states are as they were after every call, also when a call raises. The
 analysis runs in **eval mode** (dropout off, BatchNorm on its running statistics), as the original code did
@@ -307,7 +313,8 @@ class ModelWrapper:
         Args:
             loss_fn: overrides the wrapper's loss function.
             params: parameter names to analyse (None: every trainable parameter).
-            dtype: compute dtype (torch.float32 / torch.float64; None: the parameters' dtype).
+            dtype: compute dtype (torch.float32 / torch.float64; None: the parameters' dtype, float32 for a
+                bfloat16/float16 model).
             device: compute device (copies are moved there; the model is not). None: the model's device.
             mode: HVP mode of the operator ("auto", "double_backward", "forward_over_reverse").
 
@@ -481,7 +488,8 @@ def min_max_hessian_eigs(*args: Any, **kwargs: Any):
         Documented form: ``(min_eig, max_eig, min_eigvec, max_eigvec)``; legacy form: ``(max_eig, min_eig,
         max_eigvec, min_eigvec, hvp_count)``. Eigenvalues are Python floats; eigenvectors flat numpy arrays
         ``(n,)`` of unit norm in the order of ``model.named_parameters()`` (trainable ones), in the
-        parameters' dtype (float32 for a float32 model, as the original; float64 for a float64 model), with
+        parameters' dtype (float32 for a float32 model, as the original; float64 for a float64 model; float32
+        for a bfloat16/float16 model, analysed on float32 copies; float64 with ``float64=True``), with
         the sign fixed so that the largest-magnitude entry is positive. ``hvp_count`` is the number of
         Hessian-vector products spent.
 
