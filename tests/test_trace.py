@@ -236,3 +236,19 @@ def test_repeated_index_in_a_block_is_refused():
     exact = float(A.diagonal()[idx].sum())
     for name in ("list", "mask", "array"):
         assert r.block_estimates[name] == pytest.approx(exact, abs=1e-10)
+
+
+def test_auto_falls_back_to_hutchinson_when_sketches_do_not_fit(monkeypatch):
+    """The low-rank sketches (4·n·m values) must fit in half of the available memory; otherwise "auto" uses
+    Hutchinson, whose probes go in bounded blocks: the same numbers as hutchinson() itself."""
+    import hessext._memory as M
+    from hessext.trace import estimate_trace, hutchinson, sketch_fits
+
+    A = with_spectrum(1.0 / np.arange(1, 61) ** 2)       # decaying: the adaptive choice is XTrace
+    assert estimate_trace(A, 20).method != "hutchinson"
+    monkeypatch.setattr(M, "available_memory", lambda device: 2 * 4 * 60 * 20 * 8 - 16)
+    from hessext.linop import as_operator
+    assert not sketch_fits(as_operator(A), 20)
+    got, ref = estimate_trace(A, 20), hutchinson(A, 20)
+    assert got.method == "hutchinson" and got.estimate == ref.estimate and got.std_error == ref.std_error
+    assert abs(got.estimate - float(torch.trace(A))) < 5 * got.std_error
