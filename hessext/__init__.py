@@ -40,6 +40,7 @@ from .analysis import (
 
 # API A
 from .compat import ModelWrapper, hessian_trace, min_max_hessian_eigs
+from .curvature import FisherOperator, GGNOperator
 from .density import spectral_density
 from .distributed import DistributedHessianOperator, init_from_env, shard
 from .hvp import HessianOperator
@@ -67,6 +68,7 @@ __all__ = [
     "measure_train_val_landscape_divergence", "compute_detailed_hessian_metrics",
 ]
 __all__ += ["CurvatureTracker", "load_tracking"]
+__all__ += ["GGNOperator", "FisherOperator"]
 
 
 def __getattr__(name: str) -> Any:

@@ -307,6 +307,16 @@ def test_api_b_analyses_the_models_loss_and_resolves_every_component() -> None:
     assert float(vals[0]) == pytest.approx(top, rel=1e-4)
     assert res["hessian"]["max_eigenvalue"] == pytest.approx(top, rel=1e-4)
     assert set(res["components"]) == set(COMPONENT_NAMES) - {"output_projection"}
+    assert res["meta"]["loss_source"] == "model" and res["meta"]["compute_dtype"] == "float64"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = HessianConfig.minimal(n_components=1, trace_probes=0, loss_source="loss_fn")
+        res = HessianAnalyzer(cfg).analyze_step(model, nn.CrossEntropyLoss(), batch, model_type="decoder_only",
+                                                strict=True)
+    assert res["meta"]["loss_source"] == "loss_fn"
+    assert abs(res["hessian"]["max_eigenvalue"] / top - 1) > 1e-2      # the config's choice is what runs
+    with pytest.raises(ValueError, match="loss_source must be one of"):
+        HessianConfig(loss_source="labels")
 
 
 def test_get_hessian_eigenvectors_refuses_more_vectors_than_parameters() -> None:

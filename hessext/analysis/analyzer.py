@@ -15,7 +15,13 @@ section                work                                                     
 ``sharpness``          nothing new (from ``hessian``)                                                 0
 ``train_val_divergence`` one Lanczos run and one probe set (same seed) on the validation operator     Lanczos
                                                                                                      + probes
+``decomposition``      (opt-in) top eigenvalues of H, G and E = H − G (both ends for E), traces of    Lanczos
+                       the three from ONE Hutch++ sketch and probe set (E's from H's and G's)        + probes
 =====================  ============================================================================  =========
+
+``HessianConfig(curvature=...)`` chooses the matrix of every section but ``decomposition``: the Hessian
+(default), the generalised Gauss–Newton matrix or the Fisher (:mod:`hessext.curvature`);
+``results["meta"]["curvature"]`` records it.
 
 The model is analysed in eval mode (dropout off) and is never modified (``hessext.hvp`` policy).
 ``results["meta"]`` records the time and HVP count of each section (``matvecs``), the HVPs of each Lanczos
@@ -33,11 +39,14 @@ import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from .._checks import check_bool
+from .._checks import check_bool, work_dtype
 from .._state import isolated_forward
-from ..data import MODEL_TYPES, is_batch
+from ..curvature import FisherOperator, GGNOperator, matching_reducer, residual_operator
+from ..data import MODEL_TYPES, is_batch, normalize_data
+from ..ops import rademacher
 from .alignment import gradient_alignment, sharpness_metrics, train_val_divergence
 from .components import ComponentAnalyzer
 from .config import HessianConfig
@@ -108,6 +117,70 @@ def _small_residual(res: Any, tol: float, scale: float) -> bool:
     return bool(res.residuals.numel() and float(res.residuals.max()) <= tol * scale)
 
 
+def _materialised(data: Any, num_batches: Optional[int], arg_name: str) -> Any:
+    """``data`` itself for one batch, else its list of batches (a DataLoader is read once, so that several
+    operators see the same batches; the global RNG is never written). Errors name ``arg_name``."""
+    if is_batch(data):
+        return data
+    try:
+        with isolated_forward():
+            return normalize_data(data, num_batches)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{arg_name}: {e}") from e
+
+
+def _as_data(batches: Any) -> Any:
+    """A materialised list as operator data: one batch as itself, several as an iterator (a list of two
+    bare tensors would read as one (inputs, targets) pair)."""
+    if not isinstance(batches, list):
+        return batches
+    return batches[0] if len(batches) == 1 else iter(batches)
+
+
+def shared_hutchpp(H: Any, G: Any, num_matvecs: int, seed: int) -> dict[str, dict[str, float]]:
+    """Hutch++ traces of ``H``, ``G`` and ``E = H − G`` from ONE sketch and ONE probe set.
+
+    With ``s = ⌊m/3⌋`` (0 when ``m < 3``: plain Hutchinson) and ``g = m − 2s``: ``Q = orth(H S)`` for a
+    Rademacher sketch ``S ∈ R^{n×s}`` (the top eigenspace of ``H``, where ``G``'s outliers live too), then for
+    ``A ∈ {H, G}``
+
+        tr(A) ≈ tr(Qᵀ A Q) + (1/g) Σ_i p_iᵀ A p_i,   p_i = (I − QQᵀ) r_i,
+
+    unbiased for any ``Q`` independent of the residual probes ``r_i`` (Rademacher). ``E`` uses ``H``'s and
+    ``G``'s products (``E Q = H Q − G Q``, ``E p = H p − G p``), so ``tr_E = tr_H − tr_G`` holds exactly for
+    the estimates and its standard error comes from the per-probe differences. Cost: ``s`` products of ``H``
+    for the sketch, ``s + g`` of each of ``H`` and ``G`` (``5m/3`` for three traces instead of ``4m``).
+
+    Returns:
+        ``{"hessian" | "ggn" | "residual": {"estimate", "std_error"}}``; the standard errors are those of the
+        probe part (conditional on ``Q``), 0 when the sketch spans the space.
+    """
+    n, device = H.n, H.device
+    dtype = work_dtype(H.dtype)
+    s = num_matvecs // 3 if num_matvecs >= 3 else 0
+    g = num_matvecs - 2 * s
+    exact = {"hessian": 0.0, "ggn": 0.0}
+    Q = torch.zeros(n, 0, dtype=dtype, device=device)
+    if s:
+        S = rademacher(n, s, seed=seed, dtype=dtype, device=device)
+        Q = torch.linalg.qr(H.matmat(S), mode="reduced").Q
+        exact = {"hessian": float(torch.sum(Q * H.matmat(Q))), "ggn": float(torch.sum(Q * G.matmat(Q)))}
+    names = ("hessian", "ggn", "residual")
+    exact["residual"] = exact["hessian"] - exact["ggn"]
+    if Q.shape[1] >= n or g == 0:
+        se = 0.0 if Q.shape[1] >= n else float("nan")
+        return {k: {"estimate": exact[k], "std_error": se} for k in names}
+    P = rademacher(n, g, seed=seed, offset=s * n, dtype=dtype, device=device)
+    P = P - Q @ (Q.T @ P)
+    vh = (P * H.matmat(P)).sum(0).to("cpu", torch.float64)
+    vg = (P * G.matmat(P)).sum(0).to("cpu", torch.float64)
+    out = {}
+    for k, v in zip(names, (vh, vg, vh - vg)):
+        se = float(v.std() / math.sqrt(g)) if g > 1 else float("nan")
+        out[k] = {"estimate": exact[k] + float(v.mean()), "std_error": se}
+    return out
+
+
 #: One summary line per section: (section, title, ((label, key), ...)).
 _SUMMARY_LINES = (
     ("alignment", "Alignment", (("|cos(g, Hg)|", "grad_Hg_alignment"), ("weighted", "weighted_alignment"),
@@ -144,8 +217,11 @@ class _Step:
         self.errors: dict[str, str] = {}
         self.meta: dict[str, Any] = {"time_s": {}, "matvecs": {}, "lanczos_matvecs": {}}
         self.t_start = time.perf_counter()
-        self.H: Any = None
-        self.Hv: Any = None
+        self.H: Any = None            # the analysed operator (HessianConfig.curvature)
+        self.Hv: Any = None           # the same curvature on the validation data
+        self.hessian_op: Any = None   # the Hessian (is H for curvature="hessian")
+        self.ggn_op: Any = None       # the Gauss–Newton matrix, when analysed or decomposed
+        self.operators: list[Any] = []
         self.index_sets: dict[str, Tensor] = {}
         self.extras: dict[str, Any] = {}
         self.top_vals: Optional[Tensor] = None
@@ -154,15 +230,35 @@ class _Step:
                                             trace_probes=cfg.trace_probes, seed=cfg.seed,
                                             max_iter=cfg.max_iter)
 
-    def build_operators(self, train_batch: Any, val_batch: Any, train_name: str) -> None:
-        """The train (and validation) operators: invalid arguments raise here, whatever ``strict`` says."""
+    def build_operators(self, train_batch: Any, val_batch: Any, train_name: str) -> Any:
+        """The train (and validation) operators: invalid arguments raise here, whatever ``strict`` says.
+        Returns the training data as the operators read it (materialised once when several operators
+        share it)."""
         cfg = self.cfg
         kw = dict(num_batches=cfg.num_batches, device=cfg.device, dtype=cfg.dtype, eval_mode=cfg.eval_mode,
-                  pad_idx=cfg.pad_idx)
+                  pad_idx=cfg.pad_idx, loss_source=cfg.loss_source)
         model, loss_fn, model_type = self.model, self.loss_fn, self.model_type
-        self.H = make_operator(model, loss_fn, train_batch, model_type, arg_name=train_name, **kw)
+        curv = cfg.curvature != "hessian"
+        if curv or cfg.decomposition:
+            train_batch = _materialised(train_batch, cfg.num_batches, train_name)
+        self.hessian_op = make_operator(model, loss_fn, train_batch, model_type, arg_name=train_name, **kw)
+        self.H = self.curvature_operator(cfg.curvature, train_batch) if curv else self.hessian_op
+        kind = f" ({cfg.fisher_kind})" if cfg.curvature == "fisher" else ""
+        self.meta["curvature"] = cfg.curvature + kind
+        ev = self.hessian_op.evaluator
+        self.meta["loss_source"] = ev.loss_source_used
+        self.meta["compute_dtype"] = str(ev.dtype).replace("torch.", "")
+        self.meta["upcast_half"] = bool(ev.upcast)
         if cfg.track_train_val_landscape_divergence and val_batch is not None:
-            self.Hv = make_operator(model, loss_fn, val_batch, model_type, arg_name="val_batch", **kw)
+            if curv:
+                val_batch = _materialised(val_batch, cfg.num_batches, "val_batch")
+                make_operator(model, loss_fn, val_batch, model_type, arg_name="val_batch", **kw)  # its checks
+                self.Hv = self.curvature_operator(cfg.curvature, val_batch)
+            else:
+                self.Hv = make_operator(model, loss_fn, val_batch, model_type, arg_name="val_batch", **kw)
+        self.operators = [op for op in (self.H, self.Hv) if op is not None]
+        if curv:
+            self.operators.append(self.hessian_op)
         self.meta["time_s"]["setup"] = time.perf_counter() - self.t_start
         if cfg.track_component_hessian:
             try:
@@ -170,6 +266,21 @@ class _Step:
                                                                        cfg.component_list)
             except Exception as e:  # noqa: BLE001 - recorded, the spectrum still runs
                 self.fail("components", e)
+        return train_batch
+
+    def curvature_operator(self, curvature: str, data: Any) -> Any:
+        """The ``"ggn"`` or ``"fisher"`` operator of ``data`` with the conventions of the Hessian operator
+        (dtype, device, eval mode, padding label, and its data-parallel reducer inside
+        ``data_parallel()``)."""
+        cfg, H = self.cfg, self.hessian_op
+        pad = cfg.pad_idx if cfg.pad_idx is not None else getattr(self.model, "pad_idx", None)
+        pad = pad if isinstance(pad, int) and not isinstance(pad, bool) else None
+        kw = dict(model_type=self.model_type, pad_idx=pad, dtype=cfg.dtype, eval_mode=cfg.eval_mode,
+                  device=None if cfg.device in (None, "auto") else H.device, reducer=matching_reducer(H))
+        if curvature == "ggn":
+            return GGNOperator(self.model, self.loss_fn, _as_data(data), **kw)
+        return FisherOperator(self.model, self.loss_fn, _as_data(data), kind=cfg.fisher_kind, seed=cfg.seed,
+                              **kw)
 
     def fail(self, section: str, exc: BaseException) -> None:
         """Record ``exc`` as the error of ``section`` (raise it when ``strict``)."""
@@ -247,14 +358,43 @@ class _Step:
             "hessian_trace_std_error", "negative_count", "effective_rank_95")}
         return div
 
+    def decomposition(self, train_batch: Any) -> dict[str, Any]:
+        """``H = G + E`` side by side: top eigenvalues of the three (both ends for ``E``), and their traces
+        from one shared Hutch++ sketch and probe set (:func:`shared_hutchpp`). A spectrum already computed by
+        the ``hessian`` section for the same matrix is reused."""
+        cfg = self.cfg
+        if self.ggn_op is None:
+            self.ggn_op = self.H if cfg.curvature == "ggn" else self.curvature_operator("ggn", train_batch)
+            self.operators.append(self.ggn_op)
+        H, G = self.hessian_op, self.ggn_op
+        E = residual_operator(H, G)
+        k = min(cfg.n_components, H.n)
+        out: dict[str, Any] = {}
+        k_e = min(cfg.n_bottom, H.n - k)
+        for name, op, k_bot in (("hessian", H, 0), ("ggn", G, 0), ("residual", E, k_e)):
+            if op is self.H and k_bot == 0 and self.extras.get("top") is not None:
+                top, bottom = self.extras["top"], None          # the hessian section's run (same settings)
+            else:
+                top, bottom = extreme_ritz_pairs(op, k, k_bot, cfg.tolerance, cfg.seed, cfg.max_iter)
+            out[name] = {"top_eigenvalues": as_floats(top.descending()[0]),
+                         "converged": bool(top.converged and (bottom is None or bottom.converged))}
+            if bottom is not None:
+                out[name]["bottom_eigenvalues"] = as_floats(bottom.eigenvalues)
+        m0 = H.num_matvecs + G.num_matvecs
+        if cfg.trace_probes > 0:
+            for name, tr in shared_hutchpp(H, G, cfg.trace_probes, cfg.seed).items():
+                out[name]["trace"], out[name]["trace_std_error"] = tr["estimate"], tr["std_error"]
+        out["trace_method"] = "hutch++ (one sketch of H and one probe set shared by H, G and E)"
+        out["trace_matvecs"] = int(H.num_matvecs + G.num_matvecs - m0)
+        return out
+
     def finish(self) -> dict[str, Any]:
         """The results with ``meta`` (totals) and the errors."""
         meta, results = self.meta, self.results
         meta["time_s"]["total"] = time.perf_counter() - self.t_start
         meta["matvecs"]["total"] = int(sum(v for k, v in meta["matvecs"].items() if k != "total"))
         # Every product the operators counted (equals ``matvecs["total"]``: no HVP outside a section).
-        meta["operator_matvecs"] = int(self.H.num_matvecs
-                                       + (self.Hv.num_matvecs if self.Hv is not None else 0))
+        meta["operator_matvecs"] = int(sum(op.num_matvecs for op in self.operators))
         results["meta"] = meta
         if self.errors:
             results["errors"] = self.errors
@@ -353,7 +493,7 @@ class HessianAnalyzer:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
         check_bool("strict", strict)
         run = _Step(cfg, model, loss_fn, model_type, step, strict)
-        run.build_operators(train_batch, val_batch, train_name)
+        train_batch = run.build_operators(train_batch, val_batch, train_name)
         H = (run.H,)
         run.run("hessian", run.hessian, H, needs_core=False, book=False)
         if run.top_vecs is not None:
@@ -366,6 +506,8 @@ class HessianAnalyzer:
             run.run("sharpness", run.sharpness, H)
         if run.Hv is not None:
             run.run("train_val_divergence", run.divergence, (run.Hv,))
+        if cfg.decomposition:
+            run.run("decomposition", lambda: run.decomposition(train_batch), run.operators)
         results = run.finish()
 
         self.history[step] = results
@@ -464,6 +606,11 @@ class HessianAnalyzer:
                              "raise max_iter")
             if "loss" in hs:
                 lines.append(f"  loss: {fmt(hs['loss'])}, gradient norm: {fmt(hs.get('grad_norm'))}")
+        dec = results.get("decomposition")
+        if dec:
+            parts = [f"{k} λmax {fmt((dec[k].get('top_eigenvalues') or [float('nan')])[0])}, trace "
+                     f"{fmt(dec[k].get('trace'))}" for k in ("hessian", "ggn", "residual") if k in dec]
+            lines.append("Decomposition H = G + E: " + "; ".join(parts))
         comps = results.get("components")
         if comps:
             lines.append("Components (max eigenvalue, trace ± SE, parameters):")

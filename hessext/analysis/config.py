@@ -15,9 +15,14 @@ from typing import Any, Optional
 import torch
 
 from .._checks import ArgumentTypeError, check_bool, check_int, check_tol
+from ..curvature import FISHER_KINDS
+from ..data import LOSS_SOURCES
 from .components import ComponentSelector
 
-__all__ = ["HessianConfig", "HessianConfigError"]
+__all__ = ["HessianConfig", "HessianConfigError", "CURVATURES"]
+
+#: What ``analyze_step`` analyses: the Hessian, the generalised Gauss–Newton matrix or the Fisher.
+CURVATURES = ("hessian", "ggn", "fisher")
 
 
 def _count(name: str, value: Any, minimum: int) -> None:
@@ -71,9 +76,21 @@ class HessianConfig:
         output_dir: directory of saved data and plots.
         model_name: prefix of saved files and plot titles.
         eval_mode: analyse the model in eval mode (dropout off; recommended).
-        dtype: computation dtype (None: the parameters'; ``torch.float64`` for reference runs).
+        dtype: computation dtype (None: the parameters' — float32 for bfloat16/float16 models, analysed on
+            float32 copies —; ``torch.float64`` for reference runs).
         pad_idx: label value ignored by dict-batch losses besides -100 (None: the model's ``pad_idx``
             attribute if it has one).
+        curvature: the matrix every section analyses (spectrum, traces, components, alignment,
+            train/val): "hessian" (default), "ggn" (:class:`hessext.curvature.GGNOperator`) or "fisher"
+            (:class:`hessext.curvature.FisherOperator` of ``fisher_kind``); the last two need a loss with a
+            closed form (cross-entropy, squared error). ``results["meta"]["curvature"]`` records it.
+        fisher_kind: "empirical" or "mc" (labels sampled from the model with ``seed``), for
+            ``curvature="fisher"``.
+        decomposition: add ``results["decomposition"]``: the top eigenvalues and traces of ``H``, ``G`` and
+            ``E = H − G`` from one call (one Hutch++ sketch and probe set shared by the three traces).
+        loss_source: which loss of a dict batch is analysed (:mod:`hessext.data`): "auto" (default: a Hugging
+            Face model's own ``model(**batch).loss`` when its forward takes ``labels``, else ``loss_fn`` on
+            the logits), "model" or "loss_fn". ``results["meta"]["loss_source"]`` records the choice.
     """
 
     n_components: int = 10
@@ -98,6 +115,10 @@ class HessianConfig:
     eval_mode: bool = True
     dtype: Optional[torch.dtype] = None
     pad_idx: Optional[int] = None
+    curvature: str = "hessian"
+    fisher_kind: str = "empirical"
+    decomposition: bool = False
+    loss_source: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -140,8 +161,12 @@ class HessianConfig:
     def _check_flags_and_names(self) -> None:
         for name in ("track_component_hessian", "track_gradient_alignment", "track_sharpness",
                      "track_train_val_landscape_divergence", "include_bias", "save_hessian_data",
-                     "save_eigenvectors", "create_plots", "eval_mode"):
+                     "save_eigenvectors", "create_plots", "eval_mode", "decomposition"):
             check_bool(name, getattr(self, name))
+        for name, allowed in (("curvature", CURVATURES), ("fisher_kind", FISHER_KINDS),
+                              ("loss_source", LOSS_SOURCES)):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
+                raise HessianConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.component_list is None:
             self.component_list = ComponentSelector.get_standard_components()
         elif isinstance(self.component_list, str):
