@@ -40,8 +40,8 @@ class EigenResult:
             reorthogonalisation; ``"true"`` — computed with one extra block product (k matvecs).
             For a symmetric ``A`` some eigenvalue of ``A`` lies within ``residuals[i]`` of ``eigenvalues[i]``.
         num_matvecs: matrix-vector products spent (including any residual computation).
-        iterations: Lanczos steps kept (size of the Krylov basis used; with thick restarts, all steps kept over
-            the cycles).
+        iterations: Lanczos steps kept (size of the Krylov basis used; with thick restarts, all steps kept
+            over the cycles).
         converged: all requested pairs met the tolerance (see :func:`hessext.lanczos.lanczos`).
         breakdown: an invariant subspace was found (``β_j ≈ 0``) at least once.
         orthogonality_loss: ``max |V Vᵀ − I|`` of the Lanczos basis (or an estimate for big bases; see

@@ -311,8 +311,8 @@ def test_api_b_analyses_the_models_loss_and_resolves_every_component() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = HessianConfig.minimal(n_components=1, trace_probes=0, loss_source="loss_fn")
-        res = HessianAnalyzer(cfg).analyze_step(model, nn.CrossEntropyLoss(), batch, model_type="decoder_only",
-                                                strict=True)
+        res = HessianAnalyzer(cfg).analyze_step(model, nn.CrossEntropyLoss(), batch,
+                                                model_type="decoder_only", strict=True)
     assert res["meta"]["loss_source"] == "loss_fn"
     assert abs(res["hessian"]["max_eigenvalue"] / top - 1) > 1e-2      # the config's choice is what runs
     with pytest.raises(ValueError, match="loss_source must be one of"):
