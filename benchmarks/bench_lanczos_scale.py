@@ -2,9 +2,17 @@
 
 Workload: ``HessianOperator`` of a tanh MLP 784-h-h-10 with cross-entropy on one batch of 16 random samples
 (float32, random init, seed 0), ``lanczos(k=10, tol=1e-4, max_iter=300)``, for n from ~1e5 to ~1e7. Each
-size is solved with ``reorth="full"`` (today's behaviour and ``"auto"``'s choice, the reference) and
-``reorth="selective"``, on the backend this process loaded; the
-driver runs itself once per backend (compiled, then ``HESSEXT_FORCE_PYTHON=1``) in subprocesses.
+size is solved with
+
+- ``full``: full reorthogonalisation with the whole Krylov basis kept (``max_basis=300``; the behaviour before
+  the basis bound, the reference of "agree");
+- ``default``: what ``lanczos`` does by default (thick restart within ``fast_basis_bound(10) = 30`` vectors
+  above n = 10⁶, the unbounded run below);
+- ``M=20``, ``M=40``: thick restart within that many vectors;
+- ``selective`` (``--selective``): the experimental selective orthogonalisation,
+
+on the backend this process loaded; the driver runs itself once per backend (compiled, then
+``HESSEXT_FORCE_PYTHON=1``) in subprocesses.
 
 Time split per solve (wall clock, one process, fixed thread count):
 
@@ -58,8 +66,17 @@ class _Timer:
         return timed
 
 
-def run_backend(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
-    """Solve every size with ``reorth="full"`` and ``"auto"`` on this process's backend; one row per solve."""
+def configurations(selective: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The solves of each size: name and the keyword arguments of ``lanczos``."""
+    out = [("full", dict(reorth="full", max_basis=300)), ("default", {}),
+           ("M=20", dict(max_basis=20)), ("M=40", dict(max_basis=40))]
+    if selective:
+        out.append(("selective", dict(reorth="selective", max_basis=300)))
+    return out
+
+
+def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -> list[dict[str, Any]]:
+    """Solve every size with each of :func:`configurations` on this process's backend; one row per solve."""
     import numpy as np
     import torch
     from torch import nn
@@ -101,10 +118,10 @@ def run_backend(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
         ref = None
         with op.session():
             op.matvec(torch.ones(op.n))                      # build the cached graph outside the timings
-            for mode in ("full", "selective"):
+            for mode, kw in configurations(selective):
                 op.seconds, orth.total, mv0 = 0.0, 0.0, op.num_matvecs
                 t0 = time.perf_counter()
-                r = hl.lanczos(op, k=10, tol=1e-4, max_iter=300, reorth=mode, return_vectors=False)
+                r = hl.lanczos(op, k=10, tol=1e-4, max_iter=300, return_vectors=False, **kw)
                 total = time.perf_counter() - t0
                 ev = r.eigenvalues.numpy()
                 if ref is None:
@@ -113,6 +130,7 @@ def run_backend(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
                 rows.append(dict(backend=hessext.BACKEND, n=op.n, mode=mode, total=total,
                                  hvp=op.seconds, orth=orth.total, rest=total - op.seconds - orth.total,
                                  matvecs=op.num_matvecs - mv0, converged=bool(r.converged),
+                                 max_basis=r.max_basis, restarts=r.restarts,
                                  ortho=float(r.orthogonality_loss), agree=agree,
                                  ms_per_hvp=1e3 * op.seconds / max(1, op.num_matvecs - mv0)))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -122,11 +140,12 @@ def run_backend(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of all solves."""
-    out = ["| backend | n | reorth | HVPs | ms/HVP | total s | HVP s | orth s | rest s | outside HVP | "
-           "‖QᵀQ−I‖ | agree vs full | conv |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| backend | n | solve | max_basis | restarts | HVPs | ms/HVP | total s | HVP s | orth s | "
+           "rest s | outside HVP | ‖QᵀQ−I‖ | agree vs full | conv |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        out.append(f"| {r['backend']} | {r['n']:,} | {r['mode']} | {r['matvecs']} | {r['ms_per_hvp']:.1f} | "
+        out.append(f"| {r['backend']} | {r['n']:,} | {r['mode']} | {r['max_basis']} | {r['restarts']} | "
+                   f"{r['matvecs']} | {r['ms_per_hvp']:.1f} | "
                    f"{r['total']:.2f} | {r['hvp']:.2f} | {r['orth']:.2f} | {r['rest']:.2f} | "
                    f"{(r['total'] - r['hvp']) / r['total']:.0%} | {r['ortho']:.1e} | {r['agree']:.1e} | "
                    f"{'yes' if r['converged'] else 'no'} |")
@@ -137,23 +156,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="sizes up to n ≈ 1M only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--selective", action="store_true", help="also the experimental selective mode")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="hidden widths h (default: all)")
+    ap.add_argument("--backends", nargs="*", default=["compiled", "python"], choices=("compiled", "python"))
     ap.add_argument("--backend", choices=("compiled", "python"), default=None,
                     help="run one backend in this process and print its rows as JSON")
     args = ap.parse_args()
-    sizes = SIZES_QUICK if args.quick else SIZES_FULL
+    sizes = tuple(args.sizes) if args.sizes else SIZES_QUICK if args.quick else SIZES_FULL
     if args.backend is not None:
-        print(json.dumps(run_backend(sizes, args.threads)))
+        print(json.dumps(run_backend(sizes, args.threads, args.selective)))
         return
     rows: list[dict[str, Any]] = []
-    for backend in ("compiled", "python"):
+    for backend in args.backends:
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         env.pop("HESSEXT_FORCE_PYTHON", None)
         if backend == "python":
             env["HESSEXT_FORCE_PYTHON"] = "1"
         cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
-               "--threads", str(args.threads)]
-        if args.quick:
-            cmd.append("--quick")
+               "--threads", str(args.threads), "--sizes", *map(str, sizes)]
+        if args.selective:
+            cmd.append("--selective")
         out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows += json.loads(out.strip().splitlines()[-1])
     print(f"\nLanczos top-10 to tol 1e-4, MLP 784-h-h-10 tanh, batch 16, float32, {args.threads} threads\n")

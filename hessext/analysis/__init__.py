@@ -6,6 +6,8 @@ module                 what lives there
 ``spectrum``           the operator of a model's loss with API B conventions (``make_operator``), extreme Ritz
                        pairs with API B's iteration cap, whole-model and per-block traces from one probe set
 ``metrics``            scalar summaries of a set of eigenvalues (``HessianMetrics``)
+``blocks``             blockwise SLQ densities of diagonal Hessian blocks and the Jensen–Shannon distances
+                       between them (``block_spectra``, Zhang et al. 2024)
 ``components``         transformer components as parameter subsets and their Hessian blocks
                        (``ComponentAnalyzer``)
 ``alignment``          gradient–curvature alignment, sharpness, train/val landscape divergence
@@ -16,9 +18,9 @@ module                 what lives there
 ``tracking``           curvature over training: ``CurvatureTracker`` (warm-started), JSON-lines records
 =====================  ======================================================================================
 
-Imports go one way: ``spectrum`` and ``metrics`` first, then ``components`` and ``alignment``, then
-``config``, ``persistence``, ``analyzer`` and ``legacy``. The API B import path (``project.hessian`` →
-``hessext.hessian``) re-exports the public names.
+Imports go one way: ``spectrum`` and ``metrics`` first, then ``blocks``, then ``components`` and
+``alignment``, then ``config``, ``persistence``, ``analyzer`` and ``legacy``. The API B import path
+(``project.hessian`` → ``hessext.hessian``) re-exports the public names.
 """
 from __future__ import annotations
 
@@ -31,6 +33,15 @@ from .alignment import (
     train_val_divergence,
 )
 from .analyzer import HessianAnalyzer
+from .blocks import (
+    BlockSpectraResult,
+    block_index_sets,
+    block_spectra,
+    jensen_shannon_distance,
+    js_distance_matrix,
+    layer_blocks,
+    parameter_blocks,
+)
 from .components import (
     COMPONENT_NAMES,
     ComponentAnalyzer,
@@ -58,3 +69,5 @@ __all__ = [
     "make_operator", "extreme_ritz_pairs", "clustered_spectrum_max_iter", "shared_probe_traces",
 ]
 __all__ += ["CurvatureTracker", "load_tracking", "trainer_callback"]
+__all__ += ["BlockSpectraResult", "block_spectra", "block_index_sets", "parameter_blocks", "layer_blocks",
+            "jensen_shannon_distance", "js_distance_matrix"]

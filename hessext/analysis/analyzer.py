@@ -48,6 +48,7 @@ from ..curvature import FisherOperator, GGNOperator, matching_reducer, residual_
 from ..data import MODEL_TYPES, is_batch, normalize_data
 from ..ops import rademacher
 from .alignment import gradient_alignment, sharpness_metrics, train_val_divergence
+from .blocks import block_spectra, parameter_blocks
 from .components import ComponentAnalyzer
 from .config import HessianConfig
 from .metrics import HessianMetrics
@@ -267,6 +268,17 @@ class _Step:
             except Exception as e:  # noqa: BLE001 - recorded, the spectrum still runs
                 self.fail("components", e)
         return train_batch
+
+    def block_spectra(self) -> dict[str, Any]:
+        """Blockwise SLQ densities and their Jensen–Shannon distances
+        (:func:`hessext.analysis.blocks.block_spectra`): the non-empty components when components are
+        tracked, else one block per parameter tensor (Zhang et al. 2024); components may overlap (each
+        block's density is its own)."""
+        cfg = self.cfg
+        blocks = {k: v for k, v in self.index_sets.items() if v.numel() > 0}
+        blocks = blocks or parameter_blocks(self.H.layout)
+        return block_spectra(self.H, blocks, num_probes=cfg.block_spectra_probes,
+                             num_iter=cfg.block_spectra_iter, seed=cfg.seed, allow_overlap=True).to_dict()
 
     def curvature_operator(self, curvature: str, data: Any) -> Any:
         """The ``"ggn"`` or ``"fisher"`` operator of ``data`` with the conventions of the Hessian operator
@@ -508,6 +520,8 @@ class HessianAnalyzer:
             run.run("train_val_divergence", run.divergence, (run.Hv,))
         if cfg.decomposition:
             run.run("decomposition", lambda: run.decomposition(train_batch), run.operators)
+        if cfg.track_block_spectra:
+            run.run("block_spectra", run.block_spectra, H)
         results = run.finish()
 
         self.history[step] = results

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_bool, check_int, check_tol
+from .blocks import BlockSpectraResult, block_spectra, layer_blocks, parameter_blocks
 from .metrics import HessianMetrics
 from .spectrum import as_floats, extreme_ritz_pairs, make_operator, shared_probe_traces
 
@@ -397,7 +398,8 @@ class ComponentSelector:
 
 
 class ComponentAnalyzer:
-    """Per-component Hessian analysis: eigenvalues of diagonal blocks and traces from shared probes.
+    """Per-component Hessian analysis: eigenvalues of diagonal blocks and traces from shared probes, and the
+    blockwise spectral densities with the JS distances between blocks (:meth:`block_spectra`).
 
     Args:
         include_bias: include bias vectors in components (default ``False``, as
@@ -501,6 +503,53 @@ class ComponentAnalyzer:
         """Per-component Hutchinson traces from one probe set (see :func:`hessext.trace.hutchinson`)."""
         res = shared_probe_traces(H, self.trace_probes, index_sets, seed=self.seed)
         return res["blocks"]
+
+    def block_spectra(self, model: nn.Module, loss_fn: Any, data_batch: Any,
+                      model_type: Optional[str] = "decoder_only",
+                      component_list: Optional[Sequence[str]] = None, *,
+                      blocks: "str | Mapping[str, Any] | None" = None, num_probes: int = 8,
+                      num_iter: int = 30, sigma: Optional[float] = None, num_grid: int = 400,
+                      max_columns: Optional[int] = None, allow_overlap: bool = False, operator: Any = None,
+                      num_batches: Optional[int] = None, device: Any = None) -> BlockSpectraResult:
+        """Spectral densities of the diagonal Hessian blocks (raw, and normalised by each block's top
+        ``|eigenvalue|`` as in Zhang et al. 2024) and the Jensen–Shannon distances between them: see
+        :func:`hessext.analysis.blocks.block_spectra` (all blocks' Lanczos products of a step in one call).
+
+        Args:
+            model, loss_fn, data_batch, model_type, num_batches, device, operator: as
+                :meth:`analyze_all_components`.
+            component_list: component names used when ``blocks`` is None (default
+                :meth:`ComponentSelector.get_standard_components`; names matching nothing are dropped with a
+                warning).
+            blocks: None (the components), ``"parameters"`` (one block per parameter tensor, Zhang et al.'s
+                blocks), ``"layers"`` (one per module), or a dict name → index set on the flat parameters.
+            num_probes, num_iter, sigma, num_grid, max_columns, allow_overlap: as
+                :func:`~hessext.analysis.blocks.block_spectra`; the probe seed is this analyzer's ``seed``.
+
+        Raises:
+            ValueError: no component resolves on this model, an unknown ``blocks`` string, or what
+                :func:`~hessext.analysis.blocks.block_spectra` refuses (empty or overlapping blocks, bad
+                counts).
+        """
+        H = operator if operator is not None else make_operator(
+            model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
+            arg_name="data_batch")
+        if blocks is None:
+            names = ComponentSelector.get_standard_components() if component_list is None else component_list
+            sets: Mapping[str, Any] = self.component_index_sets(model, H.layout, names)
+            if not sets:
+                raise ValueError(f"component_list {list(names)} resolves to no parameter of "
+                                 f"{type(model).__name__}: no block to analyse")
+        elif isinstance(blocks, str):
+            makers = {"parameters": parameter_blocks, "layers": layer_blocks}
+            if blocks not in makers:
+                raise ValueError(f"blocks must be None, 'parameters', 'layers' or a dict name -> index set, "
+                                 f"got {blocks!r}")
+            sets = makers[blocks](H.layout)
+        else:
+            sets = blocks
+        return block_spectra(H, sets, num_probes=num_probes, num_iter=num_iter, seed=self.seed, sigma=sigma,
+                             num_grid=num_grid, max_columns=max_columns, allow_overlap=allow_overlap)
 
     # -------------------------------------------------------------- reporting
     @staticmethod

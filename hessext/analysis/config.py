@@ -88,6 +88,11 @@ class HessianConfig:
             ``curvature="fisher"``.
         decomposition: add ``results["decomposition"]``: the top eigenvalues and traces of ``H``, ``G`` and
             ``E = H − G`` from one call (one Hutch++ sketch and probe set shared by the three traces).
+        track_block_spectra: add ``results["block_spectra"]``: SLQ densities of every component's diagonal
+            Hessian block (every parameter tensor's when components are off), raw and normalised by the
+            block's top eigenvalue, and the Jensen–Shannon distances between them (Zhang et al. 2024;
+            :func:`hessext.analysis.blocks.block_spectra`), with ``block_spectra_probes`` probes and
+            ``block_spectra_iter`` Lanczos steps per block.
         loss_source: which loss of a dict batch is analysed (:mod:`hessext.data`): "auto" (default: a Hugging
             Face model's own ``model(**batch).loss`` when its forward takes ``labels``, else ``loss_fn`` on
             the logits), "model" or "loss_fn". ``results["meta"]["loss_source"]`` records the choice.
@@ -119,6 +124,9 @@ class HessianConfig:
     fisher_kind: str = "empirical"
     decomposition: bool = False
     loss_source: str = "auto"
+    track_block_spectra: bool = False
+    block_spectra_probes: int = 8
+    block_spectra_iter: int = 30
 
     def __post_init__(self) -> None:
         try:
@@ -141,6 +149,8 @@ class HessianConfig:
                 _count(name, getattr(self, name), 1)
         check_tol(self.tolerance, "tolerance")
         _count("trace_probes", self.trace_probes, 0)
+        _count("block_spectra_probes", self.block_spectra_probes, 1)
+        _count("block_spectra_iter", self.block_spectra_iter, 1)
         _count("seed", self.seed, 0)
         if self.pad_idx is not None:
             check_int("pad_idx", self.pad_idx)
@@ -161,7 +171,8 @@ class HessianConfig:
     def _check_flags_and_names(self) -> None:
         for name in ("track_component_hessian", "track_gradient_alignment", "track_sharpness",
                      "track_train_val_landscape_divergence", "include_bias", "save_hessian_data",
-                     "save_eigenvectors", "create_plots", "eval_mode", "decomposition"):
+                     "save_eigenvectors", "create_plots", "eval_mode", "decomposition",
+                     "track_block_spectra"):
             check_bool(name, getattr(self, name))
         for name, allowed in (("curvature", CURVATURES), ("fisher_kind", FISHER_KINDS),
                               ("loss_source", LOSS_SOURCES)):

@@ -40,7 +40,8 @@ colour from a hash of the name), so that "ffn" is green in every figure of every
 
 Modules: ``_figure`` (figures and their files), ``_style`` (colours, input dicts, scales, number formats),
 ``_legends`` (legends off the data), ``history`` (series over training), ``components``, ``spectrum``,
-``landscape``, ``tracking`` (curvature tracked over training) and ``report`` (the text summary and
+``landscape``, ``tracking`` (curvature tracked over training), ``curvature`` (H/G/E densities, blockwise
+densities, the JS heat-map between blocks) and ``report`` (the text summary and
 ``index.html``).
 """
 from __future__ import annotations
@@ -53,6 +54,13 @@ from . import _figure
 from ._figure import DPI, check_formats, require_mpl
 from ._style import COMPONENT_COLORS, LOG_SPAN, component_color
 from .components import plot_component_bars, plot_component_comparison
+from .curvature import (
+    CURVATURE_COLORS,
+    curvature_color,
+    plot_block_densities,
+    plot_block_js_heatmap,
+    plot_curvature_densities,
+)
 from .history import (
     plot_complexity_metrics,
     plot_eigenvalue_evolution,
@@ -72,7 +80,9 @@ __all__ = ["HessianVisualizer", "COMPONENT_COLORS", "component_color", "USE_PYPL
            "plot_sharpness",
            "create_comprehensive_report", "save_analysis_summary",
            "plot_spectral_density", "plot_top_spectrum", "plot_component_bars", "plot_training_curves",
-           "plot_loss_landscape_1d", "plot_loss_landscape_2d", "plot_curvature_tracking"]
+           "plot_loss_landscape_1d", "plot_loss_landscape_2d", "plot_curvature_tracking",
+           "CURVATURE_COLORS", "curvature_color", "plot_curvature_densities", "plot_block_densities",
+           "plot_block_js_heatmap"]
 
 
 class HessianVisualizer:
@@ -102,6 +112,10 @@ class HessianVisualizer:
     plot_loss_landscape_1d = staticmethod(plot_loss_landscape_1d)
     plot_loss_landscape_2d = staticmethod(plot_loss_landscape_2d)
     plot_curvature_tracking = staticmethod(plot_curvature_tracking)
+    # the curvature family (H, G, E) and blockwise spectra
+    plot_curvature_densities = staticmethod(plot_curvature_densities)
+    plot_block_densities = staticmethod(plot_block_densities)
+    plot_block_js_heatmap = staticmethod(plot_block_js_heatmap)
     # text and reports
     save_analysis_summary = staticmethod(save_analysis_summary)
     create_comprehensive_report = staticmethod(create_comprehensive_report)
