@@ -1,8 +1,10 @@
-"""Peak resident memory of Lanczos against the bound model + gradient graph + (iterations + 3)·n·4 bytes.
+"""Peak resident memory of Lanczos against the bound model + gradient graph + (basis + 3)·n·4 bytes.
 
-Issue 8's memory contract: top-k Lanczos with m iterations on a model with n parameters needs no more than
+Issue 8's memory contract, with issue 14's bounded basis: top-k Lanczos with m iterations on a model with n
+parameters, keeping at most ``M = max_basis`` basis vectors at once (thick restart beyond it), needs no more
+than
 
-    M_bound = M_hvp + (m + 3) · n · 4 bytes            (float32)
+    M_bound = M_hvp + (min(m, M) + 3) · n · 4 bytes            (float32)
 
 where ``M_hvp`` is the peak resident memory of a process that builds the model, the data and the
 ``HessianOperator`` and computes ONE Hessian-vector product (interpreter + torch + model + the cached
@@ -97,7 +99,8 @@ def child(stage: str, width: int, layers: int, batch: int, k: int, iters: int,
                           return_vectors=stage == "lanczos_vectors")
             out.update(iterations=res.iterations, num_matvecs=res.num_matvecs, converged=res.converged,
                        breakdown=res.breakdown, orthogonality_loss=res.orthogonality_loss,
-                       top_eigenvalue=float(res.eigenvalues[-1]))
+                       top_eigenvalue=float(res.eigenvalues[-1]), max_basis=res.max_basis,
+                       restarts=res.restarts)
     out["seconds"] = time.perf_counter() - t0
     out.update(_peak())
     return out
@@ -153,16 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     for s, extra in (("lanczos", 0), ("lanczos_vectors", args.k)):
         for key in ("ru_maxrss_bytes", "vm_hwm_bytes"):
             base, hvp, peak = stages["baseline"][key], stages["hvp"][key], stages[s][key]
-            bound = hvp + (stages[s]["iterations"] + 3 + extra) * vec
+            kept = min(stages[s]["iterations"], stages[s]["max_basis"])     # vectors held at once
+            bound = hvp + (kept + 3 + extra) * vec
             rows.append({"run": s, "measure": key, "baseline": base, "hvp": hvp, "lanczos": peak,
-                         "bound": bound, "allowed_vectors": stages[s]["iterations"] + 3 + extra,
+                         "bound": bound, "allowed_vectors": kept + 3 + extra,
+                         "max_basis": stages[s]["max_basis"], "restarts": stages[s]["restarts"],
                          "lanczos_minus_hvp_in_vectors": (peak - hvp) / vec, "within_bound": peak <= bound})
     info = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "threads": args.threads, "torch": lz["torch"], "hessext_backend": lz["backend"],
             "commit": _commit(), "python": platform.python_version()}
     print(f"# hessext memory benchmark\n{json.dumps(info)}\n")
     print(f"MLP {args.layers}×{args.width}² + head, n = {n:,} parameters (one n-vector = "
-          f"{vec / MiB:.1f} MiB), batch {args.batch}, top-{args.k} Lanczos, {lz['iterations']} iterations "
+          f"{vec / MiB:.1f} MiB), batch {args.batch}, top-{args.k} Lanczos, {lz['iterations']} iterations, "
+          f"basis bound {lz['max_basis']} ({lz['restarts']} thick restarts) "
           f"({lz['num_matvecs']} HVPs, {lz['seconds']:.0f} s, orthogonality loss "
           f"{lz['orthogonality_loss']:.1e})\n")
     print("| run | measure | model only | + one HVP (M_hvp) | Lanczos peak | bound | "
