@@ -22,11 +22,12 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from . import _memory, ops
+from . import _memory
 from ._checks import ArgumentTypeError, check_int, check_positive_float, check_seed, work_dtype
 from ._memory import require_memory
-from .lanczos import BASIS_MEMORY_SHARE, LanczosChains
+from .lanczos import LanczosChains
 from .linop import LinearOperator, as_operator, holds_session
+from .restart import BASIS_MEMORY_SHARE
 from .results import DensityResult
 
 __all__ = ["spectral_density", "slq_quadrature"]
@@ -54,12 +55,12 @@ def _probe_group(p: int, m: int, n: int, num_iter: int, dtype: torch.dtype, devi
 
 def _chain_group(op: LinearOperator, c0: int, g: int, m: int, seed: int, dtype: torch.dtype,
                  device: torch.device) -> Tensor:
-    """Run chains ``c0 … c0+g−1`` (probe c: counter offset ``c·n``); returns ``[3, g, m]`` = α, β, flags on
-    the host (float64)."""
-    n = op.n
+    """Run chains ``c0 … c0+g−1`` (probe c: counter offset ``c·N``, N = ``op.global_n`` the size of the
+    whole space); returns ``[3, g, m]`` = α, β, flags on the host (float64)."""
+    n, gn = op.n, op.global_n
     chains = LanczosChains.allocate(g, m, n, dtype, device)
-    Z = ops.rademacher(n, g, seed=seed, offset=c0 * n, dtype=dtype, device=device)
-    chains.V[:, 0, :] = Z.T / math.sqrt(n)
+    Z = op.rademacher(g, seed=seed, offset=c0 * gn, dtype=dtype, device=device)
+    chains.V[:, 0, :] = Z.T / math.sqrt(gn)
     eps = float(torch.finfo(dtype).eps)
     chains.advance(op, 0, m, eps ** (2.0 / 3.0))
     return torch.stack([chains.alpha, chains.beta, chains.flags.to(dtype)]).to("cpu", torch.float64)
@@ -81,7 +82,9 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
 
     Args:
         A: operator or dense symmetric ``[n, n]`` tensor.
-        num_probes: p ≥ 1; probe c is ``z_c / √n``, ``z_c = rademacher(n, seed=seed, offset=c·n)``.
+        num_probes: p ≥ 1; probe c is ``z_c / √n``, ``z_c = rademacher(n, seed=seed, offset=c·n)`` (n the size
+            of the whole space; a sharded operator generates its slice of the same bits,
+            :meth:`~hessext.linop.LinearOperator.rademacher`).
         num_iter: Lanczos steps m ≥ 1 per probe (clamped to n; with ``m ≥ n`` the quadrature is exact).
         seed: probe seed.
 
@@ -94,10 +97,12 @@ def slq_quadrature(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_ite
     """
     op = as_operator(A)
     p = check_int("num_probes", num_probes, 1)
-    m = min(check_int("num_iter", num_iter, 1), op.n)
+    m = min(check_int("num_iter", num_iter, 1), op.global_n)
     seed = check_seed(seed)
     n, dtype, device = op.n, work_dtype(op.dtype), op.device
-    g = _probe_group(p, m, n, num_iter, dtype, device)
+    g = _probe_group(p, m, max(n, 1), num_iter, dtype, device)   # a rank of a sharded operator may hold none
+    if op.sharded:      # every rank runs the same groups (memory and local sizes differ across ranks)
+        g = int(op.allreduce_(torch.tensor([float(g)], dtype=torch.float64), "min")[0])
     start = op.num_matvecs
     host = torch.cat([_chain_group(op, c0, min(g, p - c0), m, seed, dtype, device)
                       for c0 in range(0, p, g)], dim=1).numpy()
@@ -171,4 +176,4 @@ def spectral_density(A: "LinearOperator | Tensor", *, num_probes: int = 4, num_i
     if not user_grid:
         dens = dens / torch.trapezoid(dens, grid)
     return DensityResult(grid=grid, density=dens, nodes=nodes, weights=weights, num_matvecs=matvecs,
-                         sigma=sigma, n=op.n)
+                         sigma=sigma, n=op.global_n)

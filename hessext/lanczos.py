@@ -46,12 +46,19 @@ import torch
 from scipy.linalg import eigh, eigh_tridiagonal
 from torch import Tensor
 
-from . import _memory, ops
+from . import ops
 from ._checks import check_int, check_seed, check_tol, converged, work_dtype
 from ._memory import available_memory, format_bytes, require_memory
 from .linop import LinearOperator, as_operator, holds_session
 from .reorth import SelectiveOrthogonalizer
-from .restart import compress_basis, keep_count, projected_matrix
+from .restart import (
+    RESTART_BUDGET_FACTOR,
+    basis_bound,
+    compress_basis,
+    fast_basis_bound,
+    keep_count,
+    projected_matrix,
+)
 from .results import EigenResult
 
 __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov_dim_for_extremes",
@@ -182,9 +189,10 @@ class LanczosChains:
             W = op.matmat(X).T.contiguous()                 # [p, n]
             for c in range(p):
                 if selective:
-                    w_out, a, nrm = _orthogonalize_selective(W[c], V[c], j, beta[c, j - 1] if j > 0 else None)
+                    w_out, a, nrm = _orthogonalize_selective(W[c], V[c], j, beta[c, j - 1] if j > 0 else None,
+                                                             op)
                 else:
-                    w_out, coeffs, nrm = ops.reorthogonalize(W[c], V[c, :j + 1])
+                    w_out, coeffs, nrm = op.reorthogonalize(W[c], V[c, :j + 1], 2)
                     a = coeffs[j]
                 alpha[c, j] = a
                 beta[c, j] = nrm
@@ -232,8 +240,8 @@ def _selective_reorth(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _orthogonalize_selective(w: Tensor, Vc: Tensor, j: int, beta_prev: Optional[Tensor]
-                             ) -> tuple[Tensor, Tensor, Tensor]:
+def _orthogonalize_selective(w: Tensor, Vc: Tensor, j: int, beta_prev: Optional[Tensor],
+                             op: Optional[LinearOperator] = None) -> tuple[Tensor, Tensor, Tensor]:
     """One Lanczos step's orthogonalisation of ``w = A q_j`` (modified in place), with a second pass only when
     needed: returns ``(w', α_j, ‖w'‖)``.
 
@@ -242,17 +250,22 @@ def _orthogonalize_selective(w: Tensor, Vc: Tensor, j: int, beta_prev: Optional[
     the whole basis (``ops.reorthogonalize(..., passes=1)``: 2 sweeps of the basis instead of CGS2's 3) makes
     ``w'`` orthogonal to working precision, unless the pass removed a large part of it: if
     ``‖w'‖ < η ‖w‖`` (η = 1/√2, the DGKS criterion) a second pass follows, as in ARPACK's ``dsaitr``. The
-    returned α includes the pass's own correction along ``q_j``.
+    returned α includes the pass's own correction along ``q_j``. Dots, norms and passes go through the
+    operator's vector-space hooks (all-reduced for sharded vectors, so every rank takes the same branch);
+    without ``op``, the single-process ones.
     """
+    dot = torch.dot if op is None else op.dot
+    norm = torch.linalg.vector_norm if op is None else op.norm
+    reorth = ops.reorthogonalize if op is None else op.reorthogonalize
     q = Vc[j]
-    a = torch.dot(q, w)
+    a = dot(q, w)
     w.addcmul_(q, a, value=-1)
     if beta_prev is not None:
         w.addcmul_(Vc[j - 1], beta_prev, value=-1)
-    wn = torch.linalg.vector_norm(w)
-    w_out, coeffs, nrm = ops.reorthogonalize(w, Vc[:j + 1], 1)
+    wn = norm(w)
+    w_out, coeffs, nrm = reorth(w, Vc[:j + 1], 1)
     if float(nrm) < DGKS_ETA * float(wn):
-        w_out, c2, nrm = ops.reorthogonalize(w_out, Vc[:j + 1], 1)
+        w_out, c2, nrm = reorth(w_out, Vc[:j + 1], 1)
         coeffs = coeffs + c2
     return w_out, a + coeffs[j], nrm
 
@@ -413,85 +426,25 @@ def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
     return min(m, n)
 
 
-#: Share of the available memory the default basis bound may take (issue 14: "at most half").
-BASIS_MEMORY_SHARE = 0.5
-#: Step budget of a restarted run with ``max_iter=None``: this many times the unrestarted Krylov dimension.
-RESTART_BUDGET_FACTOR = 10
-#: Above this n the default bound is also capped for speed at :func:`fast_basis_bound` (issue 20).
-FAST_BASIS_MIN_N = 1_000_000
-
-
-def fast_basis_bound(k: int) -> int:
-    """The default basis bound for speed at ``n > FAST_BASIS_MIN_N``: ``max(20, 2k + 10)`` vectors.
-
-    Why: full reorthogonalisation reads the basis twice per step, so an unbounded run costs ~``m²·n`` memory
-    traffic, which at millions of parameters exceeds the Hessian-vector products themselves. Thick restart
-    within a small basis costs a few more products and far less traffic. Measured
-    (benchmarks/bench_lanczos_scale.py; tanh MLP, batch 16, top-10 to 1e-4, float32, 2 threads): n = 1.0M,
-    unbounded 11.0 s / 178 HVPs, M = 30: 3.3 s / 189; n = 6.1M, unbounded 60.5 s / 153 HVPs, M = 40: 24.7 s /
-    156, M = 30: 20.5 s / 159, M = 20: 25.8 s / 186 — the eigenvalues agree to 2e-7 relative."""
-    return max(20, 2 * k + 10)
-
-
-def _basis_bound(n: int, k: int, m: int, max_iter: Optional[int], max_basis: Optional[int],
-                 dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
-    """The basis bound M (vectors kept at once) and the step budget of a run of Krylov dimension ``m``.
-
-    ``max_basis=None``: ``M = min(m, ⌊share · available / (n · itemsize)⌋ − 1)`` with ``share = 1/2`` of what
-    :func:`available_memory` reports for the basis device when the solve starts (``M = m`` where that is
-    unknown), and above ``n = FAST_BASIS_MIN_N`` at most :func:`fast_basis_bound` ``(k)``; an explicit
-    ``max_basis`` is used as given (and must fit in all the available memory). ``M = m`` is today's
-    unrestarted run, budget ``m``. ``M < m`` thick-restarts within M vectors
-    (:mod:`hessext.restart`), with a budget of ``max_iter`` steps, or ``RESTART_BUDGET_FACTOR · m`` for
-    ``max_iter=None``. Errors name ``max_basis``/``max_iter``, k and n, the bytes needed and available."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    row = n * itemsize
-    least = min(m, k + 2)
-    if max_basis is not None:
-        M = check_int("max_basis", max_basis, 1)
-        if M < least:
-            raise ValueError(f"max_basis must be >= min(Krylov dimension, k + 2) = {least} for k={k}, n={n}, "
-                             f"got max_basis={max_basis}")
-        M = min(M, m)
-        require_memory((M + 1) * row, device,
-                       f"max_basis={max_basis} with k={k}, n={n}: the Lanczos basis of (max_basis + 1)·n "
-                       f"= {M + 1}·{n} {str(dtype).replace('torch.', '')} values",
-                       lambda avail: f"pass max_basis <= {max(avail // row - 1, 0)} (or None: half of "
-                                     "the available memory)")
-    else:
-        avail = _memory.available_memory(device)
-        M = m if avail is None else min(m, int(BASIS_MEMORY_SHARE * avail) // row - 1)
-        if n > FAST_BASIS_MIN_N:
-            M = min(M, max(fast_basis_bound(k), least))
-        if M < least:
-            raise ValueError(
-                f"the Lanczos basis for k={k}, n={n} needs at least {least + 1} vectors of {n} "
-                f"{str(dtype).replace('torch.', '')} values ({format_bytes((least + 1) * row)}), but half of "
-                f"the memory available on {torch.device(device)} is "
-                f"{format_bytes(BASIS_MEMORY_SHARE * avail)}: ask for fewer eigenpairs (smaller k), analyse "
-                "fewer parameters, compute in float32, keep the basis in host memory (basis_device='cpu') or "
-                "pass max_basis explicitly")
-    if M >= m:
-        return m, m
-    return M, (max_iter if max_iter is not None else RESTART_BUDGET_FACTOR * m)
-
-
-def _start_vector(n: int, seed: int, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``z / √n`` with ``z = rademacher(n, seed=seed, offset=offset)`` (a unit vector)."""
-    return ops.rademacher(n, seed=seed, offset=offset, dtype=dtype, device=device) / math.sqrt(n)
-
-
-def _first_vector(v0: Optional[Tensor], n: int, seed: int, dtype: torch.dtype,
+def _start_vector(op: LinearOperator, seed: int, offset: int, dtype: torch.dtype,
                   device: torch.device) -> Tensor:
-    """``q_0``: the seeded Rademacher start vector, or ``v0 / ‖v0‖`` (validated)."""
+    """``z / √N`` with ``z = rademacher(N, seed=seed, offset=offset)`` over the whole space (``N`` =
+    ``op.global_n``; a unit vector; this rank's slice of it for a sharded operator)."""
+    return op.rademacher(seed=seed, offset=offset, dtype=dtype, device=device) / math.sqrt(op.global_n)
+
+
+def _first_vector(op: LinearOperator, v0: Optional[Tensor], n: int, seed: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """``q_0``: the seeded Rademacher start vector, or ``v0 / ‖v0‖`` (validated; ``n`` is the local
+    length)."""
     if v0 is None:
-        return _start_vector(n, seed, 0, dtype, device)
+        return _start_vector(op, seed, 0, dtype, device)
     if not isinstance(v0, Tensor):
         raise TypeError(f"v0 must be a torch.Tensor of shape [{n}], got {type(v0).__name__}")
     if v0.shape != (n,):
         raise ValueError(f"v0 must have shape [{n}], got {list(v0.shape)}")
     v = v0.detach().to(dtype=dtype, device=device)
-    nv = float(torch.linalg.vector_norm(v))
+    nv = float(op.norm(v))
     if not (nv > 0 and math.isfinite(nv)):
         raise ValueError(f"v0 must be finite and non-zero, got norm {nv}")
     return v / nv
@@ -536,7 +489,7 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
     widx = want.select(st.theta)
     conv_a = j >= want.k and bool(np.all(converged(st.res_all[widx], st.theta[widx], tol, st.tn_host,
                                                           st.dtype)))
-    if j >= st.op.n:
+    if j >= st.op.global_n:
         st.exhausted, st.pending = True, False
         return "stop"
     if st.block_start > 0 or broke:                   # the last block's own spectrum
@@ -666,13 +619,13 @@ def _ritz_pairs(st: _Krylov, return_vectors: bool, compute_residuals: bool) -> _
     res_t = torch.from_numpy(np.asarray(res, dtype=np.float64).copy())
     if compute_residuals and Y is not None and Y.shape[0] > 0:
         R = op.matmat(Y.T.contiguous()) - Y.T * vals.to(dtype=dtype, device=device)[None, :]
-        res_t = torch.linalg.vector_norm(R, dim=0).to("cpu", torch.float64)
+        res_t = op.norm(R, dim=0).to("cpu", torch.float64)
         residual_kind = "true"
     conv = converged(res_t.numpy(), st.theta[widx], st.tol, st.tn_host, dtype)
     return _Run(vals=vals, vecs=Y if return_vectors else None, res=res_t, conv=conv,
                 ok=st.exhausted or not st.pending, exhausted=st.exhausted, iterations=st.retired + st.j,
                 num_matvecs=op.num_matvecs - st.start_matvecs, breakdown=st.breakdown,
-                ortho=max(_orthogonality_loss(Vj, Y), st.guard.measured if st.guard is not None else 0.0),
+                ortho=max(_orthogonality_loss(op, Vj, Y), st.guard.measured if st.guard is not None else 0.0),
                 residual_kind=residual_kind, restarts=st.thick_restarts, max_basis=st.m)
 
 
@@ -681,20 +634,30 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
          compute_residuals: bool, reorth: str = "auto", max_basis: Optional[int] = None,
          basis_device: Any = None) -> _Run:
     """One Lanczos run for the public functions: resolve the Krylov dimension and the basis bound
-    (:func:`_basis_bound`), allocate the basis, iterate to convergence (:func:`_iterate`, thick restarts when
-    the bound is reached), extract the wanted Ritz pairs (:func:`_ritz_pairs`)."""
-    n, k = op.n, want.k
-    if k > n:
-        raise ValueError(f"k must be <= n = {n} (the operator size), got k={k}")
-    m = _krylov_dim(n, k, max_iter)
+    (:func:`hessext.restart.basis_bound`), allocate the basis, iterate to convergence (:func:`_iterate`,
+    thick restarts when the bound is reached), extract the wanted Ritz pairs (:func:`_ritz_pairs`)."""
+    n, gn, k = op.n, op.global_n, want.k
+    if k > gn:
+        raise ValueError(f"k must be <= n = {gn} (the operator size), got k={k}")
+    m = _krylov_dim(gn, k, max_iter)
     if check_every is not None:
         check_every = check_int("check_every", check_every, 1)
     dtype = work_dtype(op.dtype)
     device = op.device if basis_device is None else torch.device(basis_device)
     _warn_tol_beyond_precision(tol, dtype, stacklevel=4)    # -> _run -> lanczos -> holds_session -> caller
-    mode = resolve_reorth(reorth, n, m)
+    mode = resolve_reorth(reorth, gn, m)
+    if op.sharded and mode != "full":
+        raise ValueError(f"reorth={reorth!r} is not available for a sharded operator "
+                         f"({type(op).__name__}): use reorth='full' (or 'auto')")
     rmax = _selective_rows(k, m) if mode == "selective" else 0
-    M, budget = _basis_bound(n, k, m, max_iter, max_basis, dtype, device)  # + rmax ≤ 3k + 20 Ritz rows
+    # (a rank of a sharded operator may hold no element: size its bound as if it held one)
+    M, budget = basis_bound(max(n, 1), k, m, max_iter, max_basis, dtype, device)  # + rmax ≤ 3k + 20 rows
+    if op.sharded:      # every rank must keep the same bound (memory and local sizes differ)
+        M = int(op.allreduce_(torch.tensor([float(M)], dtype=torch.float64), "min")[0])
+        if M >= m:
+            M, budget = m, m
+        elif budget == m:
+            budget = max_iter if max_iter is not None else RESTART_BUDGET_FACTOR * m
     if mode != "full" and M < m:
         raise ValueError(f"reorth={reorth!r} needs the whole Krylov basis ({m + 1} vectors), but the basis "
                          f"is bounded to {M} vectors (max_basis={max_basis}, or the memory available): use "
@@ -705,7 +668,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
                  start_matvecs=op.num_matvecs)
     if mode != "full":
         st.guard = SelectiveOrthogonalizer(n, rmax, dtype, device, mode)
-    st.chains.V[0, 0] = _first_vector(v0, n, seed, dtype, device)
+    st.chains.V[0, 0] = _first_vector(op, v0, n, seed, dtype, device)
     if progress:
         from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown
         st.pbar = tqdm(total=budget, desc="lanczos", leave=False)
@@ -718,34 +681,36 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
 
 
 def _restart(op: LinearOperator, V: Tensor, j: int, seed: int, r: int, eps: float) -> bool:
-    """Put a fresh unit vector orthogonal to ``V[0, :j]`` into ``V[0, j]`` (counter offset ``r·n``)."""
-    n = op.n
+    """Put a fresh unit vector orthogonal to ``V[0, :j]`` into ``V[0, j]`` (counter offset ``r·n``, n the
+    size of the whole space)."""
+    n = op.global_n
     for attempt in range(4):
-        z = ops.rademacher(n, seed=seed, offset=(r + attempt * 7919) * n, dtype=V.dtype, device=V.device)
-        w, _, nrm = ops.reorthogonalize(z, V[0, :j])
+        z = op.rademacher(seed=seed, offset=(r + attempt * 7919) * n, dtype=V.dtype, device=V.device)
+        w, _, nrm = op.reorthogonalize(z, V[0, :j], 2)
         if float(nrm) > math.sqrt(eps) * math.sqrt(n):
             w = w / nrm
-            w, _, nrm = ops.reorthogonalize(w, V[0, :j])      # once more: the projection removed most of z
+            w, _, nrm = op.reorthogonalize(w, V[0, :j], 2)    # once more: the projection removed most of z
             V[0, j] = w / nrm
             return True
     return False
 
 
-def _orthogonality_loss(Vj: Tensor, Y: Optional[Tensor]) -> float:
+def _orthogonality_loss(op: LinearOperator, Vj: Tensor, Y: Optional[Tensor]) -> float:
     """``max |V Vᵀ − I|`` of the basis when ``j² n ≤ 4e9`` (one GEMM), else of its newest row against all rows
-    (where loss of orthogonality shows first); maxed with ``max |Y Yᵀ − I|`` of the Ritz vectors."""
-    j, n = Vj.shape
+    (where loss of orthogonality shows first); maxed with ``max |Y Yᵀ − I|`` of the Ritz vectors. The Gram
+    products are the operator's (local parts all-reduced for sharded vectors; n is the whole space's)."""
+    j = Vj.shape[0]
     if j == 0:
         return 0.0
-    if j * j * n <= _GRAM_FLOP_BUDGET:
-        G = Vj @ Vj.T
+    if j * j * op.global_n <= _GRAM_FLOP_BUDGET:
+        G = op.allreduce_(Vj @ Vj.T)
         loss = (G - torch.eye(j, dtype=G.dtype, device=G.device)).abs().max()
     else:
-        g = Vj @ Vj[-1]
+        g = op.allreduce_(Vj @ Vj[-1])
         g[-1] -= 1
         loss = g.abs().max()
     if Y is not None and Y.shape[0] > 0:
-        G = Y @ Y.T
+        G = op.allreduce_(Y @ Y.T)
         loss = torch.maximum(loss, (G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device)).abs().max())
     return float(loss)
 
@@ -840,8 +805,8 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
     which = _parse_which(which)
     tol = check_tol(tol)
     seed = check_seed(seed)
-    if k > op.n:
-        raise ValueError(f"k must be <= n = {op.n} (the operator size), got k={k}")
+    if k > op.global_n:
+        raise ValueError(f"k must be <= n = {op.global_n} (the operator size), got k={k}")
     if which == "LM":
         want = _Want(0, k, lm=True)
     elif which == "LA":
@@ -887,8 +852,8 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
     k_bottom = check_int("k_bottom", k_bottom, 0)
     if k_top + k_bottom < 1:
         raise ValueError(f"k_top + k_bottom must be >= 1, got k_top={k_top}, k_bottom={k_bottom}")
-    if k_top + k_bottom > op.n:
-        raise ValueError(f"k_top + k_bottom must be <= n = {op.n}, got {k_top} + {k_bottom}")
+    if k_top + k_bottom > op.global_n:
+        raise ValueError(f"k_top + k_bottom must be <= n = {op.global_n}, got {k_top} + {k_bottom}")
     tol = check_tol(kwargs.pop("tol", 1e-6))
     seed = check_seed(kwargs.pop("seed", 0))
     r = _run(op, _Want(k_bottom, k_top), tol=tol, seed=seed, max_iter=kwargs.get("max_iter"),

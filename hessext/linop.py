@@ -10,7 +10,13 @@ A subclass implements a single method, ``_matmat(X: [n, m]) -> [n, m]``, and inh
   ``scipy.sparse.linalg.LinearOperator``);
 - ``num_matvecs``: the number of vectors multiplied so far (``matmat`` with m columns adds m);
 - ``session()``: a context manager an algorithm holds around its loop of products, so that per-product setup
-  (for a :class:`~hessext.hvp.HessianOperator`: the model-state guard) is done once per run, not per product.
+  (for a :class:`~hessext.hvp.HessianOperator`: the model-state guard) is done once per run, not per product;
+- the **vector-space hooks** the algorithms use for every operation on whole vectors: ``global_n``, ``dot``,
+  ``norm``, ``allreduce_``, ``reorthogonalize``, ``rademacher``, ``qr`` (and the flag ``sharded``). Their
+  defaults are the single-process operations (bit for bit what the algorithms did before the hooks); a
+  sharded operator (:class:`hessext.sharded.ShardedHessianOperator`) holds on each rank only its slice of
+  every vector and overrides them with local work plus all-reduces, so that Lanczos, the trace estimators
+  and SLQ run unchanged on vectors that are never gathered.
 
 Inputs may have any floating dtype and any device: the operator computes in its own ``dtype``/``device``
 and returns the result in the input's dtype and on the input's device.
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import ops
 from ._checks import IndexLike, check_int, index_set
 
 __all__ = ["LinearOperator", "DenseOperator", "SumOperator", "ScaledOperator", "RestrictedOperator",
@@ -150,6 +157,47 @@ class LinearOperator(abc.ABC):
         """
         return RestrictedOperator(self, indices)
 
+    # ------------------------------------------------------------------ vector-space hooks
+    #: True for operators whose vectors are sharded across processes (each rank holds a slice).
+    sharded: bool = False
+
+    @property
+    def global_n(self) -> int:
+        """Dimension of the whole space (= :attr:`n`, the local vector length, unless vectors are sharded)."""
+        return self.n
+
+    def dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """``xᵀy`` over the whole space, a 0-dim tensor (default: ``torch.dot``)."""
+        return torch.dot(x, y)
+
+    def norm(self, x: Tensor, dim: int | None = None) -> Tensor:
+        """``‖x‖₂`` over the whole space (``dim=0``: of every column of an ``[n, m]`` block; default
+        ``torch.linalg.vector_norm``)."""
+        return torch.linalg.vector_norm(x) if dim is None else torch.linalg.vector_norm(x, dim=dim)
+
+    def allreduce_(self, t: Tensor, reduce: str = "sum") -> Tensor:
+        """Combine the per-process partial values ``t`` in place (``reduce``: ``"sum"``, ``"max"`` or
+        ``"min"``) and return it: the sum of local partial dot products is the global dot product. A no-op
+        (returns ``t``) for single-process operators."""
+        return t
+
+    def reorthogonalize(self, w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+        """``(w − basisᵀc, c, ‖w − basisᵀc‖)`` with ``c`` the summed projection coefficients of ``passes``
+        classical Gram–Schmidt passes (default :func:`hessext.ops.reorthogonalize`, the fused kernel)."""
+        return ops.reorthogonalize(w, basis, passes)
+
+    def rademacher(self, m: int | None = None, *, seed: int, offset: int = 0,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """This process's part of the counter-based ±1 probes of the whole space: ``[n]`` (or ``[n, m]``),
+        element ``i`` of column ``j`` with counter ``offset + j·global_n + i_global`` (default
+        :func:`hessext.ops.rademacher` ``(n, m, ...)``)."""
+        return ops.rademacher(self.n, m, seed=seed, offset=offset, dtype=dtype, device=device)
+
+    def qr(self, Y: Tensor) -> tuple[Tensor, Tensor]:
+        """Thin QR ``Y = QR`` of an ``[n, m]`` block of vectors of this space (default Householder,
+        ``torch.linalg.qr(Y, mode="reduced")``)."""
+        return torch.linalg.qr(Y, mode="reduced")
+
     # ------------------------------------------------------------------ conversions
     def to_dense(self, block_size: int | None = None) -> Tensor:
         """The dense ``[n, n]`` matrix ``A I``, built ``block_size`` columns at a time (default 256)."""
@@ -219,16 +267,56 @@ def _common(ops: Sequence[LinearOperator]) -> tuple[torch.dtype, torch.device]:
     return dtype, ops[0].device
 
 
-class SumOperator(LinearOperator):
-    """``Σ_i A_i`` (lazy)."""
+class _SameSpace(LinearOperator):
+    """A composition that acts on the vectors of an inner operator ``_space``: the vector-space hooks are the
+    inner operator's (so a sum or multiple of sharded operators is sharded like them)."""
+
+    _space: LinearOperator
+
+    @property
+    def sharded(self) -> bool:  # type: ignore[override]
+        return self._space.sharded
+
+    @property
+    def global_n(self) -> int:
+        return self._space.global_n
+
+    def dot(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._space.dot(x, y)
+
+    def norm(self, x: Tensor, dim: int | None = None) -> Tensor:
+        return self._space.norm(x, dim)
+
+    def allreduce_(self, t: Tensor, reduce: str = "sum") -> Tensor:
+        return self._space.allreduce_(t, reduce)
+
+    def reorthogonalize(self, w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+        return self._space.reorthogonalize(w, basis, passes)
+
+    def rademacher(self, m: int | None = None, *, seed: int, offset: int = 0,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        return self._space.rademacher(m, seed=seed, offset=offset, dtype=dtype, device=device)
+
+    def qr(self, Y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._space.qr(Y)
+
+
+class SumOperator(_SameSpace):
+    """``Σ_i A_i`` (lazy). The terms must act on the same vectors (same size; sharded operators only with
+    operators of the same sharded space)."""
 
     def __init__(self, ops: Sequence[LinearOperator]) -> None:
         flat: list[LinearOperator] = []
         for op in ops:
             flat.extend(op.ops if isinstance(op, SumOperator) else [op])
         dtype, device = _common(flat)
+        spaces = [op for op in flat if op.sharded]
+        if spaces and any(op.global_n != spaces[0].global_n for op in flat):
+            raise ValueError("cannot add a sharded operator to an operator on a different space (global "
+                             f"sizes {[op.global_n for op in flat]})")
         super().__init__(flat[0].n, dtype, device)
         self.ops = flat
+        self._space = spaces[0] if spaces else flat[0]
 
     def session(self) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
@@ -243,7 +331,7 @@ class SumOperator(LinearOperator):
         return out
 
 
-class ScaledOperator(LinearOperator):
+class ScaledOperator(_SameSpace):
     """``c · A`` (lazy)."""
 
     def __init__(self, op: LinearOperator, c: float) -> None:
@@ -251,6 +339,7 @@ class ScaledOperator(LinearOperator):
             op, c = op.op, c * op.c
         super().__init__(op.n, op.dtype, op.device)
         self.op, self.c = op, float(c)
+        self._space = op
 
     def session(self) -> contextlib.AbstractContextManager:
         return self.op.session()
@@ -260,9 +349,14 @@ class ScaledOperator(LinearOperator):
 
 
 class RestrictedOperator(LinearOperator):
-    """Principal sub-operator ``Pᵀ A P`` on the index subset ``S`` (coordinates in the order of ``S``)."""
+    """Principal sub-operator ``Pᵀ A P`` on the index subset ``S`` (coordinates in the order of ``S``); a new,
+    single-process space of size ``|S|`` (sharded operators are refused)."""
 
     def __init__(self, op: LinearOperator, indices: IndexLike) -> None:
+        if op.sharded:
+            raise ValueError(f"restrict() of a sharded operator ({type(op).__name__}) is not supported: its "
+                             "vectors hold only this rank's slice, so an index subset of the whole space "
+                             "has no local meaning here")
         idx = index_set(indices, op.n)
         if idx.numel() == 0:
             raise ValueError("indices selects no coordinate")

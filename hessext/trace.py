@@ -5,6 +5,13 @@ with seed ``s`` is the ±1 vector with counters ``[i·n, (i+1)·n)``, identical 
 independent of how the probes are blocked. Probes go to the operator as ``[n, b]`` blocks (one batched
 ``A @ block`` call per block).
 
+Sharded operators (:class:`hessext.sharded.ShardedHessianOperator`): every operation on whole vectors goes
+through the operator's vector-space hooks (:class:`~hessext.linop.LinearOperator`): each rank generates its
+slice of the same global probes (``global_n`` in the counters), the sums ``z ∘ Az`` and the small Gram
+products ``QᵀZ``, ``QᵀΩ`` are all-reduced, and the sketches are orthonormalised by the operator's ``qr``
+(CholeskyQR2 with an all-reduced Gram matrix), so every rank returns the same numbers. Per-block traces and
+the exact trace from unit vectors (budget ≥ 2n) are not available on sharded operators.
+
 Which estimator (measured on these machines; see ``estimate_trace``): at equal matvec budget XTrace is the
 most accurate whenever the spectrum decays (a few large eigenvalues dominate ``tr``, as in neural-network
 Hessians), often by orders of magnitude; for a flat spectrum Hutchinson is best (XTrace and Hutch++ spend
@@ -18,7 +25,7 @@ from typing import Iterator, Mapping, Optional
 import torch
 from torch import Tensor
 
-from . import _memory, ops
+from . import _memory
 from ._checks import (
     ArgumentTypeError,
     IndexLike,
@@ -49,15 +56,22 @@ def sketch_fits(op: LinearOperator, m: int) -> bool:
     available on the operator's device now (the bound Lanczos uses for its basis); True where unknown."""
     avail = _memory.available_memory(op.device)
     itemsize = torch.empty((), dtype=work_dtype(op.dtype)).element_size()
-    return avail is None or _SKETCH_COPIES * op.n * m * itemsize <= avail // 2
+    fits = avail is None or _SKETCH_COPIES * op.n * m * itemsize <= avail // 2
+    if op.sharded:      # the same choice on every rank
+        fits = bool(op.allreduce_(torch.tensor([float(fits)], dtype=torch.float64), "min")[0] > 0)
+    return fits
 
 
-def _blocks(blocks: Optional[Mapping[str, BlockIndex]], n: int, device: torch.device) -> dict[str, Tensor]:
+def _blocks(blocks: Optional[Mapping[str, BlockIndex]], op: LinearOperator) -> dict[str, Tensor]:
     """``{name: index set on device}`` of per-block traces (:func:`hessext._checks.index_set`: a slice, a bool
     mask ``[n]``, a LongTensor or a sequence of ints). Repeated indices are refused: a block is a set of
     coordinates, and a repeated one would count its diagonal entry twice."""
+    n, device = op.n, op.device
     if blocks is None:
         return {}
+    if op.sharded:
+        raise ValueError(f"blocks (per-block traces) are not supported for a sharded operator "
+                         f"({type(op).__name__}); got blocks {sorted(map(str, blocks))}")
     if not isinstance(blocks, Mapping):
         raise ArgumentTypeError(f"blocks must be a dict name -> index set, got {type(blocks).__name__}")
     return {str(k): index_set(v, n, name=f"blocks[{str(k)!r}]").to(device) for k, v in blocks.items()}
@@ -78,13 +92,14 @@ def _default_block(n: int, m: int) -> int:
 def _probe_blocks(op: LinearOperator, start: int, count: int, seed: int, block_size: int,
                   blocks: dict[str, Tensor]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     """Yield per-probe values ``z_iᵀ A z_i`` and per-block values ``Σ_{j∈b} z_ij (A z_i)_j`` (device tensors),
-    probes ``start … start + count − 1``, ``block_size`` at a time."""
-    n, dtype, device = op.n, work_dtype(op.dtype), op.device
+    probes ``start … start + count − 1``, ``block_size`` at a time (probe i: counters from ``i·N``, N the
+    size of the whole space)."""
+    gn, dtype, device = op.global_n, work_dtype(op.dtype), op.device
     for s in range(start, start + count, block_size):
         b = min(block_size, start + count - s)
-        Z = ops.rademacher(n, b, seed=seed, offset=s * n, dtype=dtype, device=device)
+        Z = op.rademacher(b, seed=seed, offset=s * gn, dtype=dtype, device=device)
         P = Z * op.matmat(Z)                        # [n, b]: z ∘ (A z)
-        yield P.sum(0), {name: P[idx].sum(0) for name, idx in blocks.items()}
+        yield op.allreduce_(P.sum(0)), {name: P[idx].sum(0) for name, idx in blocks.items()}
 
 
 def _hutch_result(op: LinearOperator, vals: list[Tensor], bvals: dict[str, list[Tensor]], matvecs: int,
@@ -102,8 +117,11 @@ def _hutch_result(op: LinearOperator, vals: list[Tensor], bvals: dict[str, list[
                        block_estimates=be, block_std_errors=bse)
 
 
-def _check_finite(x: Tensor, where: str) -> None:
-    if not bool(torch.isfinite(x).all()):
+def _check_finite(x: Tensor, where: str, op: Optional[LinearOperator] = None) -> None:
+    bad = not bool(torch.isfinite(x).all())
+    if op is not None and op.sharded:     # every rank raises, or none
+        bad = bool(op.allreduce_(torch.tensor([float(bad)], dtype=torch.float64), "max")[0] > 0)
+    if bad:
         raise RuntimeError(f"{where}: the operator returned NaN/Inf")
 
 
@@ -134,8 +152,8 @@ def hutchinson(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     op = as_operator(A)
     m = check_int("num_matvecs", num_matvecs, 1)
     seed = check_seed(seed)
-    bs = _default_block(op.n, m) if block_size is None else check_int("block_size", block_size, 1)
-    bl = _blocks(blocks, op.n, op.device)
+    bs = _default_block(op.global_n, m) if block_size is None else check_int("block_size", block_size, 1)
+    bl = _blocks(blocks, op)
     vals: list[Tensor] = []
     bvals: dict[str, list[Tensor]] = {k: [] for k in bl}
     start = op.num_matvecs
@@ -147,10 +165,6 @@ def hutchinson(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     if not math.isfinite(res.estimate):
         raise RuntimeError("hutchinson: the operator returned NaN/Inf")
     return res
-
-
-def _qr_q(Y: Tensor) -> Tensor:
-    return torch.linalg.qr(Y, mode="reduced")[0]
 
 
 @holds_session
@@ -179,15 +193,15 @@ def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
     op = as_operator(A)
     m = check_int("num_matvecs", num_matvecs, 3)
     seed = check_seed(seed)
-    bl = _blocks(blocks, op.n, op.device)
-    n, dtype, device = op.n, work_dtype(op.dtype), op.device
+    bl = _blocks(blocks, op)
+    n, dtype, device = op.global_n, work_dtype(op.dtype), op.device
     start = op.num_matvecs
     s = m // 3
     g = m - 2 * s
-    S = ops.rademacher(n, s, seed=seed, dtype=dtype, device=device)
-    Q = _qr_q(op.matmat(S))
+    S = op.rademacher(s, seed=seed, dtype=dtype, device=device)
+    Q = op.qr(op.matmat(S))[0]
     Z = op.matmat(Q)
-    H = Q.T @ Z
+    H = op.allreduce_(Q.T @ Z)
     exact = torch.trace(H)
     diag_low = (Q * Z).sum(1) if bl else None                  # diag(P A), P = QQᵀ
     if Q.shape[1] >= n:
@@ -196,10 +210,10 @@ def hutchpp(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0,
         be = {k: float(diag_low[idx].sum()) for k, idx in bl.items()} if bl else None
         return TraceResult(estimate=est, std_error=0.0, num_matvecs=op.num_matvecs - start, method="hutchpp",
                            block_estimates=be, block_std_errors={k: 0.0 for k in bl} if bl else None)
-    G = ops.rademacher(n, g, seed=seed, offset=s * n, dtype=dtype, device=device)
-    G = G - Q @ (Q.T @ G)
+    G = op.rademacher(g, seed=seed, offset=s * n, dtype=dtype, device=device)
+    G = G - Q @ op.allreduce_(Q.T @ G)
     P = G * op.matmat(G)
-    vals = P.sum(0)
+    vals = op.allreduce_(P.sum(0))
     rows = [vals] + [P[idx].sum(0) for idx in bl.values()]
     host = torch.stack(rows).to("cpu", torch.float64)
     low_b = torch.stack([diag_low[idx].sum() for idx in bl.values()]).to("cpu", torch.float64) if bl else None
@@ -296,7 +310,7 @@ def xtrace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int = 0) -> 
     if isinstance(sketch, TraceResult):
         return sketch
     start, m, seed, Om, Y = sketch
-    return _xtrace_finish(op, Om, Y, torch.linalg.qr(Y, mode="reduced"), start)
+    return _xtrace_finish(op, Om, Y, op.qr(Y), start)
 
 
 def _sketch(op: LinearOperator, num_matvecs: int, seed: int,
@@ -305,19 +319,22 @@ def _sketch(op: LinearOperator, num_matvecs: int, seed: int,
     ``(start, m, seed, Ω, Y)``, or the exact trace when ``s ≥ n`` (n unit vectors cost fewer products)."""
     m = check_int("num_matvecs", num_matvecs, 2)
     seed = check_seed(seed)
-    n, dtype, device = op.n, work_dtype(op.dtype), op.device
+    n, dtype, device = op.global_n, work_dtype(op.dtype), op.device
     start = op.num_matvecs
     s = m // 2
     if s >= n:
         return _exact_trace(op, start, "xtrace")
-    Om = ops.rademacher(n, s, seed=seed, dtype=dtype, device=device)
+    Om = op.rademacher(s, seed=seed, dtype=dtype, device=device)
     Y = op.matmat(Om)
-    _check_finite(Y, where)
+    _check_finite(Y, where, op)
     return start, m, seed, Om, Y
 
 
 def _exact_trace(op: LinearOperator, start: int, method: str) -> TraceResult:
     """``tr(A)`` from the n products ``A e_i`` (cheaper than a sketch when the budget reaches n)."""
+    if op.sharded:
+        raise ValueError(f"num_matvecs reaches 2·n = {2 * op.global_n} on a sharded operator: the exact "
+                         "trace from unit vectors is not available there; use fewer matvecs or hutchinson")
     n, dtype, device = op.n, work_dtype(op.dtype), op.device
     est = float(op.matmat(torch.eye(n, dtype=dtype, device=device)).diagonal().sum())
     if not math.isfinite(est):
@@ -332,10 +349,10 @@ def _xtrace_finish(op: LinearOperator, Om: Tensor, Y: Tensor, QR: tuple[Tensor, 
     dtype = Y.dtype
     s = Y.shape[1]
     Z = op.matmat(Q)
-    H = Q.T @ Z
+    H = op.allreduce_(Q.T @ Z)
     H = 0.5 * (H + H.T)
-    W = Q.T @ Om
-    diag_OY = (Om * Y).sum(0)
+    W = op.allreduce_(Q.T @ Om)
+    diag_OY = op.allreduce_((Om * Y).sum(0))
     rd = R.diagonal().abs()
     rank_ok = bool(rd.min() > 1e3 * torch.finfo(dtype).eps * rd.max())
     if not rank_ok:
@@ -395,20 +412,20 @@ def adaptive_trace(A: "LinearOperator | Tensor", num_matvecs: int, *, seed: int 
     if isinstance(sketch, TraceResult):
         return sketch
     start, m, seed, Om, Y = sketch
-    n, dtype, s = op.n, Y.dtype, Y.shape[1]
-    Q, R = torch.linalg.qr(Y, mode="reduced")
+    n, dtype, s = op.global_n, Y.dtype, Y.shape[1]
+    Q, R = op.qr(Y)
     R64 = R.to(torch.float64)
     rd = R64.diagonal().abs()
     if bool(rd.min() > 1e3 * torch.finfo(dtype).eps * rd.max()):
         Rinv_t = torch.linalg.solve_triangular(R64.T, torch.eye(s, dtype=torch.float64, device=R.device),
                                                upper=False)
         missed = (1.0 / (Rinv_t ** 2).sum(0)).mean()
-        rho = float(missed / ((Y.to(torch.float64) ** 2).sum() / s))
+        rho = float(missed / (op.allreduce_((Y.to(torch.float64) ** 2).sum()) / s))
     else:
         rho = 0.0        # rank A < s: the sketch holds range(A) and XTrace is (nearly) exact
     if rho < ADAPTIVE_THRESHOLD:
         return _xtrace_finish(op, Om, Y, (Q, R), start)
-    vals = [(Om * Y).sum(0)]
+    vals = [op.allreduce_((Om * Y).sum(0))]
     for v, _ in _probe_blocks(op, s, m - s, seed, _default_block(n, m - s), {}):
         vals.append(v)
     res = _hutch_result(op, vals, {}, op.num_matvecs - start)
@@ -430,7 +447,7 @@ def _adaptive_hutchinson(op: LinearOperator, rtol: float, max_matvecs: int, seed
     done = 0
     while done < max_matvecs:
         step = min(16 if done == 0 else max(8, -(-done // 4)), max_matvecs - done)
-        for v, bv in _probe_blocks(op, done, step, seed, _default_block(op.n, step), blocks):
+        for v, bv in _probe_blocks(op, done, step, seed, _default_block(op.global_n, step), blocks):
             vals.append(v)
             for k in blocks:
                 bvals[k].append(bv[k])
@@ -509,7 +526,7 @@ def estimate_trace(A: "LinearOperator | Tensor", num_matvecs: Optional[int] = No
         if method not in ("auto", "hutchinson"):
             raise ValueError("the adaptive mode (rtol) uses Hutchinson; method must be 'auto' or "
                              f"'hutchinson', got {method!r}")
-        return _adaptive_hutchinson(op, rtol, max_matvecs, seed, _blocks(blocks, op.n, op.device))
+        return _adaptive_hutchinson(op, rtol, max_matvecs, seed, _blocks(blocks, op))
     m = check_int("num_matvecs", num_matvecs, 1)
     if method == "auto":
         if not sketch_fits(op, m):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import hessext._memory
 import hessext.lanczos as L
 from hessext.hvp import HessianOperator
 from hessext.lanczos import extreme_eigenpairs, lanczos
@@ -101,7 +102,7 @@ def test_default_bound_leaves_small_problems_unchanged(monkeypatch):
     numbers, bit for bit, and the same matvec count as an unbounded run."""
     A = with_spectrum(outliers_and_clusters())
     a = lanczos(A, k=5, tol=1e-10)
-    monkeypatch.setattr(L._memory, "available_memory", lambda device: None)       # no bound at all
+    monkeypatch.setattr(hessext._memory, "available_memory", lambda device: None)       # no bound at all
     b = lanczos(A, k=5, tol=1e-10)
     assert a.restarts == 0 and a.max_basis == L.krylov_dim_for_extremes(300, 5)
     assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.eigenvectors, b.eigenvectors)
@@ -120,7 +121,7 @@ def test_basis_allocation_is_the_bound(monkeypatch):
     lanczos(A, k=4, tol=1e-8, max_basis=12)
     assert rows == [13]                                 # M + 1 rows: the basis and the next vector
     row = 300 * 8
-    monkeypatch.setattr(L._memory, "available_memory", lambda device: 2 * 21 * row)   # half: 21 rows
+    monkeypatch.setattr(hessext._memory, "available_memory", lambda device: 2 * 21 * row)   # half: 21 rows
     res = lanczos(A, k=4, tol=1e-8)
     assert rows[-1] == 21 and res.max_basis == 20 and res.converged
 
