@@ -61,6 +61,8 @@ from torch import Tensor, nn
 from ._checks import check_int
 from .data import is_batch
 from .hvp import HessianOperator
+from .linop import LinearOperator
+from .sharded import ShardedHessianOperator, is_fsdp_model
 
 __all__ = ["DistributedHessianOperator", "DataParallelMean", "data_parallel", "hessian_operator",
            "init_from_env", "shard", "unwrap_model"]
@@ -457,20 +459,67 @@ def data_parallel(process_group: Any = None, *, reduce_dtype: torch.dtype | None
 
 
 def hessian_operator(model: nn.Module, loss_fn: Any, data: Any, params: Any = None,
-                     **kwargs: Any) -> HessianOperator:
+                     **kwargs: Any) -> LinearOperator:
     """The operator of ``model``'s loss the way hessext's facades build it: a
-    :class:`DistributedHessianOperator` (with the block's group and options; explicit keywords win) inside
-    :func:`data_parallel`, a plain :class:`~hessext.hvp.HessianOperator` otherwise.
+    :class:`~hessext.sharded.ShardedHessianOperator` for a model wrapped by FSDP2's ``fully_shard`` (vectors
+    are this rank's local shards; inside or outside :func:`data_parallel`, whose group does not apply: the
+    model's mesh does), a :class:`DistributedHessianOperator` (with the block's group and options; explicit
+    keywords win) inside :func:`data_parallel`, a plain :class:`~hessext.hvp.HessianOperator` otherwise.
 
     Args:
         model, loss_fn, data, params: as for :class:`~hessext.hvp.HessianOperator`.
         **kwargs: its keywords (``num_batches``, ``model_type``, ``batch_loss``, ``mode``, ``dtype``,
             ``device``, ``eval_mode``, ``progress``, ``cache_graph``); inside :func:`data_parallel` also
-            ``process_group``, ``reduce_dtype``, ``check_layout``.
+            ``process_group``, ``reduce_dtype``, ``check_layout``. For an FSDP2 model: ``num_batches``,
+            ``model_type``, ``batch_loss``, ``eval_mode``, ``loss_source``, ``pad_idx``, ``cache_graph``
+            (no graph is cached: ignored), ``mode="auto"``, ``dtype``/``device`` only as None or the
+            parameters' own, and the sharded keywords (``step``, ``scheme``, ``mesh``, ``estimate_error``,
+            ``batch_weights``); anything else raises ``ValueError`` naming the keyword.
     """
+    if is_fsdp_model(model):
+        return _sharded_operator(model, loss_fn, data, params, kwargs)
     if _DATA_PARALLEL.get() is None:
         return HessianOperator(model, loss_fn, data, params, **kwargs)
     return DistributedHessianOperator(model, loss_fn, data, params, **kwargs)
+
+
+_SHARDED_KEYWORDS = ("num_batches", "model_type", "batch_loss", "eval_mode", "loss_source", "pad_idx", "step",
+                     "scheme", "mesh", "estimate_error", "batch_weights")
+
+
+def _sharded_operator(model: nn.Module, loss_fn: Any, data: Any, params: Any,
+                      kwargs: dict) -> ShardedHessianOperator:
+    """:func:`hessian_operator` for an FSDP2 model: the keywords a :class:`ShardedHessianOperator` can honour
+    are passed, the ones it cannot are refused (never silently dropped)."""
+    kw = dict(kwargs)
+    mode = kw.pop("mode", "auto")
+    if mode != "auto":
+        raise ValueError(f"mode={mode!r} is not available for an FSDP2-sharded model: its Hessian-vector "
+                         "products are finite differences of FSDP gradients (pass mode='auto')")
+    kw.pop("cache_graph", None)
+    if kw.pop("progress", None):
+        raise ValueError("progress=True is not supported for an FSDP2-sharded model")
+    first = next((p for p in model.parameters() if p.requires_grad), None)
+    dtype, device = kw.pop("dtype", None), kw.pop("device", None)
+    if dtype is not None and (first is None or dtype != first.dtype):
+        raise ValueError(f"dtype={dtype} differs from the FSDP2 model's parameter dtype "
+                         f"{None if first is None else first.dtype}: a sharded operator computes in the "
+                         "parameters' own dtype (shard the model in the dtype you want analysed)")
+    if device is not None and (first is None or torch.device(device) != first.device):
+        raise ValueError(f"device={device} differs from the FSDP2 model's device "
+                         f"{None if first is None else first.device}: a sharded operator computes where the "
+                         "shards are")
+    for key in ("process_group", "reduce_dtype", "check_layout"):
+        if kw.pop(key, None) is not None and key != "check_layout":
+            raise ValueError(f"{key}= does not apply to an FSDP2-sharded model: its DeviceMesh defines the "
+                             "groups (pass mesh= to check it)")
+    unknown = sorted(set(kw) - set(_SHARDED_KEYWORDS))
+    if unknown:
+        raise ValueError(f"keywords {unknown} are not supported for an FSDP2-sharded model "
+                         f"(ShardedHessianOperator takes {list(_SHARDED_KEYWORDS)})")
+    if kw.get("loss_source") is None:
+        kw.pop("loss_source", None)
+    return ShardedHessianOperator(model, loss_fn, data, params, **kw)
 
 
 def init_from_env(backend: str | None = None, timeout: timedelta = timedelta(minutes=10),

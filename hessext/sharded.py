@@ -49,6 +49,11 @@ The vector-space hooks of :class:`~hessext.linop.LinearOperator` (``dot``, ``nor
 ``reorthogonalize``, ``rademacher``, ``qr``, ``global_n``) are implemented here with local work plus
 all-reduces, so :func:`hessext.lanczos.lanczos`, the trace estimators and SLQ run unchanged and every rank
 gets the same numbers. Probes are the same bits as on one process (:meth:`ShardedHessianOperator.rademacher`).
+:meth:`~ShardedHessianOperator.loss_and_grad` gives the global mean loss and this rank's gradient shard
+(API B's alignment); :meth:`~ShardedHessianOperator.gather` assembles whole vectors for results that a facade
+returns in full (API A's eigenvectors, ``get_hessian_eigenvectors``).
+:func:`hessext.distributed.hessian_operator` builds this operator for every FSDP2 model, so API A and API B
+facades run on sharded models unchanged.
 
 The model is left as it was: every product restores the local shards **bitwise** from a saved copy (never by
 subtracting ``h v``), ``.grad`` (the same objects), the training flags, the global RNG (reset before every
@@ -122,6 +127,21 @@ class _Shard:
         return self.global_offset + self.row_start * self.row_numel
 
 
+def _batch_weights(batches: list, batch_weights: Sequence[float] | None) -> list[float]:
+    """The weight of each local batch: ``batch_weights`` (checked: one positive finite number per batch) or
+    the batch sizes."""
+    if batch_weights is None:
+        return [float(batch_size(b)) for b in batches]
+    if isinstance(batch_weights, (str, bytes)) or not isinstance(batch_weights, Sequence):
+        raise TypeError(f"batch_weights must be None or a sequence of numbers, got {batch_weights!r}")
+    if len(batch_weights) != len(batches):
+        raise ValueError(f"batch_weights has {len(batch_weights)} entries for {len(batches)} local batches")
+    out = [float(w) for w in batch_weights]
+    if not all(math.isfinite(w) and w > 0 for w in out):
+        raise ValueError(f"batch_weights must be positive and finite, got {list(batch_weights)}")
+    return out
+
+
 def _mesh_and_shard_dim(params: Sequence[tuple[str, Tensor]], mesh: Any) -> tuple[Any, int]:
     """The parameters' common DeviceMesh and its one dimension with placement ``Shard(0)`` (FSDP2 and HSDP);
     ``TypeError``/``ValueError`` naming the parameter otherwise."""
@@ -188,6 +208,12 @@ class ShardedHessianOperator(LinearOperator):
             step-doubling error estimate in :attr:`last_error`.
         num_batches, model_type, loss_source, pad_idx: as for :class:`~hessext.hvp.HessianOperator`.
         eval_mode: run the model in eval mode during products (flags restored afterwards).
+        batch_loss: custom ``(model_call, batch) -> (loss, weight)`` as for
+            :class:`~hessext.hvp.HessianOperator`; ``model_call`` is the FSDP model itself.
+        batch_weights: the weight ``w_b`` of each local batch (None: its batch size). The weights must be
+            known before the first product (they fix the scales ``P·w_b/W``), so a weight that a (custom)
+            batch loss returns is checked against them: a mismatch raises ``ValueError`` on that rank (and a
+            ``RuntimeError`` on the others) instead of weighting wrongly.
 
     Attributes:
         layout: :class:`ParamLayout` of the local shards (``n = layout.n`` is the local vector length).
@@ -203,7 +229,8 @@ class ShardedHessianOperator(LinearOperator):
     def __init__(self, model: nn.Module, loss_fn: Any, data: Any, params: Sequence[str] | None = None, *,
                  step: float | None = None, scheme: str = "central", mesh: Any = None,
                  estimate_error: bool = False, num_batches: int | None = None, model_type: str | None = None,
-                 loss_source: str = "auto", pad_idx: int | None = None, eval_mode: bool = True) -> None:
+                 loss_source: str = "auto", pad_idx: int | None = None, eval_mode: bool = True,
+                 batch_loss: Any = None, batch_weights: Sequence[float] | None = None) -> None:
         if not is_fsdp_model(model):
             raise TypeError(f"model must be wrapped by torch.distributed.fsdp.fully_shard (FSDP2), got "
                             f"{type(model).__name__}; for an unsharded model use HessianOperator or, with "
@@ -234,13 +261,15 @@ class ShardedHessianOperator(LinearOperator):
         super().__init__(self.layout.n, dtype, local0.device)
         self.step_factor = None if step is None else check_positive_float("step", step)
         self._fsdp_modules = [m for m in model.modules() if is_fsdp_model(m)]
-        self._setup_data(loss_fn, data, num_batches, model_type, loss_source, pad_idx)
+        self._setup_data(loss_fn, data, num_batches, model_type, loss_source, pad_idx, batch_loss,
+                         batch_weights)
         sq = torch.stack([p.to_local().detach().to(torch.float64).pow(2).sum() for p in self._params]).sum()
         self.theta_norm = float(self.allreduce_(sq.reshape(1)).sqrt()[0])
         self.theta_rms = self.theta_norm / math.sqrt(max(self.global_n, 1))
         self.last_step = torch.zeros(0, dtype=torch.float64)
         self.last_error = torch.zeros(0, dtype=torch.float64)
         self.num_gradient_evals = 0
+        self._loss_part = 0.0            # this rank's Σ_b (w_b/W) L_b of the latest gradient evaluation
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -257,14 +286,17 @@ class ShardedHessianOperator(LinearOperator):
         return [(k, have[k]) for k in params]
 
     def _setup_data(self, loss_fn: Any, data: Any, num_batches: int | None, model_type: str | None,
-                    loss_source: str, pad_idx: int | None) -> None:
+                    loss_source: str, pad_idx: int | None, batch_loss: Any = None,
+                    batch_weights: Sequence[float] | None = None) -> None:
         """Batches, their loss and the scale ``P·w_b/W`` of each (all ranks agree on W and the count)."""
         err: BaseException | None = None
         try:
-            self._batches = normalize_data(data, num_batches)
+            self._batches = normalize_data(data, num_batches, custom=batch_loss is not None)
             self._batch_loss = make_batch_loss(loss_fn, self.model, model_type=model_type, pad_idx=pad_idx,
-                                               loss_source=loss_source)
-            weights = [float(batch_size(b)) for b in self._batches]
+                                               loss_source=loss_source, batch_loss=batch_loss)
+            self.loss_source_used = "batch_loss" if batch_loss is not None and not hasattr(
+                batch_loss, "source_for") else self._loss_source(batch_loss or self._batch_loss)
+            weights = _batch_weights(self._batches, batch_weights)
         except Exception as exc:  # noqa: BLE001  announced to the other ranks, then raised
             err, weights = exc, []
         self._agree(err, "building its ShardedHessianOperator")
@@ -273,9 +305,18 @@ class ShardedHessianOperator(LinearOperator):
         self._reduce_all(tot, "sum")
         self._reduce_all(cnt, "max")
         # FSDP's mean over the P ranks times P·w_b/W gives the weighted mean over every rank's batches
+        self._weights = weights
+        self._fractions = [w / float(tot[0]) for w in weights]       # w_b / W: this batch's share of the mean
         self._scales = [self.world_size * w / float(tot[0]) for w in weights]
         self._num_passes = int(cnt[0])
         self.num_batches = len(self._batches)
+
+    def _loss_source(self, fn: Any) -> str:
+        """Which loss the built-in batch loss analyses (``"model"`` or ``"loss_fn"``)."""
+        try:
+            return str(fn.source_for(self._batches))
+        except Exception:  # noqa: BLE001  only a label for reports
+            return "loss_fn"
 
     # ------------------------------------------------------------------ collectives
     def _comm_device(self) -> torch.device:
@@ -423,24 +464,61 @@ class ShardedHessianOperator(LinearOperator):
                     p.to_local().copy_(torch.add(s, part.to(s.dtype), alpha=c))
         for p in self._params:
             p.grad = None
+        self._loss_part = 0.0
         for i in range(self._num_passes):
             torch.set_rng_state(rng)
             b = min(i, len(self._batches) - 1)
             scale = self._scales[b] if i < len(self._batches) else 0.0
             err, loss = None, None
             try:
-                loss, _ = self._batch_loss(self.model, self._batches[b])
+                loss, w = self._batch_loss(self.model, self._batches[b])
                 loss = check_loss(loss, b)
                 check_loss_finite(loss, b)
+                self._check_weight(b, w)
             except Exception as exc:  # noqa: BLE001  announced to the other ranks first
                 err = exc
             self._agree(err, f"computing the loss of batch {b}")
             (loss * scale).backward()
+            if i < len(self._batches):
+                self._loss_part += float(loss.detach()) * self._fractions[b]
         self.num_gradient_evals += 1
         parts = [p.grad.to_local().reshape(-1) if p.grad is not None else
                  torch.zeros(sh.local_numel, dtype=self.dtype, device=self.device)
                  for p, sh in zip(self._params, self._shards)]
         return torch.cat(parts).to(self.dtype)
+
+    def _check_weight(self, b: int, w: Any) -> None:
+        """The weight the batch loss returned must be the one the scales were fixed with."""
+        w, ref = float(w), self._weights[b]
+        if not abs(w - ref) <= 1e-12 * max(abs(ref), 1.0):
+            raise ValueError(f"the batch loss returned weight {w} for local batch {b}, but the sharded "
+                             f"operator fixed its weights at construction to {ref} (the batch size, or "
+                             "batch_weights=): pass batch_weights= with the weights your batch_loss returns")
+
+    def loss_and_grad(self) -> tuple[float, Tensor]:
+        """The weighted mean loss over every rank's batches (a float, the same on every rank) and THIS
+        rank's shard ``[n]`` of its gradient (in :attr:`layout` order): ``L = Σ_r Σ_b w_b L_b / W``,
+        ``∇L`` as FSDP reduce-scatters it. One gradient evaluation; the model is restored as for products."""
+        rng = torch.get_rng_state()
+        with torch.inference_mode(False), torch.enable_grad(), self._restoring() as saved:
+            g = self._gradient(saved, None, 0.0, rng)
+        part = torch.tensor([self._loss_part], dtype=torch.float64, device=self._comm_device())
+        self._reduce_all(part, "sum")
+        return float(part[0]), g
+
+    def gather(self, X: Tensor) -> Tensor:
+        """The whole vector(s) ``[global_n]`` / ``[global_n, m]`` (global flat parameter order) from this
+        rank's shards ``X`` (``[n]`` / ``[n, m]``): ONE all-reduce of ``global_n·m`` numbers over the shard
+        dimension, each element with exactly one non-zero contribution, so the result is exact and the same
+        bits on every rank. It materialises whole vectors: for results that a caller asks for in full (API
+        eigenvectors), never inside the algorithms."""
+        if X.dim() not in (1, 2) or X.shape[0] != self.n:
+            raise ValueError(f"X must have shape [{self.n}] or [{self.n}, m], got {list(X.shape)}")
+        out = torch.zeros((self.global_n,) + tuple(X.shape[1:]), dtype=X.dtype, device=self._comm_device())
+        for s in self._shards:
+            out[s.counter:s.counter + s.local_numel] = X[s.local_offset:s.local_offset + s.local_numel]
+        self.allreduce_(out)
+        return out.to(X.device)
 
     def _matmat(self, X: Tensor) -> Tensor:
         m = X.shape[1]

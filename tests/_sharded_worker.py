@@ -152,19 +152,96 @@ def checks(rank: int, world: int, hybrid: bool) -> dict:
     return res
 
 
+def facade_batch(rank: int) -> tuple:
+    """Rank r's batch for the facade checks (float64): equal sizes, so that API A's weight 1 per rank and
+    API B's batch-size weights both give the mean over the concatenated data."""
+    x, y = mlp_batch(seed=20 + rank, n=6)
+    return x.double(), y.double()
+
+
+def facades(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """API A and API B on ``model`` (sharded or not): the same calls in the workers and in the test."""
+    import warnings
+
+    from hessext.analysis import CurvatureTracker, HessianAnalyzer, HessianConfig, get_hessian_eigenvectors
+    from hessext.compat.api_a import ModelWrapper, hessian_trace, min_max_hessian_eigs
+
+    out: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a residual floor of the FD products at tol 1e-9
+        lo, hi, vlo, vhi = min_max_hessian_eigs(ModelWrapper(model, lambda o: LOSS(o, y), x), max_iter=44,
+                                                tol=1e-9)
+    out["a_min_max"] = torch.tensor([lo, hi], dtype=torch.float64)
+    out["a_vecs"] = torch.stack([torch.from_numpy(vlo), torch.from_numpy(vhi)])
+    out["a_trace"] = torch.tensor([hessian_trace(model, LOSS, x, y, num_random_vectors=8, seed=3)],
+                                  dtype=torch.float64)
+    cfg = HessianConfig.minimal(n_components=3, trace_probes=4, tolerance=1e-10,
+                                track_gradient_alignment=True)
+    res = HessianAnalyzer(cfg).analyze_step(model, LOSS, (x, y), model_type=None)
+    out["b_errors"] = res.get("errors", {})
+    hs, al = res["hessian"], res["alignment"]
+    out["b_top"] = torch.tensor(hs["top_eigenvalues"], dtype=torch.float64)
+    out["b_scalars"] = torch.tensor([hs["hessian_trace_estimate"], hs["num_parameters"], al["loss"],
+                                     al["grad_norm"], al["rayleigh_quotient"], al["top_subspace_fraction"]],
+                                    dtype=torch.float64)
+    out["b_align"] = torch.tensor(al["eigenvector_alignments"], dtype=torch.float64)
+    vals, vecs = get_hessian_eigenvectors(model, LOSS, (x, y), n_top_vectors=2, model_type=None, tol=1e-10)
+    out["b_eig"], out["b_vecs"] = torch.from_numpy(vals), torch.from_numpy(vecs)
+    rec = CurvatureTracker(model, LOSS, (x, y), every=1, k=1, tol=1e-10,
+                           quantities=("top_k", "grad_overlap", "batch_sharpness")).step(0)
+    q = rec["quantities"]
+    out["t_vals"] = torch.tensor([*q["top_k"], q["grad_overlap"], q["batch_sharpness"], rec["loss"]],
+                                 dtype=torch.float64)
+    return out
+
+
+def facade_checks(rank: int, world: int, hybrid: bool) -> dict:
+    """API A and API B facades on the sharded model (issue 17, item 4): the numbers, the model state, the
+    refusals and the skipped sections (a spawn of its own: tests/test_sharded.py::facade_run)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from hessext.analysis import HessianAnalyzer, HessianConfig
+    from hessext.compat.api_a import min_max_hessian_eigs
+    from hessext.distributed import hessian_operator
+
+    res: dict = {}
+    mesh = init_device_mesh("cpu", (world,))
+    model = _sharded_model(mesh, torch.float64)
+    model.train()                                   # a non-default flag that must survive
+    m32 = _sharded_model(mesh, torch.float32)
+    fstate, t_facades = _state(model), time.perf_counter()
+    res["facades"] = facades(model, *facade_batch(rank))
+    res["untouched_facades"] = _same(fstate, _state(model))
+    res["refusals"] = {"float64": _error(lambda: min_max_hessian_eigs(m32, *_as([facade_batch(rank)],
+                                                                              torch.float32)[0], LOSS,
+                                                                   float64=True)),
+                       "mode": _error(lambda: hessian_operator(model, LOSS, [facade_batch(rank)],
+                                                               mode="double_backward")),
+                       "ggn": _error(lambda: HessianAnalyzer(HessianConfig.minimal(curvature="ggn"))
+                                     .analyze_step(model, LOSS, facade_batch(rank), model_type=None))}
+    cfg = HessianConfig.minimal(n_components=1, trace_probes=1, tolerance=1e-3,
+                                track_component_hessian=True, track_train_val_landscape_divergence=True)
+    skipped = HessianAnalyzer(cfg).analyze_step(model, LOSS, facade_batch(rank), facade_batch(rank),
+                                                model_type=None)
+    res["skipped"] = skipped.get("errors", {})
+    res["untouched_facades"] &= _same(fstate, _state(model))
+    res["facades_seconds"] = time.perf_counter() - t_facades
+    return res
+
+
 def analyse_top(op, k: int = 3, tol: float = 1e-10) -> torch.Tensor:
     from hessext.lanczos import lanczos
 
     return lanczos(op, k=k, which="LA", tol=tol, seed=0).eigenvalues
 
 
-def worker(rank: int, world: int, port: int, out_dir: str, hybrid: bool) -> None:
+def worker(rank: int, world: int, port: int, out_dir: str, hybrid: bool, facade: bool = False) -> None:
     torch.set_num_threads(1)
     res: dict = {}
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=GROUP_TIMEOUT_S))
-        res = checks(rank, world, hybrid)
+        res = (facade_checks if facade else checks)(rank, world, hybrid)
     except BaseException:  # noqa: BLE001  report, do not hang the parent
         res["fatal"] = traceback.format_exc()
     finally:

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from _models import dense_hessian, tiny_mlp
-from _sharded_worker import LOSS, all_data, analyse, worker
+from _sharded_worker import LOSS, all_data, analyse, facade_batch, facades, worker
 
 from hessext.hvp import HessianOperator
 
 pytestmark = pytest.mark.distributed
 
-SPAWN_LIMIT_S = 150.0
+SPAWN_LIMIT_S = 400.0      # a hang guard, not a timing: spawns take ~20 s on a quiet 2-core machine
 
 
 def _free_port() -> int:
@@ -30,10 +30,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: int, out_dir: str, hybrid: bool) -> list[dict]:
+def _spawn(world: int, out_dir: str, hybrid: bool, facade: bool = False) -> list[dict]:
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, out_dir, hybrid), daemon=True)
+    procs = [ctx.Process(target=worker, args=(r, world, port, out_dir, hybrid, facade), daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()
@@ -200,3 +200,57 @@ def test_failure_on_one_rank_ends_every_rank_with_an_error(run):
         # the group still works afterwards, and gives the same product as before
         assert torch.equal(r["after_failure"], r["product"]) or float(
             (r["after_failure"] - r["product"]).abs().max()) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------- facades
+@pytest.fixture(scope="module")
+def facade_run(tmp_path_factory) -> tuple[int, list[dict]]:
+    """One spawn of 2 ranks running API A / API B on the FSDP2 model (tests/_sharded_worker.facade_checks)."""
+    return 2, _spawn(2, str(tmp_path_factory.mktemp("facades")), hybrid=False, facade=True)
+
+
+def test_facades_on_a_sharded_model_match_single_process(facade_run):
+    """API A (both forms) and API B's minimal analyze_step + get_hessian_eigenvectors on the FSDP2 model,
+    each rank with its own batch, against the same calls on one process with the concatenated batches."""
+    world, ranks = facade_run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parts = [facade_batch(r) for r in range(world)]
+        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        ref = facades(tiny_mlp().double(), x, y)
+        lam = torch.linalg.eigvalsh(dense_hessian(tiny_mlp(), LOSS, [(x, y)]))
+    finally:
+        torch.set_num_threads(threads)
+    assert _rel(ref["a_min_max"], torch.stack([lam[0], lam[-1]])) < 1e-6     # the reference itself
+    for r in ranks:
+        f = r["facades"]
+        assert f["b_errors"] == {}
+        for key in ("a_min_max", "a_trace", "b_top", "b_scalars", "b_eig", "t_vals"):
+            assert _rel(f[key], ref[key]) < 1e-6, key
+        assert float((f["b_align"] - ref["b_align"]).abs().max()) < 1e-6
+        assert int(f["b_scalars"][1]) == lam.numel()                       # num_parameters: the whole n
+        # whole eigenvectors (gathered from the shards), the same directions as on one process
+        for key in ("a_vecs", "b_vecs"):
+            assert f[key].shape == ref[key].shape
+            cos = (f[key] * ref[key]).sum(1).abs() / (f[key].norm(dim=1) * ref[key].norm(dim=1))
+            assert float((cos - 1).abs().max()) < 1e-6, key
+        assert r["untouched_facades"]
+    for r in ranks[1:]:
+        for key, v in ranks[0]["facades"].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, r["facades"][key]), key
+
+
+def test_facades_refuse_what_a_sharded_model_cannot_take(facade_run):
+    _, ranks = facade_run
+    for r in ranks:
+        kind, msg = r["refusals"]["float64"]
+        assert kind == "ValueError" and "float64=True" in msg and "FSDP2" in msg
+        kind, msg = r["refusals"]["mode"]
+        assert kind == "ValueError" and "mode='double_backward'" in msg
+        kind, msg = r["refusals"]["ggn"]
+        assert kind == "ValueError" and "curvature='ggn'" in msg
+        # sections that cannot run on shards are skipped with their reason, the others are kept
+        assert set(r["skipped"]) == {"components", "train_val_divergence"}
+        assert all("FSDP2-sharded" in v for v in r["skipped"].values())

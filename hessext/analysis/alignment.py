@@ -7,7 +7,7 @@ trace estimates) and return plain dicts of floats; nothing here runs an HVP exce
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ def _f(x: Tensor) -> float:
 
 
 def gradient_alignment(grad: Tensor, Hg: Tensor, eigenvalues: Optional[Tensor] = None,
-                       eigenvectors: Optional[Tensor] = None) -> dict[str, Any]:
+                       eigenvectors: Optional[Tensor] = None,
+                       allreduce: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Any]:
     """Alignment of the gradient ``g`` with the curvature, from the true ``H g`` and top-k Ritz pairs.
 
     With ``g`` the gradient, ``Hg = H g`` (one Hessian-vector product) and Ritz pairs ``(λ_i, v_i)``
@@ -49,27 +50,23 @@ def gradient_alignment(grad: Tensor, Hg: Tensor, eigenvalues: Optional[Tensor] =
     - ``top_subspace_fraction`` = Σ_i (gᵀv_i)² / ‖g‖² ∈ [0, 1]: fraction of ‖g‖² in span{v_1…v_k};
     - ``top_eigenvalues``: the λ_i, descending.
 
-    Zero gradients give 0 for every ratio and alignment (never NaN).
+    Zero gradients give 0 for every ratio and alignment (never NaN). Every inner product is a sum over the
+    vector's entries: the local partial sums ``[gᵀg, HgᵀHg, gᵀHg, V g, ‖v_i‖²]`` are packed and, for
+    sharded vectors, summed across ranks by ONE ``allreduce`` before the ratios are formed.
 
     Args:
         grad: ``[n]``.
         Hg: ``[n]``, the Hessian times ``grad``.
         eigenvalues: ``[k]`` Ritz values (any order) or None.
         eigenvectors: ``[k, n]`` rows matching ``eigenvalues``, or None.
+        allreduce: for vectors sharded across ranks (``n`` this rank's slice), the in-place sum across
+            ranks of a float64 tensor (e.g. ``ShardedHessianOperator.allreduce_``); None: whole vectors.
     """
     g = grad.detach().reshape(-1).double()
     hg = Hg.detach().reshape(-1).double()
     if g.shape != hg.shape:
         raise ValueError(f"grad and Hg must have the same shape, got {tuple(g.shape)} and {tuple(hg.shape)}")
-    gn, hn = _f(g.norm()), _f(hg.norm())
-    ghg = _f(g @ hg)
-    out: dict[str, Any] = {
-        "grad_norm": gn,
-        "Hg_norm": hn,
-        "grad_Hg_alignment": abs(ghg) / (gn * hn) if gn > 0 and hn > 0 else 0.0,
-        "grad_Hg_ratio": hn / gn if gn > 0 else 0.0,
-        "rayleigh_quotient": ghg / gn ** 2 if gn > 0 else 0.0,
-    }
+    lam = V = None
     if eigenvalues is not None and eigenvectors is not None and eigenvalues.numel() > 0:
         lam = eigenvalues.detach().to("cpu", torch.float64)
         V = eigenvectors.detach().to(g.device, torch.float64)
@@ -78,8 +75,27 @@ def gradient_alignment(grad: Tensor, Hg: Tensor, eigenvalues: Optional[Tensor] =
                              f"{tuple(V.shape)}")
         order = order_descending(lam)
         lam, V = lam[order], V[order.to(V.device)]
-        V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        proj = (V @ g).cpu()  # g·v_i
+    if allreduce is None:       # whole vectors (the formulas as they have always been evaluated)
+        gn, hn, ghg = _f(g.norm()), _f(hg.norm()), _f(g @ hg)
+        proj = None if V is None else (V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)) @ g
+    else:                       # sharded: local partial sums, ONE all-reduce, then the ratios
+        k = 0 if V is None else V.shape[0]
+        parts = [torch.stack([g @ g, hg @ hg, g @ hg])]
+        if V is not None:
+            parts += [V @ g, (V * V).sum(dim=1)]
+        sums = allreduce(torch.cat(parts)).to("cpu")
+        gn, hn = math.sqrt(max(float(sums[0]), 0.0)), math.sqrt(max(float(sums[1]), 0.0))
+        ghg = float(sums[2])
+        proj = None if V is None else sums[3:3 + k] / sums[3 + k:3 + 2 * k].sqrt().clamp_min(1e-300)
+    out: dict[str, Any] = {
+        "grad_norm": gn,
+        "Hg_norm": hn,
+        "grad_Hg_alignment": abs(ghg) / (gn * hn) if gn > 0 and hn > 0 else 0.0,
+        "grad_Hg_ratio": hn / gn if gn > 0 else 0.0,
+        "rayleigh_quotient": ghg / gn ** 2 if gn > 0 else 0.0,
+    }
+    if lam is not None and proj is not None:
+        proj = proj.cpu()                                                      # g·v_i with ‖v_i‖ = 1
         cos = proj.abs() / gn if gn > 0 else torch.zeros_like(proj)
         w_sum = float(lam.abs().sum())
         w = lam.abs() / w_sum if w_sum > 0 else torch.zeros_like(lam)
@@ -238,15 +254,19 @@ def compute_hessian_gradient_alignment(model: Any, loss_fn: Any, data_batch: Any
     """
     H = make_operator(model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
                       arg_name="data_batch")
+    if H.sharded and (eigenvalues is not None or eigenvectors is not None):
+        raise ValueError("compute_hessian_gradient_alignment: eigenvalues/eigenvectors cannot be given "
+                         "for an FSDP2-sharded model (whole eigenvectors do not match the ranks' gradient "
+                         "shards); leave them None to compute the Ritz pairs on the shards")
     loss, g = H.loss_and_grad()
     Hg = H @ g
     if eigenvalues is None or eigenvectors is None:
-        res, _ = extreme_ritz_pairs(H, min(n_components, H.n), 0, tol, 0)
+        res, _ = extreme_ritz_pairs(H, min(n_components, H.global_n), 0, tol, 0)
         eigenvalues, eigenvectors = res.eigenvalues, res.eigenvectors
     lam = torch.as_tensor(np.asarray(eigenvalues, dtype=np.float64)) if not isinstance(eigenvalues, Tensor) \
         else eigenvalues
     V = torch.as_tensor(np.asarray(eigenvectors)) if not isinstance(eigenvectors, Tensor) else eigenvectors
-    out = gradient_alignment(g, Hg, lam, V)
+    out = gradient_alignment(g, Hg, lam, V, allreduce=H.allreduce_ if H.sharded else None)
     out["loss"] = float(loss)
     out["num_matvecs"] = int(H.num_matvecs)
     return out

@@ -73,7 +73,7 @@ def _spectrum_section(H: Any, cfg: HessianConfig,
 
     Returns ``(section, extras)``: the ``results["hessian"]`` dict, and the EigenResults, traces, times and
     product counts that other sections and ``meta`` use."""
-    n = H.n
+    n = H.global_n                  # the whole space (H.n is this rank's slice on an FSDP2 model)
     k_top = min(cfg.n_components, n)
     k_bot = min(cfg.n_bottom, n - k_top)
     (top, bottom), t_eig, eig_mv = _measured(
@@ -196,6 +196,28 @@ _SUMMARY_LINES = (
 )
 
 
+#: Sections of :meth:`HessianAnalyzer.analyze_step` that do not run on an FSDP2-sharded model, and why
+#: (recorded under ``results["errors"]``; raised with ``strict=True``).
+SHARDED_SKIPPED = {
+    "components": "skipped on an FSDP2-sharded model: component blocks select parameters by global index, "
+                  "and restricted operators of sharded vectors are not supported",
+    "train_val_divergence": "skipped on an FSDP2-sharded model: the eigenspace overlap of train and "
+                            "validation eigenvectors is not computed on sharded vectors",
+    "block_spectra": "skipped on an FSDP2-sharded model: block densities need index sets of the whole "
+                     "vector",
+}
+
+
+def _check_sharded_config(cfg: HessianConfig) -> None:
+    """Settings that an FSDP2-sharded model cannot honour raise ``ValueError`` naming the setting."""
+    if cfg.curvature != "hessian":
+        raise ValueError(f"HessianConfig(curvature={cfg.curvature!r}) is not supported on an FSDP2-sharded "
+                         "model: only the Hessian has a sharded operator (ShardedHessianOperator)")
+    if cfg.decomposition:
+        raise ValueError("HessianConfig(decomposition=True) is not supported on an FSDP2-sharded model: the "
+                         "Gauss–Newton operator has no sharded form")
+
+
 def _scalar(v: Any) -> Optional[float]:
     if isinstance(v, bool):
         return float(v)
@@ -243,13 +265,17 @@ class _Step:
         if curv or cfg.decomposition:
             train_batch = _materialised(train_batch, cfg.num_batches, train_name)
         self.hessian_op = make_operator(model, loss_fn, train_batch, model_type, arg_name=train_name, **kw)
+        if self.hessian_op.sharded:
+            _check_sharded_config(cfg)
         self.H = self.curvature_operator(cfg.curvature, train_batch) if curv else self.hessian_op
         kind = f" ({cfg.fisher_kind})" if cfg.curvature == "fisher" else ""
         self.meta["curvature"] = cfg.curvature + kind
-        ev = self.hessian_op.evaluator
-        self.meta["loss_source"] = ev.loss_source_used
-        self.meta["compute_dtype"] = str(ev.dtype).replace("torch.", "")
-        self.meta["upcast_half"] = bool(ev.upcast)
+        ev = getattr(self.hessian_op, "evaluator", None)
+        self.meta["loss_source"] = ev.loss_source_used if ev is not None else self.hessian_op.loss_source_used
+        dt = self.hessian_op.dtype if ev is None else ev.dtype
+        self.meta["compute_dtype"] = str(dt).replace("torch.", "")
+        self.meta["upcast_half"] = bool(ev is not None and ev.upcast)
+        self.meta["sharded"] = bool(self.hessian_op.sharded)
         if cfg.track_train_val_landscape_divergence and val_batch is not None:
             if curv:
                 val_batch = _materialised(val_batch, cfg.num_batches, "val_batch")
@@ -261,7 +287,9 @@ class _Step:
         if curv:
             self.operators.append(self.hessian_op)
         self.meta["time_s"]["setup"] = time.perf_counter() - self.t_start
-        if cfg.track_component_hessian:
+        if cfg.track_component_hessian and self.H.sharded:
+            self.skip("components")
+        elif cfg.track_component_hessian:
             try:
                 self.index_sets = self.components.component_index_sets(self.model, self.H.layout,
                                                                        cfg.component_list)
@@ -293,6 +321,11 @@ class _Step:
             return GGNOperator(self.model, self.loss_fn, _as_data(data), **kw)
         return FisherOperator(self.model, self.loss_fn, _as_data(data), kind=cfg.fisher_kind, seed=cfg.seed,
                               **kw)
+
+    def skip(self, section: str) -> None:
+        """Record why ``section`` does not run on an FSDP2-sharded model (:data:`SHARDED_SKIPPED`), as the
+        section's error (raised when ``strict``)."""
+        self.fail(section, NotImplementedError(SHARDED_SKIPPED[section]))
 
     def fail(self, section: str, exc: BaseException) -> None:
         """Record ``exc`` as the error of ``section`` (raise it when ``strict``)."""
@@ -342,8 +375,10 @@ class _Step:
 
     def alignment(self) -> dict[str, Any]:
         """The gradient and ONE extra product ``H g``, against the top Ritz pairs."""
-        loss, g = self.H.loss_and_grad()
-        al = gradient_alignment(g, self.H @ g, self.top_vals, self.top_vecs)
+        H = self.H
+        loss, g = H.loss_and_grad()
+        al = gradient_alignment(g, H @ g, self.top_vals, self.top_vecs,
+                                allreduce=H.allreduce_ if H.sharded else None)
         al["loss"] = float(loss)
         self.results["hessian"]["loss"] = float(loss)
         self.results["hessian"]["grad_norm"] = al["grad_norm"]
@@ -425,7 +460,9 @@ class HessianAnalyzer:
         config: the configuration (change it with :meth:`update_config`).
         history: ``{step: results}`` of every :meth:`analyze_step` call (without eigenvectors), used by
             ``create_plots``.
-        last_eigenvectors: top eigenvectors ``[k, n]`` (descending eigenvalues) of the last step.
+        last_eigenvectors: top eigenvectors ``[k, n]`` (descending eigenvalues) of the last step; on an
+            FSDP2-sharded model ``[k, n_local]``, this rank's shards (``ShardedHessianOperator.layout``
+            order; ``gather`` assembles whole vectors).
     """
 
     def __init__(self, config: Optional[HessianConfig] = None) -> None:
@@ -516,11 +553,15 @@ class HessianAnalyzer:
             run.run("alignment", run.alignment, H)
         if cfg.track_sharpness:
             run.run("sharpness", run.sharpness, H)
-        if run.Hv is not None:
+        if run.Hv is not None and run.H.sharded:
+            run.skip("train_val_divergence")
+        elif run.Hv is not None:
             run.run("train_val_divergence", run.divergence, (run.Hv,))
         if cfg.decomposition:
             run.run("decomposition", lambda: run.decomposition(train_batch), run.operators)
-        if cfg.track_block_spectra:
+        if cfg.track_block_spectra and run.H.sharded:
+            run.skip("block_spectra")
+        elif cfg.track_block_spectra:
             run.run("block_spectra", run.block_spectra, H)
         results = run.finish()
 
@@ -544,6 +585,10 @@ class HessianAnalyzer:
         step = results.get("step", 0) if step is None else step
         base = os.path.join(str(cfg.output_dir), f"{cfg.model_name}_step{step}")
         vecs = self.last_eigenvectors if cfg.save_eigenvectors else None
+        if vecs is not None and results.get("meta", {}).get("sharded"):
+            raise ValueError("save_eigenvectors=True on an FSDP2-sharded model: the eigenvectors are this "
+                             "rank's shards, not whole vectors; set save_eigenvectors=False (or gather them "
+                             "with ShardedHessianOperator.gather)")
         return save_results(results, cfg.to_dict(), base, vecs)
 
     def create_plots(self, save_path: Optional[str] = None) -> list[str]:

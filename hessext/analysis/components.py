@@ -397,6 +397,15 @@ class ComponentSelector:
         return valid
 
 
+def _refuse_sharded(H: Any, what: str) -> None:
+    """Component and block analyses select parameters by index of the whole flat vector, which an
+    FSDP2-sharded operator never holds: ``ValueError`` naming the function."""
+    if getattr(H, "sharded", False):
+        raise ValueError(f"{what} is not supported on an FSDP2-sharded model: its blocks are index sets of "
+                         "the whole parameter vector, and the sharded operator's vectors are per-rank shards "
+                         "(analyse the whole model with HessianAnalyzer / min_max_hessian_eigs instead)")
+
+
 class ComponentAnalyzer:
     """Per-component Hessian analysis: eigenvalues of diagonal blocks and traces from shared probes, and the
     blockwise spectral densities with the JS distances between blocks (:meth:`block_spectra`).
@@ -467,6 +476,7 @@ class ComponentAnalyzer:
         H = operator if operator is not None else make_operator(
             model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
             arg_name="data_batch")
+        _refuse_sharded(H, "ComponentAnalyzer.analyze_all_components")
         index_sets = self.component_index_sets(model, H.layout, component_list)
         if not index_sets:
             return {}
@@ -534,6 +544,7 @@ class ComponentAnalyzer:
         H = operator if operator is not None else make_operator(
             model, loss_fn, data_batch, model_type, num_batches=num_batches, device=device,
             arg_name="data_batch")
+        _refuse_sharded(H, "ComponentAnalyzer.block_spectra")
         if blocks is None:
             names = ComponentSelector.get_standard_components() if component_list is None else component_list
             sets: Mapping[str, Any] = self.component_index_sets(model, H.layout, names)

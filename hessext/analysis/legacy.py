@@ -38,7 +38,9 @@ def get_hessian_eigenvectors(model: nn.Module, loss_fn: Any, train_data_loader: 
 
     Returns:
         ``(eigenvalues [k], eigenvectors [k, n])`` as float numpy arrays, eigenvalues descending (largest
-        algebraic first), rows of ``eigenvectors`` unit-norm in ``ParamLayout`` order.
+        algebraic first), rows of ``eigenvectors`` unit-norm in ``ParamLayout`` order. On an FSDP2-sharded
+        model (call it on every rank) the rows are the whole eigenvectors, assembled from the ranks' shards
+        by one all-reduce of ``k·n`` numbers (``ShardedHessianOperator.gather``): the same on every rank.
 
     Raises:
         ValueError: ``n_top_vectors`` is below 1 or above n (the message names k and n).
@@ -46,11 +48,14 @@ def get_hessian_eigenvectors(model: nn.Module, loss_fn: Any, train_data_loader: 
     k = check_int("n_top_vectors", n_top_vectors, minimum=1)
     H = make_operator(model, loss_fn, train_data_loader, model_type, num_batches=num_batches, device=device,
                       arg_name="train_data_loader")
-    if k > H.n:
-        raise ValueError(f"n_top_vectors must be <= n = {H.n} (the number of analysed parameters: the "
+    n = H.global_n
+    if k > n:
+        raise ValueError(f"n_top_vectors must be <= n = {n} (the number of analysed parameters: the "
                          f"Hessian has n eigenpairs), got n_top_vectors={k}")
     res, _ = extreme_ritz_pairs(H, k, 0, tol, seed)
     vals, vecs = res.descending()
+    if H.sharded:   # whole eigenvectors [k, n] from the ranks' shards (exact; the same bits on every rank)
+        vecs = H.gather(vecs.T).T
     return vals.detach().cpu().numpy(), vecs.detach().cpu().numpy()
 
 

@@ -20,6 +20,7 @@ from .._state import isolated_forward
 from ..data import MODEL_TYPES, is_batch, make_batch_loss, normalize_data
 from ..distributed import hessian_operator
 from ..lanczos import extreme_eigenpairs, lanczos
+from ..linop import LinearOperator
 from ..results import EigenResult
 from ..trace import hutchinson
 
@@ -123,7 +124,7 @@ def extreme_ritz_pairs(A: Any, k_top: int, k_bottom: int, tol: float, seed: int,
     dimension is ``max_iter`` (default :func:`clustered_spectrum_max_iter`), raised to at least
     ``k_top + k_bottom`` and capped at ``n``. Eigenvalues are ascending in each result.
     """
-    n = A.shape[0]
+    n = A.global_n if isinstance(A, LinearOperator) else A.shape[0]    # the whole space (sharded: all ranks)
     if max_iter is None:
         max_iter = clustered_spectrum_max_iter(n, k_top + k_bottom)
     max_iter = min(max(max_iter, k_top + k_bottom), n)

@@ -185,7 +185,7 @@ class CurvatureTracker:
 
     def _solve(self, name: str, A: LinearOperator, k: int, which: str, cold: bool, out: dict) -> Any:
         """Warm (or cold) Lanczos for ``name``; fills matvecs / residuals / cold_matvecs in ``out``."""
-        k = min(k, A.n)
+        k = min(k, A.global_n)       # the whole space (A.n is this rank's slice on an FSDP2 model)
         prev = self._prev.get(name)
         v0 = None
         if self.warm_start and prev is not None and prev.shape == (k, A.n):
@@ -229,7 +229,11 @@ class CurvatureTracker:
             loss = f if loss is None else loss
             if "grad_overlap" in want:
                 V = top.eigenvectors.to(g.dtype)
-                q["grad_overlap"] = float((V @ g).square().sum() / g.square().sum().clamp_min(1e-300))
+                if H.sharded:   # partial sums of this rank's slices, summed over the ranks first
+                    sums = H.allreduce_(torch.cat([V @ g, (g @ g).reshape(1)]).double())
+                    q["grad_overlap"] = float(sums[:-1].square().sum() / sums[-1].clamp_min(1e-300))
+                else:
+                    q["grad_overlap"] = float((V @ g).square().sum() / g.square().sum().clamp_min(1e-300))
                 out["matvecs"]["grad_overlap"] = H.num_matvecs - before
         if "trace" in want:
             tr = estimate_trace(H, self.trace_probes, seed=self.seed)
@@ -238,6 +242,9 @@ class CurvatureTracker:
         if "batch_sharpness" in want:
             q["batch_sharpness"], out["matvecs"]["batch_sharpness"] = self._batch_sharpness()
         beta1 = None
+        if "preconditioned_sharpness" in want and optimizer is not None and H.sharded:
+            raise ValueError("CurvatureTracker: preconditioned_sharpness is not supported on an "
+                             "FSDP2-sharded model (the optimizer's state is not matched to the local shards)")
         if "preconditioned_sharpness" in want and optimizer is not None:
             pd = preconditioner_diagonal(optimizer, self.model, H.layout.names)
             if pd is not None:
@@ -263,8 +270,12 @@ class CurvatureTracker:
         for b in _batches(self.data):
             op = self._operator(b)
             _, g = op.loss_and_grad()
-            nrm = float(g.square().sum())
-            vals.append(float(g @ op.matvec(g)) / nrm if nrm > 0 else math.nan)
+            hg = op.matvec(g)
+            if op.sharded:   # global inner products of the ranks' slices
+                nrm, ghg = float(op.dot(g, g)), float(op.dot(g, hg))
+            else:
+                nrm, ghg = float(g.square().sum()), float(g @ hg)
+            vals.append(ghg / nrm if nrm > 0 else math.nan)
             mv += 1
         return sum(vals) / len(vals), mv
 

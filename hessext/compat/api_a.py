@@ -29,6 +29,14 @@ floating inputs, with nothing to pass (:mod:`hessext.evaluator`): what is analys
 float32-upcast model (the same weights in float32 arithmetic), and the model stays in its dtype, untouched.
 Only a model mixing float32 and float64 parameters needs a choice (``float64=True``).
 
+FSDP2-sharded models (``torch.distributed.fsdp.fully_shard``; call the functions on every rank, each rank
+with its own batch): the operator is a :class:`hessext.sharded.ShardedHessianOperator` (finite differences
+of FSDP's gradients, vectors sharded like the parameters), the mean over ranks of each rank's loss (weight 1
+per rank, as in :func:`hessext.distributed.data_parallel`); eigenvalues and traces are the same on every
+rank, and the eigenvectors returned are whole vectors assembled from the shards. ``float64=True`` and
+``use_cuda=True`` are refused (``ValueError``): the sharded operator computes in the shards' dtype and place.
+``ModelWrapper.loss()`` is this rank's loss.
+
 Model-state contract: the user's model is never changed — parameters, buffers, ``.grad``, ``requires_grad``,
 training flags and the global RNG states are as they were after every call, also when a call raises. The
 analysis runs in **eval mode** (dropout off, BatchNorm on its running statistics), as the original code did
@@ -50,6 +58,8 @@ from ..data import map_tensors, tensors_of
 from ..distributed import hessian_operator
 from ..hvp import HessianOperator
 from ..lanczos import lanczos
+from ..linop import LinearOperator
+from ..sharded import is_fsdp_model
 from ..trace import TRACE_METHODS, estimate_trace, hutchinson, hutchpp, xtrace
 
 __all__ = ["ModelWrapper", "min_max_hessian_eigs", "hessian_trace", "DEFAULT_TRACE_METHOD", "TRACE_METHODS"]
@@ -221,7 +231,11 @@ class _LossOfOutput(nn.Module):
 def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
                    params: Optional[Sequence[str]] = None, *, dtype: Optional[torch.dtype] = None,
                    device: Optional[torch.device] = None, mode: str = "auto") -> HessianOperator:
-    """The HessianOperator of ``loss_module(batch)`` over ``model``'s parameters (names without prefix)."""
+    """The HessianOperator of ``loss_module(batch)`` over ``model``'s parameters (names without prefix); for
+    an FSDP2-sharded ``model`` a :class:`~hessext.sharded.ShardedHessianOperator`
+    (:func:`_sharded_operator`)."""
+    if is_fsdp_model(model):
+        return _sharded_operator(model, loss_module, batch, params, dtype=dtype, device=device, mode=mode)
     if device is not None and device != _param_device(model):
         loss_module.home = _param_device(model)
     names = None if params is None else ["model." + k for k in params]
@@ -237,6 +251,27 @@ def _loss_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
     # One batch: a list around it, so that a tuple/list is not read as several batches.
     return hessian_operator(loss_module, None, [batch], names, batch_loss=batch_loss, mode=mode, dtype=dtype,
                             device=device, eval_mode=True)
+
+
+def _sharded_operator(model: nn.Module, loss_module: _LossOfOutput, batch: Any,
+                      params: Optional[Sequence[str]], *, dtype: Optional[torch.dtype],
+                      device: Optional[torch.device], mode: str) -> LinearOperator:
+    """The operator of an FSDP2-sharded model: ``loss_module(batch)`` evaluated through the FSDP model
+    itself (``ShardedHessianOperator`` differentiates FSDP's gradients), this rank's batch with weight 1
+    (as the data-parallel operator weights API A's one batch per rank: the mean over ranks of each rank's
+    loss). Options it cannot honour are refused, naming them."""
+    if dtype is not None:
+        raise ValueError("float64=True is not supported on an FSDP2-sharded model: the sharded operator "
+                         "computes in the parameters' dtype (shard a float64 copy of the model instead)")
+    if device is not None:
+        raise ValueError("use_cuda=True / device= are not supported on an FSDP2-sharded model: the sharded "
+                         "operator computes where the shards are")
+
+    def batch_loss(model_call: Callable[..., Any], b: Any) -> tuple[Tensor, float]:
+        return loss_module(b), 1.0
+
+    return hessian_operator(model, None, [batch], params, batch_loss=batch_loss, batch_weights=[1.0],
+                            mode=mode, eval_mode=True)
 
 
 # ----------------------------------------------------------------------------------------------- ModelWrapper
@@ -344,12 +379,15 @@ def _extreme_eigs(H: HessianOperator, max_iter: int, tol: float, seed: int):
     Returns ``(lam_min, lam_max, v_min, v_max, residuals[2], converged, num_matvecs)`` with ``v_*`` tensors
     ``[n]`` in the operator's dtype and device.
     """
-    n = H.n
+    n = H.global_n                      # the whole space (H.n is this rank's slice when sharded)
     before = H.num_matvecs
-    if n == 1:  # a 1x1 Hessian: one product gives it exactly
+    if n == 1 and not H.sharded:  # a 1x1 Hessian: one product gives it exactly
         one = torch.ones(1, dtype=H.dtype, device=H.device)
         lam = float(H.matvec(one)[0])
         return lam, lam, one, one, (0.0, 0.0), True, H.num_matvecs - before
+    if n == 1:
+        raise ValueError("min_max_hessian_eigs: an FSDP2-sharded model with a single parameter has a 1x1 "
+                         "Hessian; analyse it unsharded")
     res = lanczos(H, k=2, which="BE", tol=tol, max_iter=max(2, min(max_iter, n)), seed=seed)
     vals = res.eigenvalues.to(torch.float64)
     vecs = res.eigenvectors
@@ -365,7 +403,10 @@ def _extreme_eigs(H: HessianOperator, max_iter: int, tol: float, seed: int):
     # undefined).
     ok = res.converged or bool(converged([r_min, r_max], [lam_min, lam_max], tol,
                                          max(abs(lam_min), abs(lam_max)), H.dtype).all())
-    return lam_min, lam_max, vecs[lo], vecs[hi], (r_min, r_max), ok, H.num_matvecs - before
+    v_min, v_max = vecs[lo], vecs[hi]
+    if H.sharded:   # API A returns whole eigenvectors: assemble them from the ranks' shards (exact)
+        v_min, v_max = H.gather(v_min), H.gather(v_max)
+    return lam_min, lam_max, v_min, v_max, (r_min, r_max), ok, H.num_matvecs - before
 
 
 def _warn_not_converged(lam_min: float, lam_max: float, residuals: tuple[float, float], max_iter: int,
