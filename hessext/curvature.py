@@ -75,7 +75,7 @@ from ._state import isolated_forward
 from .data import IGNORE_INDEX, check_loss_finite, make_batch_loss, normalize_data, validate_batch
 from .distributed import DataParallelMean, DistributedHessianOperator
 from .evaluator import FunctionalEvaluator
-from .hvp import LocalMean, unsupported_by
+from .hvp import LocalMean, WeightedBatchSum, unsupported_by
 from .linop import LinearOperator
 
 __all__ = ["CurvatureOperator", "GGNOperator", "FisherOperator", "residual_operator", "matching_reducer",
@@ -307,7 +307,7 @@ class CurvatureOperator(LinearOperator):
         self._batched = True
         self._reducer = reducer if reducer is not None else LocalMean()
         self._reducer.attach(self.dtype, self.device)
-        self._zero: Tensor | None = None
+        self._sum = WeightedBatchSum()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -527,24 +527,11 @@ class CurvatureOperator(LinearOperator):
             X = X.clone() if X.is_inference() else X
             Vs = self.layout.unflatten_batched(X)
             with self._reducer.guard(self.n * X.shape[1]):
-                total: Tensor | None = None
-                weight_sum = 0.0
-                finite: list[Tensor] = []
                 single = self.num_batches == 1 and self._reducer.local
-                for i in range(self.num_batches):
-                    flat = self.layout.flatten_batched(self._batch_product(i, Vs))     # [m, n]
-                    w = self.evaluator.weights[i]
-                    # finiteness by one GEMV (as HessianOperator): x·0 is 0 for finite x, NaN for NaN/Inf
-                    if self._zero is None:
-                        self._zero = torch.zeros(self.n, dtype=flat.dtype, device=flat.device)
-                    finite.append(flat @ self._zero)
-                    if total is None:
-                        total = flat if single else flat.mul_(w)
-                    else:
-                        total.add_(flat, alpha=w)
-                    weight_sum += w
-                assert total is not None
-                ok = torch.stack(finite).eq(0).all(dim=1)
+                # (the weight of batch i is known once its product has been evaluated: left to right)
+                products = ((self.layout.flatten_batched(self._batch_product(i, Vs)),
+                             self.evaluator.weights[i]) for i in range(self.num_batches))
+                total, weight_sum, ok = self._sum(products, single)
                 if not bool(ok.all()):
                     raise RuntimeError(f"{type(self).__name__} product contains NaN/Inf on batch "
                                        f"{int((~ok).nonzero()[0])}")

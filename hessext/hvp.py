@@ -81,7 +81,7 @@ from .linop import LinearOperator
 from .ops import rademacher
 
 __all__ = ["HessianOperator", "HVP_MODES", "DoubleBackward", "ForwardOverReverse", "LocalMean",
-           "unsupported_by"]
+           "unsupported_by", "WeightedBatchSum"]
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 
@@ -261,6 +261,38 @@ class LocalMean:
 
 
 # ------------------------------------------------------------------------------------------ operator
+class WeightedBatchSum:
+    """``Σ_b w_b P_b`` of per-batch flat products ``P_b: [m, n]`` (fresh tensors, accumulated in place; with
+    ``single`` the one product itself, unweighted), the weight sum, and which batches were finite — the one
+    accumulation of :class:`HessianOperator` and the curvature operators (:mod:`hessext.curvature`).
+
+    Finiteness costs one GEMV per batch: ``x·0 = ±0`` for finite x and NaN for NaN/Inf, so ``P_b @ 0`` is 0
+    exactly when every entry is finite (measured: 5 µs vs 107 µs for ``isfinite(P_b).all()``); the zero vector
+    is kept between calls."""
+
+    def __init__(self) -> None:
+        self._zero: Tensor | None = None
+
+    def __call__(self, products: Iterable[tuple[Tensor, float]],
+                 single: bool) -> tuple[Tensor, float, Tensor]:
+        """Returns ``(total [m, n], Σ w_b, ok [batches] bool)``."""
+        total: Tensor | None = None
+        weight_sum = 0.0
+        finite: list[Tensor] = []
+        for flat, w in products:
+            if self._zero is None or self._zero.shape[0] != flat.shape[1]:
+                self._zero = torch.zeros(flat.shape[1], dtype=flat.dtype, device=flat.device)
+            finite.append(flat @ self._zero)
+            if total is None:
+                total = flat if single else flat.mul_(w)
+            else:
+                total.add_(flat, alpha=w)
+            weight_sum += w
+        if total is None:
+            raise RuntimeError("no batch to sum over")
+        return total, weight_sum, torch.stack(finite).eq(0).all(dim=1)
+
+
 class HessianOperator(LinearOperator):
     """``H = Σ_b w_b ∇²L_b / Σ_b w_b`` of a model's loss as a LinearOperator of size n (analysed parameters).
 
@@ -330,7 +362,7 @@ class HessianOperator(LinearOperator):
         self.fallback_reason: str | None = None
         self._reducer = reducer if reducer is not None else LocalMean()
         self._reducer.attach(self.dtype, self.device)
-        self._zero: Tensor | None = None  # [n] zeros: H x · 0 is 0 iff H x is finite (one GEMV, see _apply)
+        self._sum = WeightedBatchSum()    # the weighted sum over batches with its finiteness test
         if not ev.eval_mode:
             warnings.warn("eval_mode=False: the model is analysed in train mode; with dropout the Hessian "
                           "depends on random masks and matvecs are stochastic (fixed within a cached graph, "
@@ -441,28 +473,13 @@ class HessianOperator(LinearOperator):
         Vs = self.layout.unflatten_batched(X)
         with self._reducer.guard(self.n * X.shape[1]):
             mode, first = self._resolve(Vs, use_cache)     # resolving "auto" computes batch 0's product
-            total: Tensor | None = None
-            weight_sum = 0.0
-            finite: list[Tensor] = []
             single = self.num_batches == 1 and self._reducer.local
-            for i in self._batches():
-                hv = first if (i == 0 and first is not None) else self._hvp(mode, i, Vs, use_cache)
-                w = self.evaluator.weights[i]
-                flat = self.layout.flatten_batched(hv)                 # [m, n], a fresh tensor
-                # finiteness in one GEMV: x·0 = ±0 for finite x and NaN for NaN/Inf, so flat @ 0 is 0
-                # exactly when every entry is finite (measured: 5 µs vs 107 µs for isfinite(flat).all())
-                if self._zero is None:
-                    self._zero = torch.zeros(self.n, dtype=flat.dtype, device=flat.device)
-                finite.append(flat @ self._zero)
-                if total is None:
-                    total = flat if single else flat.mul_(w)
-                else:
-                    total.add_(flat, alpha=w)
-                weight_sum += w
-            ok = torch.stack(finite).eq(0).all(dim=1)                 # [batches]
+            products = ((self.layout.flatten_batched(first if (i == 0 and first is not None)
+                                                     else self._hvp(mode, i, Vs, use_cache)),
+                         self.evaluator.weights[i]) for i in self._batches())
+            total, weight_sum, ok = self._sum(products, single)
             if not bool(ok.all()):
                 self._raise_not_finite(mode, int((~ok).nonzero()[0]), Vs, use_cache)
-            assert total is not None
             if single:
                 return total.T.contiguous()
             return self._reducer.reduce(total.T, weight_sum).contiguous()

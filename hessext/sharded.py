@@ -421,8 +421,9 @@ class ShardedHessianOperator(LinearOperator):
         return [(s.counter, s.local_numel) for s in self._shards]
 
     def to_dense(self, block_size: int | None = None) -> Tensor:
-        raise NotImplementedError("to_dense() of a sharded operator would gather the whole Hessian; apply it "
-                                  "to vectors instead")
+        """Refused: the dense Hessian of a model too large for one device cannot be gathered."""
+        raise ValueError("to_dense() of a sharded operator would gather the whole n × n Hessian on every "
+                         "rank; apply the operator to vectors instead")
 
     # ------------------------------------------------------------------ products
     @contextlib.contextmanager
