@@ -1,4 +1,4 @@
-"""Lanczos at scale: where the time of a solve goes, full against selective orthogonalisation (issue 20).
+"""Lanczos at scale: where the time of a solve goes, full against partial reorthogonalisation (issue 20).
 
 Workload: ``HessianOperator`` of a tanh MLP 784-h-h-10 with cross-entropy on one batch of 16 random samples
 (float32, random init, seed 0), ``lanczos(k=10, tol=1e-4, max_iter=300)``, for n from ~1e5 to ~1e7. Each
@@ -6,10 +6,12 @@ size is solved with
 
 - ``full``: full reorthogonalisation with the whole Krylov basis kept (``max_basis=300``; the behaviour before
   the basis bound, the reference of "agree");
-- ``default``: what ``lanczos`` does by default (thick restart within ``fast_basis_bound(10) = 30`` vectors
-  above n = 10⁶, the unbounded run below);
-- ``M=20``, ``M=40``: thick restart within that many vectors;
-- ``selective`` (``--selective``): the experimental selective orthogonalisation,
+- ``full M=30``: ``reorth="full"`` with its default bound (thick restart within ``fast_basis_bound(10) = 30``
+  vectors above n = 10⁶, the unbounded run below): ``lanczos``'s default before partial reorthogonalisation;
+- ``default``: what ``lanczos`` does by default now (``reorth="auto"``: partial reorthogonalisation above
+  n = 10⁶, the ``full`` run at and below);
+- ``bare`` (``--bare``): the three-term recurrence without any reorthogonalisation (``reorth="none"``: ghosts,
+  not converged; the cost floor of any single-vector Lanczos),
 
 on the backend this process loaded; the driver runs itself once per backend (compiled, then
 ``HESSEXT_FORCE_PYTHON=1``) in subprocesses.
@@ -17,16 +19,16 @@ on the backend this process loaded; the driver runs itself once per backend (com
 Time split per solve (wall clock, one process, fixed thread count):
 
 - HVP: inside the operator's ``matmat`` (a wrapping operator times it);
-- orth: inside orthogonalisation — ``hessext.ops.reorthogonalize`` (full passes) and the selective state's
-  ``clean``/``refresh`` (selective passes, Ritz-vector GEMMs, checkpoints), nested calls counted once;
+- orth: inside orthogonalisation — ``hessext.ops.reorthogonalize`` (full passes) and the partial state's
+  ``clean`` (its norm, the ω-recurrence and its passes), nested calls counted once;
 - rest: everything else (the three-term recurrence, tests of ``T_j``, final Ritz vectors and the
   orthogonality measurement).
 
 "outside HVP" = (orth + rest) / total, the issue's figure of merit (target ≤ 30 % at n ≈ 6M). "agree" is
 ``max |λ_i − λ_i^full| / |λ_i^full|`` over the 10 eigenvalues against the full run of the same size.
 
-Run: ``python benchmarks/bench_lanczos_scale.py [--quick] [--threads 2]``; ``--backend`` runs one backend
-in this process (used by the driver). A full run takes ~5–8 min on a 2-core machine, ``--quick`` ~1 min.
+Run: ``python benchmarks/bench_lanczos_scale.py [--quick] [--threads 2] [--sizes 2100]``; ``--backend`` runs one
+backend in this process (used by the driver). A full run takes ~10 min on a 2-core machine, ``--quick`` ~1 min.
 """
 from __future__ import annotations
 
@@ -66,16 +68,15 @@ class _Timer:
         return timed
 
 
-def configurations(selective: bool) -> list[tuple[str, dict[str, Any]]]:
+def configurations(bare: bool) -> list[tuple[str, dict[str, Any]]]:
     """The solves of each size: name and the keyword arguments of ``lanczos``."""
-    out = [("full", dict(reorth="full", max_basis=300)), ("default", {}),
-           ("M=20", dict(max_basis=20)), ("M=40", dict(max_basis=40))]
-    if selective:
-        out.append(("selective", dict(reorth="selective", max_basis=300)))
+    out = [("full", dict(reorth="full", max_basis=300)), ("full M=30", dict(reorth="full")), ("default", {})]
+    if bare:
+        out.append(("bare", dict(reorth="none")))
     return out
 
 
-def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -> list[dict[str, Any]]:
+def run_backend(sizes: tuple[int, ...], threads: int, bare: bool = False) -> list[dict[str, Any]]:
     """Solve every size with each of :func:`configurations` on this process's backend; one row per solve."""
     import numpy as np
     import torch
@@ -90,8 +91,7 @@ def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -
     torch.set_num_threads(threads)
     orth = _Timer()
     hops.reorthogonalize = orth.wrap(hops.reorthogonalize)
-    hl.SelectiveOrthogonalizer.clean = orth.wrap(hl.SelectiveOrthogonalizer.clean)
-    hl.SelectiveOrthogonalizer.refresh = orth.wrap(hl.SelectiveOrthogonalizer.refresh)
+    hl.PartialOrthogonalizer.clean = orth.wrap(hl.PartialOrthogonalizer.clean)
 
     class TimedOperator(LinearOperator):
         """The wrapped operator, with the wall time of its products accumulated in ``seconds``."""
@@ -118,7 +118,7 @@ def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -
         ref = None
         with op.session():
             op.matvec(torch.ones(op.n))                      # build the cached graph outside the timings
-            for mode, kw in configurations(selective):
+            for mode, kw in configurations(bare):
                 op.seconds, orth.total, mv0 = 0.0, 0.0, op.num_matvecs
                 t0 = time.perf_counter()
                 r = hl.lanczos(op, k=10, tol=1e-4, max_iter=300, return_vectors=False, **kw)
@@ -127,7 +127,8 @@ def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -
                 if ref is None:
                     ref = ev
                 agree = float(np.max(np.abs(ev - ref) / np.abs(ref)))
-                rows.append(dict(backend=hessext.BACKEND, n=op.n, mode=mode, total=total,
+                rows.append(dict(backend=hessext.BACKEND, n=op.n, mode=mode, reorth=r.reorth,
+                                 passes=r.reorth_passes, total=total,
                                  hvp=op.seconds, orth=orth.total, rest=total - op.seconds - orth.total,
                                  matvecs=op.num_matvecs - mv0, converged=bool(r.converged),
                                  max_basis=r.max_basis, restarts=r.restarts,
@@ -140,11 +141,13 @@ def run_backend(sizes: tuple[int, ...], threads: int, selective: bool = False) -
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of all solves."""
-    out = ["| backend | n | solve | max_basis | restarts | HVPs | ms/HVP | total s | HVP s | orth s | "
-           "rest s | outside HVP | ‖QᵀQ−I‖ | agree vs full | conv |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| backend | n | solve | reorth | passes | max_basis | restarts | HVPs | ms/HVP | total s | HVP s | "
+           "orth s | rest s | outside HVP | ‖QᵀQ−I‖ | agree vs full | conv |",
+           "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        out.append(f"| {r['backend']} | {r['n']:,} | {r['mode']} | {r['max_basis']} | {r['restarts']} | "
+        passes = "every step" if r["passes"] < 0 else r["passes"]
+        out.append(f"| {r['backend']} | {r['n']:,} | {r['mode']} | {r['reorth']} | {passes} | "
+                   f"{r['max_basis']} | {r['restarts']} | "
                    f"{r['matvecs']} | {r['ms_per_hvp']:.1f} | "
                    f"{r['total']:.2f} | {r['hvp']:.2f} | {r['orth']:.2f} | {r['rest']:.2f} | "
                    f"{(r['total'] - r['hvp']) / r['total']:.0%} | {r['ortho']:.1e} | {r['agree']:.1e} | "
@@ -156,7 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="sizes up to n ≈ 1M only")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--selective", action="store_true", help="also the experimental selective mode")
+    ap.add_argument("--bare", action="store_true", help="also the bare recurrence (reorth='none')")
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="hidden widths h (default: all)")
     ap.add_argument("--backends", nargs="*", default=["compiled", "python"], choices=("compiled", "python"))
     ap.add_argument("--backend", choices=("compiled", "python"), default=None,
@@ -164,7 +167,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = tuple(args.sizes) if args.sizes else SIZES_QUICK if args.quick else SIZES_FULL
     if args.backend is not None:
-        print(json.dumps(run_backend(sizes, args.threads, args.selective)))
+        print(json.dumps(run_backend(sizes, args.threads, args.bare)))
         return
     rows: list[dict[str, Any]] = []
     for backend in args.backends:
@@ -174,8 +177,8 @@ def main() -> None:
             env["HESSEXT_FORCE_PYTHON"] = "1"
         cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
                "--threads", str(args.threads), "--sizes", *map(str, sizes)]
-        if args.selective:
-            cmd.append("--selective")
+        if args.bare:
+            cmd.append("--bare")
         out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows += json.loads(out.strip().splitlines()[-1])
     print(f"\nLanczos top-10 to tol 1e-4, MLP 784-h-h-10 tanh, batch 16, float32, {args.threads} threads\n")

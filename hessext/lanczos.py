@@ -23,14 +23,16 @@ is copied over and solved with ``scipy.linalg.eigh_tridiagonal`` (on the CPU, wh
 free, also once per step for the DGKS test). The step recurrence lives in :class:`LanczosChains`, shared
 with stochastic Lanczos quadrature (:mod:`hessext.density`, p chains at once).
 
-Orthogonalisation choice (``reorth=``, issue 20): ``"full"`` as above; ``"selective"`` (experimental,
-:class:`SelectiveOrthogonalizer`): the three-term recurrence, orthogonalised only against converged Ritz
-vectors when estimates of the loss ask for it, with measured checkpoints and a fallback to full passes;
-``"none"`` (the bare recurrence, for tests). ``"auto"`` is ``"full"`` at every size for now
-(:func:`resolve_reorth` says why, with the measurements of ``benchmarks/bench_lanczos_scale.py``).
+Orthogonalisation choice (``reorth=``, issue 20): ``"full"`` as above; ``"partial"`` (Simon's partial
+reorthogonalisation, :class:`hessext.reorth.PartialOrthogonalizer`): the three-term recurrence with the
+loss of orthogonality estimated by the ω-recurrence and a full pass (of this step and the next) only when it
+passes √ε — the basis stays semi-orthogonal, which keeps the Ritz values as accurate as full reorthogonalisation;
+``"none"`` (the bare recurrence, for tests). ``"auto"`` picks ``"partial"`` above ``PARTIAL_MIN_N`` unknowns
+when its whole (larger, unrestarted) basis fits in the memory bound, ``"full"`` otherwise
+(:func:`resolve_reorth`, with the measurements of ``benchmarks/bench_lanczos_scale.py``).
 
 Public names other modules use: :func:`lanczos` / :data:`eigsh`, :func:`extreme_eigenpairs`,
-:class:`LanczosChains`, :class:`SelectiveOrthogonalizer`, :func:`resolve_reorth`,
+:class:`LanczosChains`, :class:`PartialOrthogonalizer`, :func:`resolve_reorth`,
 :func:`krylov_dim_for_extremes` (= :func:`default_max_iter`),
 :func:`available_memory`, :func:`require_memory`, :func:`format_bytes`.
 """
@@ -50,7 +52,7 @@ from . import ops
 from ._checks import check_int, check_seed, check_tol, converged, work_dtype
 from ._memory import available_memory, format_bytes, require_memory
 from .linop import LinearOperator, as_operator, holds_session
-from .reorth import SelectiveOrthogonalizer
+from .reorth import DGKS_ETA, PartialOrthogonalizer
 from .restart import (
     RESTART_BUDGET_FACTOR,
     basis_bound,
@@ -62,11 +64,11 @@ from .restart import (
 from .results import EigenResult
 
 __all__ = ["lanczos", "eigsh", "extreme_eigenpairs", "default_max_iter", "krylov_dim_for_extremes",
-           "LanczosChains", "SelectiveOrthogonalizer", "resolve_reorth", "fast_basis_bound",
+           "LanczosChains", "PartialOrthogonalizer", "resolve_reorth", "fast_basis_bound",
            "available_memory", "require_memory", "format_bytes"]
 
 WHICH = ("LA", "SA", "LM", "BE")
-REORTH = ("auto", "full", "selective", "none")
+REORTH = ("auto", "full", "partial", "none")
 _GRAM_FLOP_BUDGET = 4e9      # full basis Gram matrix for the orthogonality measure when j²n is below this
 
 
@@ -160,7 +162,7 @@ class LanczosChains:
                    tnorm=torch.zeros(p, dtype=dtype, device=device))
 
     def advance(self, op: LinearOperator, j0: int, j1: int, btol: float, pbar: Any = None,
-                guard: "Optional[SelectiveOrthogonalizer]" = None) -> None:
+                guard: "Optional[PartialOrthogonalizer]" = None) -> None:
         """Advance every chain from step ``j0`` to ``j1`` (``V[:, j0]`` holds the current unit vectors).
 
         On accelerators there is no host synchronisation inside (CGS2 against the whole basis every step); on
@@ -169,9 +171,10 @@ class LanczosChains:
         traffic. ``q_{j+1} = w / max(β_j, tiny)``, so an exact breakdown yields a zero vector, never NaN; the
         caller finds flagged steps at its next synchronisation point and discards what follows them.
 
-        With a ``guard`` (one chain only, ``reorth="selective"``) the step is the plain three-term recurrence
-        and the guard orthogonalises against its good Ritz vectors only when its estimates ask for it
-        (:class:`SelectiveOrthogonalizer`); ``guard.mode == "none"`` keeps the bare recurrence (tests only).
+        With a ``guard`` (one chain only, ``reorth="partial"``) the step is the plain three-term recurrence
+        and the guard orthogonalises against the whole basis only when its estimate of the loss of
+        orthogonality asks for it (:class:`PartialOrthogonalizer`); ``guard.mode == "none"`` keeps the bare
+        recurrence (tests only).
         """
         if guard is not None:
             for j in range(j0, j1):
@@ -207,10 +210,10 @@ class LanczosChains:
 
 
     def _guarded_step(self, op: LinearOperator, j: int, btol: float,
-                      guard: "SelectiveOrthogonalizer") -> None:
+                      guard: "PartialOrthogonalizer") -> None:
         """One step of chain 0 without full reorthogonalisation: ``w = A q_j − α_j q_j − β_{j−1} q_{j−1}``
-        (``α_j = q_jᵀ A q_j``), then :meth:`SelectiveOrthogonalizer.clean` (which may orthogonalise ``w``
-        against the good Ritz vectors or, at a checkpoint, measure and repair against the whole basis)."""
+        (``α_j = q_jᵀ A q_j``), then :meth:`PartialOrthogonalizer.clean` (which orthogonalises ``w`` against
+        the whole basis when the estimated loss of orthogonality asks for it)."""
         V, rows = self.V[0], self.V.shape[1]
         w = op.matmat(V[j][:, None])[:, 0]
         a = torch.dot(V[j], w)
@@ -227,11 +230,6 @@ class LanczosChains:
         self.flags[0, j] = nrm <= btol * tn
         if j + 1 < rows:
             torch.div(w, max(nrm, torch.finfo(V.dtype).tiny), out=V[j + 1])
-
-
-#: DGKS threshold (Daniel, Gragg, Kaufman, Stewart 1976; ARPACK uses 0.717): a second Gram–Schmidt pass is
-#: needed only when the first one removed more than 1 − η² of the vector's energy.
-DGKS_ETA = 1.0 / math.sqrt(2.0)
 
 
 def _selective_reorth(device: torch.device) -> bool:
@@ -356,6 +354,8 @@ class _Run:
     residual_kind: str
     restarts: int = 0       # thick restarts (the basis bound was reached)
     max_basis: int = 0      # the bound on the basis (vectors)
+    reorth: str = "full"    # the orthogonalisation the run ended with
+    passes: int = -1        # full Gram–Schmidt passes of a partial run (-1: every step, full mode)
 
 
 @dataclass
@@ -372,7 +372,7 @@ class _Krylov:
     seed: int
     start_matvecs: int
     pbar: Any = None
-    guard: Optional[SelectiveOrthogonalizer] = None
+    guard: Optional[PartialOrthogonalizer] = None
     j: int = 0                  # basis size (steps kept)
     block_start: int = 0        # first row of the current Krylov block (rows before it: earlier restarts)
     restarts: int = 0
@@ -398,22 +398,29 @@ class _Krylov:
         return float(torch.finfo(self.dtype).eps)
 
 
-def resolve_reorth(reorth: object, n: int, m: int) -> str:
-    """The orthogonalisation of a run of size ``n`` and Krylov dimension ``m``: ``reorth`` itself, or for
-    ``"auto"`` full reorthogonalisation at every size for now. Measured (benchmarks/bench_lanczos_scale.py,
-    float32 tanh-MLP Hessians, top-10 to 1e-4): ``"selective"`` converges to the same eigenvalues but, with
-    both ends of an indefinite Hessian converging (~40 good Ritz vectors by step 150) and float32's narrow
-    margin between ε and √ε, its Ritz-vector GEMMs and passes cost as much as full passes; ``"auto"`` switches
-    where a measurement shows it cheaper, which none does yet."""
+#: Above this many unknowns ``reorth="auto"`` uses partial reorthogonalisation (when its basis fits); at and
+#: below it runs are today's full reorthogonalisation, bit for bit.
+PARTIAL_MIN_N = 1_000_000
+#: Krylov dimension of a partial run with ``max_iter=None``: this many times :func:`krylov_dim_for_extremes`
+#: (a partial run does not restart, and its steps cost the same at any basis size).
+PARTIAL_DIM_FACTOR = 3
+
+
+def resolve_reorth(reorth: object, n: int, fits: bool = True, sharded: bool = False) -> str:
+    """The orthogonalisation of a run over ``n`` unknowns: ``reorth`` itself, or for ``"auto"``: ``"partial"``
+    when ``n > PARTIAL_MIN_N``, the operator is not sharded and the whole unrestarted basis of a partial run
+    ``fits`` in the memory bound; ``"full"`` otherwise (thick restarts within the bound).
+
+    Measured (``benchmarks/bench_lanczos_scale.py``: float32 tanh-MLP Hessians, batch 16, top-10 to 1e-4,
+    2 threads): at n = 6.1M full reorthogonalisation with the restart bound of 30 vectors spends 80 % of a
+    16 s solve outside the products; partial reorthogonalisation does ~6 pairs of full passes in 153 steps
+    (README "Lanczos at scale" has the table). At n ≤ 10⁶ ``"auto"`` keeps ``"full"``, so small problems are
+    unchanged bit for bit."""
     if not isinstance(reorth, str) or reorth not in REORTH:
         raise ValueError(f"reorth must be one of {REORTH}, got {reorth!r}")
-    return "full" if reorth == "auto" else reorth
-
-
-def _selective_rows(k: int, m: int) -> int:
-    """Rows of the good-Ritz-vector buffer of a selective run: ``min(m, 3k + 20)`` (k wanted values at one
-    end converge together with about as many at the other end of an indefinite Hessian)."""
-    return min(m, 3 * k + 20)
+    if reorth != "auto":
+        return reorth
+    return "partial" if n > PARTIAL_MIN_N and fits and not sharded else "full"
 
 
 def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
@@ -503,7 +510,7 @@ def _test(st: _Krylov, a: np.ndarray, b: np.ndarray, broke: bool) -> str:
             st.exhausted, st.pending = True, False
             return "stop"
         if st.guard is not None:                      # the fresh vector is orthogonal to the whole basis
-            st.guard.tau, st.guard.tau_prev = np.full(st.guard.r, st.eps), np.zeros(st.guard.r)
+            st.guard.fresh_vector(j)
         st.restarts += 1
         st.block_start = j
         return "restart"
@@ -560,45 +567,24 @@ def _thick_restart(st: _Krylov) -> None:
     st.thick_restarts += 1
 
 
-def _refresh_between_tests(st: _Krylov) -> None:
-    """Selective mode between convergence tests (``check_every > 1``): solve ``T_j`` and update the good
-    Ritz vectors only (a breakdown is left to the next test)."""
-    j = st.j
-    ab = torch.stack([st.chains.alpha[0, :j], st.chains.beta[0, :j]]).to("cpu", torch.float64).numpy()
-    if not np.all(np.isfinite(ab)) or np.any(st.chains.flags[0, :j].cpu().numpy()):
-        return
-    theta, S = eigh_tridiagonal(ab[0], ab[1, :j - 1])
-    st.guard.refresh(st.chains.V[0], j, theta, S, np.abs(ab[1, j - 1]) * np.abs(S[j - 1, :]),
-                     _tnorm_host(ab[0], ab[1, :j - 1]))
-
-
 def _iterate(st: _Krylov, check_every: Optional[int]) -> None:
     """The step loop: advance to the next convergence test, synchronise, test; restart or stop."""
     k, m, device = st.want.k, st.m, st.chains.V.device
     btol = st.eps ** (2.0 / 3.0)
     next_check = max(k, check_every) if check_every is not None else min(m, max(k + 5, 8))
-    if st.guard is not None and check_every is None:
-        next_check = min(m, 2)
     while True:
         target = min(max(next_check, st.j + 1), m, st.budget - st.retired)
-        if st.guard is not None:                     # selective: the good set is updated after every step
-            while st.j + 1 < target:
-                st.chains.advance(st.op, st.j, st.j + 1, btol, st.pbar, guard=st.guard)
-                st.j += 1
-                _refresh_between_tests(st)
         st.chains.advance(st.op, st.j, target, btol, st.pbar, guard=st.guard)
         st.j = target
         verdict = _test(st, *_synchronise(st))
         if verdict == "stop":
             return
-        if st.guard is not None:
-            st.guard.refresh(st.chains.V[0], st.j, st.theta, st.S, st.res_all, st.tn_host)
         if verdict in ("restart", "thick"):
             next_check = st.j + 1
         elif check_every is not None:
             next_check = st.j + check_every
         else:
-            next_check = st.j + (1 if st.guard is not None else _check_every_interval(st.j, device))
+            next_check = st.j + _check_every_interval(st.j, device)
 
 
 def _ritz_pairs(st: _Krylov, return_vectors: bool, compute_residuals: bool) -> _Run:
@@ -626,7 +612,30 @@ def _ritz_pairs(st: _Krylov, return_vectors: bool, compute_residuals: bool) -> _
                 ok=st.exhausted or not st.pending, exhausted=st.exhausted, iterations=st.retired + st.j,
                 num_matvecs=op.num_matvecs - st.start_matvecs, breakdown=st.breakdown,
                 ortho=max(_orthogonality_loss(op, Vj, Y), st.guard.measured if st.guard is not None else 0.0),
-                residual_kind=residual_kind, restarts=st.thick_restarts, max_basis=st.m)
+                residual_kind=residual_kind, restarts=st.thick_restarts, max_basis=st.m,
+                reorth=st.guard.mode if st.guard is not None else "full",
+                passes=st.guard.passes if st.guard is not None else -1)
+
+
+def _choose_reorth(op: LinearOperator, reorth: object, k: int, max_iter: Optional[int],
+                   max_basis: Optional[int], dtype: torch.dtype, device: torch.device) -> tuple[str, int]:
+    """The orthogonalisation (:func:`resolve_reorth`) and Krylov dimension of a run. A partial (or bare)
+    run never restarts, so with ``max_iter=None`` it gets ``PARTIAL_DIM_FACTOR`` times the default dimension
+    (its steps cost the same at any basis size); ``"auto"`` picks it only where that whole basis fits in the
+    bound (half of the available memory, or ``max_basis``)."""
+    gn = op.global_n
+    m_full = _krylov_dim(gn, k, max_iter)
+    if not isinstance(reorth, str) or reorth not in REORTH:
+        resolve_reorth(reorth, gn)                            # raises the error naming the choices
+    m_part = m_full if max_iter is not None else min(gn, PARTIAL_DIM_FACTOR * m_full)
+    if reorth in ("partial", "none"):
+        return reorth, m_part
+    fits = False
+    if reorth == "auto" and gn > PARTIAL_MIN_N and not op.sharded:
+        M, _ = basis_bound(op.n, k, m_part, max_iter, max_basis, dtype, device, fast_cap=False)
+        fits = M >= m_part
+    mode = resolve_reorth(reorth, gn, fits, op.sharded)
+    return mode, (m_part if mode == "partial" else m_full)
 
 
 def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float, seed: int,
@@ -639,19 +648,14 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     n, gn, k = op.n, op.global_n, want.k
     if k > gn:
         raise ValueError(f"k must be <= n = {gn} (the operator size), got k={k}")
-    m = _krylov_dim(gn, k, max_iter)
     if check_every is not None:
         check_every = check_int("check_every", check_every, 1)
     dtype = work_dtype(op.dtype)
     device = op.device if basis_device is None else torch.device(basis_device)
     _warn_tol_beyond_precision(tol, dtype, stacklevel=4)    # -> _run -> lanczos -> holds_session -> caller
-    mode = resolve_reorth(reorth, gn, m)
-    if op.sharded and mode != "full":
-        raise ValueError(f"reorth={reorth!r} is not available for a sharded operator "
-                         f"({type(op).__name__}): use reorth='full' (or 'auto')")
-    rmax = _selective_rows(k, m) if mode == "selective" else 0
+    mode, m = _choose_reorth(op, reorth, k, max_iter, max_basis, dtype, device)
     # (a rank of a sharded operator may hold no element: size its bound as if it held one)
-    M, budget = basis_bound(max(n, 1), k, m, max_iter, max_basis, dtype, device)  # + rmax ≤ 3k + 20 rows
+    M, budget = basis_bound(max(n, 1), k, m, max_iter, max_basis, dtype, device, fast_cap=mode == "full")
     if op.sharded:      # every rank must keep the same bound (memory and local sizes differ)
         M = int(op.allreduce_(torch.tensor([float(M)], dtype=torch.float64), "min")[0])
         if M >= m:
@@ -667,7 +671,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     st = _Krylov(op=op, want=want, chains=chains, m=M, budget=budget, tol=tol, seed=seed,
                  start_matvecs=op.num_matvecs)
     if mode != "full":
-        st.guard = SelectiveOrthogonalizer(n, rmax, dtype, device, mode)
+        st.guard = PartialOrthogonalizer(M + 1, dtype, mode)
     st.chains.V[0, 0] = _first_vector(op, v0, n, seed, dtype, device)
     if progress:
         from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown
@@ -771,11 +775,17 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
         progress: show a tqdm bar.
         compute_residuals: replace the free Lanczos residual estimates by true residuals
             ``‖A y_i − θ_i y_i‖`` at the cost of one block product of k columns (k more matvecs).
-        reorth: ``"auto"`` (default: ``"full"`` at every size for now, see :func:`resolve_reorth`),
-            ``"full"`` (this docstring's algorithm), ``"selective"`` (experimental: the three-term recurrence
-            with selective orthogonalisation against converged Ritz vectors, measured checkpoints and a
-            fallback to full reorthogonalisation, :class:`SelectiveOrthogonalizer`; a convergence test after
-            every step) or ``"none"`` (the bare recurrence: ghost eigenvalues; for tests and demonstrations).
+        reorth: ``"auto"`` (default): ``"partial"`` above ``PARTIAL_MIN_N = 10⁶`` unknowns when its whole
+            basis fits in the bound (half the available memory, or ``max_basis``) and the operator is not
+            sharded, ``"full"`` otherwise (:func:`resolve_reorth`). ``"full"``: this docstring's algorithm.
+            ``"partial"``: Simon's partial reorthogonalisation
+            (:class:`hessext.reorth.PartialOrthogonalizer`):
+            the three-term recurrence, the loss of orthogonality estimated by the ω-recurrence with a
+            measured rounding term, and a full pass of this step and the next only when the estimate passes
+            √ε; the basis stays semi-orthogonal (``orthogonality_loss ≲ √ε``, measured), the Ritz values are
+            as accurate as with ``"full"``, and a partial run does not restart: with ``max_iter=None`` its
+            Krylov dimension is ``PARTIAL_DIM_FACTOR = 3`` times the default. ``"none"``: the bare
+            recurrence (ghost eigenvalues; for tests and demonstrations).
 
     Breakdown: when ``β_j ≤ ε^{2/3} ‖T‖`` (detected at the next test; the steps after it are discarded) the
     basis spans an invariant subspace and its Ritz values are exact eigenvalues. A random start vector reaches
@@ -822,7 +832,8 @@ def lanczos(A: "LinearOperator | Tensor", k: int = 1, which: str = "LA", *, max_
     return EigenResult(eigenvalues=r.vals, eigenvectors=r.vecs, residuals=r.res, num_matvecs=r.num_matvecs,
                        iterations=r.iterations, converged=ok, breakdown=r.breakdown,
                        orthogonality_loss=r.ortho, which=which, residual_kind=r.residual_kind,
-                       restarts=r.restarts, max_basis=r.max_basis)
+                       restarts=r.restarts, max_basis=r.max_basis, reorth=r.reorth,
+                       reorth_passes=r.passes)
 
 
 eigsh = lanczos
@@ -870,5 +881,5 @@ def extreme_eigenpairs(A: "LinearOperator | Tensor", k_top: int = 1, k_bottom: i
                                  residuals=res, num_matvecs=r.num_matvecs, iterations=r.iterations,
                                  converged=conv, breakdown=r.breakdown, orthogonality_loss=r.ortho,
                                  which=which, residual_kind=r.residual_kind, restarts=r.restarts,
-                                 max_basis=r.max_basis))
+                                 max_basis=r.max_basis, reorth=r.reorth, reorth_passes=r.passes))
     return parts[0], parts[1]

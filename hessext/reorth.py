@@ -1,13 +1,31 @@
-"""Selective orthogonalisation for Lanczos (``lanczos(..., reorth="selective")``; experimental, issue 20).
+"""Partial reorthogonalisation for Lanczos (Simon 1984): ``lanczos(..., reorth="partial")``, issue 20.
 
-Parlett & Scott (1979): in finite precision a Lanczos basis loses orthogonality only along converged Ritz
-vectors, so the new vector is orthogonalised against those ("good" vectors) when PRO-style estimates
-(Simon 1984) of its component along them pass √ε/2, instead of against the whole basis every step; measured
-checkpoints (one basis sweep every ``CHECKPOINT_EVERY`` steps) keep the estimates honest and fall back to full
-reorthogonalisation when they fail. Measured on float32 tanh-MLP Hessians (benchmarks/bench_lanczos_scale.py)
-it does not beat full reorthogonalisation yet: indefinite spectra with both ends large converge ~40 Ritz
-vectors that all need protecting, and in float32 the loss grows ~30x a step, so ``reorth="auto"`` keeps
-``"full"`` (see :func:`hessext.lanczos.resolve_reorth`).
+Full reorthogonalisation reads the whole basis twice per step, ``O(j·n)`` memory traffic at step j, which at
+millions of parameters costs more than the Hessian-vector product itself. Simon's partial
+reorthogonalisation (PRO, as in PROPACK) keeps the basis only *semi*-orthogonal, ``|q_lᵀ q_j| ≤ √ε``, which is
+enough for the tridiagonal ``T_j`` to be the projection of ``A`` onto an orthonormal basis up to ``O(ε‖A‖)``
+(Simon 1984, Theorem 4): the Ritz values are as accurate as with full reorthogonalisation and there are no
+ghost copies. The loss of orthogonality ``ω_{l,j} = q_lᵀ q_j`` is *estimated* on the host by the recurrence
+obtained from ``q_lᵀ`` of two Lanczos relations,
+
+    β_j ω_{l,j+1} = β_l ω_{l+1,j} + (α_l − α_j) ω_{l,j} + β_{l−1} ω_{l−1,j} − β_{j−1} ω_{l,j−1} ± ν,
+
+(``ω_{j,j} = 1``; O(j) scalar work a step), where ``ν`` is the rounding a step adds to each component. Only
+when ``max_l |ω_{l,j+1}| > √ε`` is the new vector orthogonalised against the whole basis (one classical
+Gram–Schmidt pass with the DGKS second pass when needed, :func:`hessext.ops.reorthogonalize`), and so is the
+one after it (the recurrence carries ``ω_{·,j}`` of the not-reorthogonalised ``q_j`` into step j + 2).
+
+Calibrated and measured, not assumed: in float32 the rounding of a Hessian-vector product, not of the
+recurrence, sets ``ν`` (measured: one step leaves components of ~1e-4 along the basis at 6M parameters,
+~1000 ε‖T‖), so ``ν`` is *measured*: the first ``WARMUP`` steps are fully reorthogonalised and each pass's
+Gram–Schmidt coefficients are the components the step left (``ν`` = their largest, times ``NOISE_SAFETY``).
+Every later pass measures the loss the vector had before it (``max_l |q_lᵀ w| / ‖w‖``, free from the same
+coefficients): when that exceeds the estimate, ``ν`` is scaled up by the ratio; when it exceeds
+``GIVE_UP·√ε`` the rest of the run is fully reorthogonalised. ``measured`` (reported by :func:`lanczos` as
+part of ``orthogonality_loss``) is the largest loss measured.
+
+Cost per step: the three-term recurrence (about 8 vector reads) and, every ~20 steps on the MLP Hessians of
+``benchmarks/bench_lanczos_scale.py``, two passes against the basis — against one pass (2j reads) every step.
 """
 from __future__ import annotations
 
@@ -19,184 +37,168 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["SelectiveOrthogonalizer", "NOISE_MAX", "CHECKPOINT_EVERY", "GIVE_UP"]
+__all__ = ["PartialOrthogonalizer", "gram_schmidt_pass", "DGKS_ETA", "WARMUP", "NOISE_SAFETY", "GIVE_UP",
+           "ETA_MAX", "CHECK_FIRST", "CHECK_MAX"]
 
-
-#: Cap of the calibrated rounding term of the τ-recurrence, in units of ε‖T‖ (beyond it, the good set would
-#: take in every Ritz vector: the checkpoints then stay the safety net).
-NOISE_MAX = 256.0
-#: Steps between measured checkpoints of a selective run (one sweep of the basis each: j/16 reads per step).
-CHECKPOINT_EVERY = 16
-#: A measured loss above this many √ε means the estimates failed badly: the run continues fully
-#: reorthogonalised (CGS2), which is correct whatever the basis holds.
+#: DGKS threshold (Daniel, Gragg, Kaufman, Stewart 1976; ARPACK uses 0.717): a second Gram–Schmidt pass is
+#: needed only when the first one removed more than 1 − η² of the vector's energy.
+DGKS_ETA = 1.0 / math.sqrt(2.0)
+#: Steps fully reorthogonalised at the start of a partial run (their passes measure the rounding ν).
+WARMUP = 4
+#: Factor on the measured rounding per step in the ω-recurrence (the estimate should stay an upper bound).
+NOISE_SAFETY = 2.0
+#: A checkpoint that measures a loss above this many √ε means the estimates failed: fully reorthogonalise the
+#: rest of the run.
 GIVE_UP = 10.0
+#: Cap of the semi-orthogonality level of a run whose products are noisier than ε (see the module docstring).
+ETA_MAX = 1e-2
+#: Steps between unconditional checkpoints: first, and at most (the interval doubles while estimates hold).
+CHECK_FIRST, CHECK_MAX = 8, 32
 
 
-class SelectiveOrthogonalizer:
-    """Selective orthogonalisation (Parlett & Scott 1979) with PRO-style triggers (Simon 1984) and measured
-    checkpoints: the ``reorth="selective"`` state of one Lanczos run (experimental; ``"auto"`` does not pick
-    it yet, see :func:`resolve_reorth`).
+def gram_schmidt_pass(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor, float, float]:
+    """One classical Gram–Schmidt pass of ``w`` against the rows of ``basis`` and a second one when the DGKS
+    test asks for it. Returns ``(w', coefficients of the first pass, ‖w'‖, ‖w‖)`` with ``‖w‖`` from
+    ``‖w‖² = ‖w'‖² + ‖Bw‖²`` (no extra read; exact for orthonormal rows)."""
+    w2, c, nt = ops.reorthogonalize(w, basis, 1)
+    nrm = float(nt)
+    before = math.sqrt(nrm * nrm + float(torch.dot(c, c)))
+    if nrm < DGKS_ETA * before:
+        w2, _, nt = ops.reorthogonalize(w2, basis, 1)
+        nrm = float(nt)
+    return w2, c, nrm, before
 
-    Paige's theorem: in floating point, ``q_{j+1}`` loses orthogonality to ``Q_j`` only along Ritz vectors
-    ``y_i`` that have converged, ``|y_iᵀ q_{j+1}| ≈ c·ε‖A‖ / ρ_i`` with ``ρ_i = |β_j s_{j,i}|``. The ``y_i``
-    with ``ρ_i ≤ max(ε^{1/4}, 4c·√ε)·‖T‖`` ("good") are computed (a GEMM of those rows over the basis, about
-    half a full pass each, :meth:`refresh`) and kept as orthonormal rows of ``Y`` (at most ``rmax``); the
-    components ``τ_{i,l} = y_iᵀ q_l`` of later vectors are estimated by the recurrence obtained from ``y_iᵀ``
-    of the Lanczos relation,
 
-        β_l τ_{l+1} = |θ_i − α_l| τ_l + β_{l−1} τ_{l−1} + c·ε‖T‖,
+class PartialOrthogonalizer:
+    """The ``reorth="partial"`` state of one Lanczos run (module docstring): host copies of α, β, the two
+    newest columns of the estimated ``ω`` and the calibrated rounding ``ν``.
 
-    and ``w`` is orthogonalised against ``Y`` (:func:`hessext.ops.reorthogonalize`, one pass over ``r`` rows,
-    not the ``j``-row basis) when an estimate exceeds ``√ε / 2``, and at the step after. The rounding
-    constant ``c`` starts at 16 and is raised (≤ 256) whenever a pass measures more than was estimated.
-
-    Monitoring, never assumed: every 16 steps the step measures ``max_i |q_iᵀ w| / ‖w‖`` against the whole
-    basis (one sweep); a pass or checkpoint that measures more than ``2√ε`` repairs with full CGS2 here and
-    at the next step, and above ``10√ε`` the rest of the run is fully reorthogonalised. ``measured`` is the
-    largest loss measured in a stored vector; :func:`lanczos` reports the maximum of it and its own final
-    measurement as ``orthogonality_loss``.
-
-    Cost per step: the three-term recurrence (about 7 vector reads) plus ``4r`` reads on the steps that
-    orthogonalise, ``j/16`` for the checkpoints, and half a full pass per computed Ritz vector — against
-    ``2j`` (one CGS pass) per step for full reorthogonalisation.
+    ``mode``: ``"partial"``; ``"full"`` (after the estimates failed, or for a whole run: a Gram–Schmidt pass
+    every step); ``"none"`` (the bare recurrence, for tests and demonstrations: ghosts).
+    Counters: ``passes`` (full passes done), ``events`` (estimates that crossed √ε).
     """
 
-    def __init__(self, n: int, rmax: int, dtype: torch.dtype, device: torch.device, mode: str = "selective"):
-        self.mode = mode                      # "selective", "full" (after a failed checkpoint) or "none"
-        self.rmax = rmax
-        self.Y = torch.empty(rmax if mode == "selective" else 0, n, dtype=dtype, device=device)
-        self.r = 0
-        self.theta = np.zeros(0)              # Ritz values of the stored rows
-        self.rho = np.zeros(0)                # their residuals when computed
-        self.tau = np.zeros(0)                # estimated |y_iᵀ q_j| of the newest basis vector
-        self.tau_prev = np.zeros(0)
+    def __init__(self, rows: int, dtype: torch.dtype, mode: str = "partial") -> None:
+        self.mode = mode
+        self.alpha = np.zeros(rows + 1)
+        self.beta = np.zeros(rows + 1)        # beta[l] couples q_l and q_{l+1}
+        self.cur = np.ones(1)                 # ω_{l,j}, l = 0 … j (cur[j] = 1)
+        self.prev = np.zeros(0)               # ω_{l,j−1}, l = 0 … j − 1
         self.eps = float(torch.finfo(dtype).eps)
-        self.eta = math.sqrt(self.eps)
-        self.trigger = self.eta / 2           # margin: one step can multiply the loss by |θ − α| / β
-        self.next_checkpoint = CHECKPOINT_EVERY
-        self.force_full = 0                   # full passes still owed after a failed checkpoint
-        self.force_next = False               # the step after a selective pass orthogonalises too
-        self.noise = 16 * self.eps            # rounding per step, in units of ‖T‖; calibrated upwards
+        self.eta0 = math.sqrt(self.eps)
+        self.eta = self.eta0                  # the semi-orthogonality level: √max(ε, ν/‖T‖), ≤ ETA_MAX
+        self.nu = 0.0                         # rounding a step leaves along each basis vector (absolute)
+        self.force = 0                        # passes still owed (the step after an event)
+        self.interval = CHECK_FIRST           # steps between unconditional checkpoints
+        self.next_check = WARMUP + CHECK_FIRST
         self.measured = 0.0
-        self.passes = self.refreshes = self.checkpoints = self.repairs = 0
+        self.passes = self.events = self.checks = 0
 
+    # ------------------------------------------------------------------------------------------ the step
     def clean(self, w: Tensor, V: Tensor, j: int, a: float, bprev: float, tn: float) -> tuple[Tensor, float]:
-        """Make ``w`` (the step's unnormalised ``β_j q_{j+1}``) as orthogonal as the mode asks.
-
-        Returns ``(w, β_j = ‖w‖)``."""
+        """Make ``w`` (step j's ``A q_j − α_j q_j − β_{j−1} q_{j−1}``) as orthogonal to ``V[:j+1]`` as the
+        mode asks. Returns ``(w, β_j = ‖w‖)``."""
+        self.alpha[j] = a
         if self.mode == "none":
-            return w, float(torch.linalg.vector_norm(w))
-        if self.mode == "full" or self.force_full > 0 or j + 1 >= self.next_checkpoint:
-            return self._full_or_checkpoint(w, V, j)
-        nrm = float(torch.linalg.vector_norm(w))
-        if self.r == 0:
-            return w, nrm
-        t = np.abs(self.theta - a) * self.tau + bprev * self.tau_prev + self.noise * tn
-        t = t / max(nrm, torch.finfo(V.dtype).tiny)
-        self.tau_prev, self.tau = self.tau, t
-        forced = self.force_next
-        if np.all(t <= self.trigger) and not forced:
-            return w, nrm
-        w, c, nt = ops.reorthogonalize(w, self.Y[:self.r], 1)
-        self.passes += 1
-        got = float(c.abs().max()) / max(nrm, 1e-300)    # w's loss before the pass: it is not stored
-        if not forced and got > float(t.max()):   # the estimate was low: scale the rounding term up
-            self.noise = min(self.noise * got / float(t.max()), NOISE_MAX * self.eps)
-        self.force_next = not self.force_next
-        self.tau = np.full(self.r, self.eps)
-        if got > 2 * self.eta:                 # it grew past semi-orthogonality: repair as PRO would, with a
-            self.repairs += 1                  # full pass here and at the next step
-            self.force_full = 1
-            if got > GIVE_UP * self.eta:
-                self.mode = "full"
-            w, _, nt = ops.reorthogonalize(w, V[:j + 1], 2)
-        return w, float(nt)
+            nrm = float(torch.linalg.vector_norm(w))
+        elif self.mode == "full" or j < WARMUP:
+            w, nrm = self._pass(w, V, j)
+        elif self.force > 0:                         # the step after an event
+            w, nrm, _ = self._blas_pass(w, V[:j + 1], None)
+            self.force -= 1
+            self._reset(j, self.eps)
+        else:
+            nrm = float(torch.linalg.vector_norm(w))
+            self.eta = min(ETA_MAX, max(self.eta0, math.sqrt(self.nu / max(tn, 1e-300))))
+            new = self._omega(j, a, nrm)
+            est = float(np.max(np.abs(new[:j + 1])))
+            if est > self.eta or j >= self.next_check:
+                w, nrm, new = self._checkpoint(w, V[:j + 1], j, nrm, new, est)
+            if new is not None:
+                self.prev, self.cur = self.cur, new
+        self.beta[j] = nrm
+        return w, nrm
 
-    def _full_or_checkpoint(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
-        """A checkpoint measures ``max |Q_{j+1}ᵀ w| / ‖w‖`` (one sweep) and repairs if it is above ``√ε``;
-        in ``"full"`` mode (or while repairs are owed) every step does one CGS pass against the basis."""
-        basis = V[:j + 1]
-        if self.mode == "full" or self.force_full > 0:
-            w2, c, nt = ops.reorthogonalize(w, basis, 2 if self.mode == "full" else 1)
-            self.measured = max(self.measured, float(c[:j - 1].abs().max()) / max(float(nt), 1e-300)
-                                if j > 1 else 0.0)
-            self.force_full = max(0, self.force_full - 1)
-            self.tau = np.full(self.r, self.eps)
-            self.tau_prev = np.full(self.r, self.eps)
-            return w2, float(nt)
-        self.checkpoints += 1
-        self.next_checkpoint += CHECKPOINT_EVERY
-        nrm = float(torch.linalg.vector_norm(w))
-        g = basis @ w
-        loss = float(g.abs().max()) / max(nrm, 1e-300)
-        self.measured = max(self.measured, loss)
-        if loss <= self.eta:                   # |y_iᵀ w| ≤ ‖Q_{j+1}ᵀ w‖ for y_i in the span of the basis
-            self.tau_prev, self.tau = self.tau, np.full(self.r, float(torch.linalg.vector_norm(g)) / nrm)
-            return w, nrm
-        self.repairs += 1                      # the estimates missed: repair here and at the next step, and
-        self.force_full = 1                    # widen the good set (the rounding term sets its threshold)
-        self.noise = min(self.noise * max(4.0, loss / self.eta), NOISE_MAX * self.eps)
-        if loss > GIVE_UP * self.eta:
+    def _omega(self, j: int, a: float, b: float) -> np.ndarray:
+        """The estimated ``ω_{·,j+1}`` (length j + 2, last entry 1) of ``w = β_j q_{j+1}``."""
+        cur, prev, al, be = self.cur, self.prev, self.alpha, self.beta
+        t = be[:j] * cur[1:j + 1] + (al[:j] - a) * cur[:j]
+        if j > 1:
+            t[1:] += be[:j - 1] * cur[:j - 1]
+        if j > 0:
+            t -= be[j - 1] * prev[:j]
+        new = np.empty(j + 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new[:j] = (t + np.copysign(self.nu, t)) / b
+            new[j] = self.nu / b
+        new[j + 1] = 1.0
+        return new
+
+    def _checkpoint(self, w: Tensor, basis: Tensor, j: int, nrm: float, new: np.ndarray,
+                    est: float) -> "tuple[Tensor, float, np.ndarray | None]":
+        """Measure ``c = Q_{j+1}ᵀ w`` (one read of the basis). A loss that one more step (growing as the
+        estimates do, at least 2×) would carry past η is an event: the pass is finished from ``c`` and the
+        next step passes too (returns ``new = None``: the estimates restart). Otherwise ``w`` is stored as it
+        is and the column's estimates become the measured values. An estimate below the measurement scales
+        ``ν`` up and shortens the interval of unconditional checkpoints, which doubles, up to ``CHECK_MAX``,
+        while the estimates hold; a periodic checkpoint far above η (the estimates missed by more than
+        ``GIVE_UP``) switches the rest of the run to full reorthogonalisation."""
+        c = basis @ w
+        loss = float(c.abs().max()) / max(nrm, 1e-300)
+        self.checks += 1
+        periodic = est <= self.eta
+        # the growth of the loss in one step, from the estimates (at least 2): a loss that the next step
+        # would carry past η is not accepted
+        growth = max(2.0, est / max(float(np.max(np.abs(self.cur[:j]))) if j > 0 else 0.0, 1e-300))
+        if loss > est:
+            self.nu *= loss / max(est, 1e-300)
+            self.interval = CHECK_FIRST
+        else:
+            self.interval = min(2 * self.interval, CHECK_MAX)
+        self.next_check = j + self.interval
+        if periodic and loss > GIVE_UP * self.eta:      # the estimates missed by far: stored vectors may too
             self.mode = "full"
-        w2, _, nt = ops.reorthogonalize(w, basis, 2)
-        return w2, float(nt)
+            self.measured = max(self.measured, loss)
+        if loss <= self.eta / growth and self.mode == "partial":
+            self.measured = max(self.measured, loss)   # the loss of a stored vector
+            new[:j + 1] = np.abs(c.double().cpu().numpy()) / max(nrm, 1e-300)
+            return w, nrm, new
+        self.events += 1
+        w, nrm, _ = self._blas_pass(w, basis, c)
+        self.force = 1
+        self._reset(j, max(self.eps, self.eta * loss))
+        return w, nrm, None
 
-    def refresh(self, V: Tensor, j: int, theta: np.ndarray, S: np.ndarray, res: np.ndarray,
-                tn: float) -> None:
-        """After the test of ``T_j``: compute the Ritz vectors ``y = V[:j]ᵀ s`` of good values that have no
-        stored row (or whose stored row is much less converged) into free or stale rows of ``Y`` (one GEMM
-        of those rows only: each costs about half a full pass), then orthogonalise the newest vector
-        ``V[j]`` against ``Y``."""
-        if self.mode != "selective" or j < 2:
-            return
-        # good: the loss along y, ≈ noise·‖T‖/ρ, can reach the trigger within a few steps
-        thr = min(max(self.eps ** 0.25, 4 * self.noise / self.eta), 0.05) * tn
-        good = np.flatnonzero(res <= thr)
-        good = good[np.argsort(res[good], kind="stable")[:self.rmax]]
-        rows, idx = self._assign(theta[good], res[good], tn)
-        if not rows:
-            return
-        idx = good[idx]
-        Sg = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(dtype=V.dtype, device=V.device)
-        Ynew = Sg @ V[:j]
-        for t, row in enumerate(rows):           # keep the rows orthonormal (CGS needs it): a new vector
-            row = min(row, self.r)                # is orthogonalised against the others, twice, and dropped
-            self.Y[row].zero_()                   # if it lies in their span already
-            y, _, ny = ops.reorthogonalize(Ynew[t], self.Y[:max(self.r, row + 1)], 2)
-            if float(ny) < 0.5:
-                continue
-            if row == self.r:
-                self.r += 1
-                self.theta, self.rho = np.append(self.theta, 0.0), np.append(self.rho, 0.0)
-            self.Y[row] = y / ny
-            self.theta[row], self.rho[row] = theta[idx[t]], res[idx[t]]
-        self.refreshes += 1
-        q, _, nq = ops.reorthogonalize(V[j], self.Y[:self.r], 1)
-        V[j] = q / nq
-        self.tau = np.full(self.r, self.eps)
-        self.tau_prev = np.zeros(self.r)
+    def _blas_pass(self, w: Tensor, basis: Tensor, c: "Tensor | None") -> tuple[Tensor, float, Tensor]:
+        """One classical Gram–Schmidt pass by two matrix–vector products (``c = Q w`` unless given,
+        ``w − Qᵀc``): float32 accumulation is far below the semi-orthogonality level, and the library's GEMV
+        streams faster than the double-accumulating kernel of full reorthogonalisation."""
+        if c is None:
+            c = basis @ w
+        w = torch.addmv(w, basis.T, c, alpha=-1)
+        self.passes += 1
+        return w, float(torch.linalg.vector_norm(w)), c
 
-    def _assign(self, th: np.ndarray, rh: np.ndarray, tn: float) -> tuple[list[int], list[int]]:
-        """Match good values to stored rows one-to-one (nearest within the residuals). Returns the rows to
-        (re)compute and the positions of their values in ``th``: unmatched values (into a new row, else a
-        row that matched nothing) and values whose residual fell 1000-fold from above ``√ε‖T‖``."""
-        free = np.ones(self.r, dtype=bool)
-        todo_rows: list[int] = []
-        todo_idx: list[int] = []
-        unmatched = []
-        for pos, (t, p) in enumerate(zip(th, rh)):
-            cand = np.flatnonzero(free & (np.abs(self.theta - t) <= self.rho + p + 100 * self.eps * tn))
-            if cand.size == 0:
-                unmatched.append(pos)
-                continue
-            i = int(cand[np.argmin(np.abs(self.theta[cand] - t))])
-            free[i] = False
-            if p < self.rho[i] / 1000 and self.rho[i] > self.eta * tn:
-                todo_rows.append(i)
-                todo_idx.append(pos)
-        spare = list(range(self.r, self.rmax)) + [int(i) for i in np.flatnonzero(free)]
-        for pos, row in zip(unmatched, spare):
-            todo_rows.append(row)
-            todo_idx.append(pos)
-        order = np.argsort(todo_rows, kind="stable")       # new rows are appended in increasing order
-        return [todo_rows[i] for i in order], [todo_idx[i] for i in order]
+    def _reset(self, j: int, level: float) -> None:
+        """``q_{j+1}`` was orthogonalised against the basis: its estimates restart at ``level``."""
+        new = np.full(j + 2, level)
+        new[j + 1] = 1.0
+        self.prev, self.cur = self.cur, new
+
+    def _pass(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
+        """A full Gram–Schmidt pass of the warm-up (or of full mode) by the double-accumulating kernel, DGKS
+        second pass when needed. In the warm-up its coefficients, the components one step left, set ``ν``."""
+        w, c, nrm, _ = gram_schmidt_pass(w, V[:j + 1])
+        self.passes += 1
+        if j < WARMUP and self.mode == "partial":
+            self.nu = max(self.nu, NOISE_SAFETY * float(c.abs().max()))
+        self._reset(j, self.eps)
+        return w, nrm
+
+    def fresh_vector(self, j: int) -> None:
+        """Row ``j`` was replaced by a fresh vector orthogonalised against the whole basis (a restart after a
+        breakdown, ``β_{j−1} = 0``)."""
+        self.beta[j - 1] = 0.0
+        self.cur = np.full(j + 1, self.eps)
+        self.cur[j] = 1.0
+        self.prev = np.zeros(j)

@@ -106,12 +106,13 @@ def fast_basis_bound(k: int) -> int:
 
 
 def basis_bound(n: int, k: int, m: int, max_iter: Optional[int], max_basis: Optional[int],
-                 dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
+                 dtype: torch.dtype, device: torch.device, fast_cap: bool = True) -> tuple[int, int]:
     """The basis bound M (vectors kept at once) and the step budget of a run of Krylov dimension ``m``.
 
     ``max_basis=None``: ``M = min(m, ⌊share · available / (n · itemsize)⌋ − 1)`` with ``share = 1/2`` of what
     :func:`available_memory` reports for the basis device when the solve starts (``M = m`` where that is
-    unknown), and above ``n = FAST_BASIS_MIN_N`` at most :func:`fast_basis_bound` ``(k)``; an explicit
+    unknown), and above ``n = FAST_BASIS_MIN_N`` at most :func:`fast_basis_bound` ``(k)`` (with ``fast_cap``:
+    full reorthogonalisation; a partial run's steps do not slow down with the basis); an explicit
     ``max_basis`` is used as given (and must fit in all the available memory). ``M = m`` is today's
     unrestarted run, budget ``m``. ``M < m`` thick-restarts within M vectors
     (:mod:`hessext.restart`), with a budget of ``max_iter`` steps, or ``RESTART_BUDGET_FACTOR · m`` for
@@ -133,7 +134,7 @@ def basis_bound(n: int, k: int, m: int, max_iter: Optional[int], max_basis: Opti
     else:
         avail = _memory.available_memory(device)
         M = m if avail is None else min(m, int(BASIS_MEMORY_SHARE * avail) // row - 1)
-        if n > FAST_BASIS_MIN_N:
+        if n > FAST_BASIS_MIN_N and fast_cap:
             M = min(M, max(fast_basis_bound(k), least))
         if M < least:
             raise ValueError(

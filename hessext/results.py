@@ -50,6 +50,9 @@ class EigenResult:
         residual_kind: ``"estimate"`` or ``"true"``.
         restarts: thick restarts of the run (0: the basis never reached its bound ``max_basis``).
         max_basis: the bound on the number of basis vectors the run kept at once (0 where not recorded).
+        reorth: the orthogonalisation the run ended with: ``"full"``, ``"partial"`` (Simon's partial
+            reorthogonalisation: a semi-orthogonal basis, ``orthogonality_loss ≤ ~√ε``), ``"none"``.
+        reorth_passes: full Gram–Schmidt passes a partial run made (``-1``: every step, ``"full"``).
     """
 
     eigenvalues: Tensor
@@ -64,6 +67,8 @@ class EigenResult:
     residual_kind: str = "estimate"
     restarts: int = 0
     max_basis: int = 0
+    reorth: str = "full"
+    reorth_passes: int = -1
 
     @property
     def k(self) -> int:

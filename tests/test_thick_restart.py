@@ -150,8 +150,8 @@ def test_bad_bounds():
         lanczos(A, k=5, max_basis=6)
     with pytest.raises(TypeError, match="max_basis"):
         lanczos(A, k=5, max_basis=10.5)
-    with pytest.raises(ValueError, match="reorth='selective' needs the whole Krylov basis"):
-        lanczos(A, k=2, max_basis=10, reorth="selective")
+    with pytest.raises(ValueError, match="reorth='partial' needs the whole Krylov basis"):
+        lanczos(A, k=2, max_basis=10, reorth="partial")
     with pytest.raises(TypeError, match="unexpected keyword"):
         extreme_eigenpairs(A, k_top=1, k_bottom=1, basis=4)
 
@@ -178,12 +178,16 @@ def test_restart_pieces():
 
 
 def test_fast_bound_only_above_a_million():
-    """n ≤ 10⁶ keeps the unbounded run (same basis size as before); above, the default bound is
-    fast_basis_bound(k) = max(20, 2k + 10), and the top eigenvalues are still exact."""
+    """n ≤ 10⁶ keeps the unbounded run (same basis size as before); above, full reorthogonalisation's default
+    bound is fast_basis_bound(k) = max(20, 2k + 10), while ``reorth="auto"`` runs partial reorthogonalisation
+    without restarts in PARTIAL_DIM_FACTOR times the default dimension; the top eigenvalues are exact."""
     g = np.random.default_rng(1)
-    for n, expect in ((1_000_000, L.krylov_dim_for_extremes(1_000_000, 2)),
-                      (1_000_001, L.fast_basis_bound(2))):
+    for n, kw, expect, mode in (
+            (1_000_000, {}, L.krylov_dim_for_extremes(1_000_000, 2), "full"),
+            (1_000_001, {"reorth": "full"}, L.fast_basis_bound(2), "full"),
+            (1_000_001, {}, L.PARTIAL_DIM_FACTOR * L.krylov_dim_for_extremes(1_000_001, 2), "partial")):
         d = np.concatenate([g.uniform(0, 1, n - 3), [3.0, 4.0, 5.0]])
-        res = lanczos(Diag(torch.tensor(g.permutation(d), dtype=F64)), k=2, tol=1e-8, return_vectors=False)
-        assert res.max_basis == expect and res.converged
+        res = lanczos(Diag(torch.tensor(g.permutation(d), dtype=F64)), k=2, tol=1e-8, return_vectors=False,
+                      **kw)
+        assert res.max_basis == expect and res.converged and res.reorth == mode
         np.testing.assert_allclose(res.eigenvalues.numpy(), [4.0, 5.0], rtol=1e-7)
