@@ -27,8 +27,9 @@ Time split per solve (wall clock, one process, fixed thread count):
 "outside HVP" = (orth + rest) / total, the issue's figure of merit (target ≤ 30 % at n ≈ 6M). "agree" is
 ``max |λ_i − λ_i^full| / |λ_i^full|`` over the 10 eigenvalues against the full run of the same size.
 
-Run: ``python benchmarks/bench_lanczos_scale.py [--quick] [--threads 2] [--sizes 2100]``; ``--backend`` runs one
-backend in this process (used by the driver). A full run takes ~10 min on a 2-core machine, ``--quick`` ~1 min.
+Run: ``python benchmarks/bench_lanczos_scale.py [--quick] [--threads 2] [--sizes 2100] [--bare]``;
+``--backend`` runs one backend in this process (used by the driver). A full run takes ~10 min on a 2-core
+machine, ``--quick`` ~1 min.
 """
 from __future__ import annotations
 
@@ -141,8 +142,8 @@ def run_backend(sizes: tuple[int, ...], threads: int, bare: bool = False) -> lis
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of all solves."""
-    out = ["| backend | n | solve | reorth | passes | max_basis | restarts | HVPs | ms/HVP | total s | HVP s | "
-           "orth s | rest s | outside HVP | ‖QᵀQ−I‖ | agree vs full | conv |",
+    out = ["| backend | n | solve | reorth | passes | max_basis | restarts | HVPs | ms/HVP | total s | "
+           "HVP s | orth s | rest s | outside HVP | ‖QᵀQ−I‖ | agree vs full | conv |",
            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         passes = "every step" if r["passes"] < 0 else r["passes"]

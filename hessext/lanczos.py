@@ -24,12 +24,13 @@ free, also once per step for the DGKS test). The step recurrence lives in :class
 with stochastic Lanczos quadrature (:mod:`hessext.density`, p chains at once).
 
 Orthogonalisation choice (``reorth=``, issue 20): ``"full"`` as above; ``"partial"`` (Simon's partial
-reorthogonalisation, :class:`hessext.reorth.PartialOrthogonalizer`): the three-term recurrence with the
-loss of orthogonality estimated by the ω-recurrence and a full pass (of this step and the next) only when it
-passes √ε — the basis stays semi-orthogonal, which keeps the Ritz values as accurate as full reorthogonalisation;
-``"none"`` (the bare recurrence, for tests). ``"auto"`` picks ``"partial"`` above ``PARTIAL_MIN_N`` unknowns
-when its whole (larger, unrestarted) basis fits in the memory bound, ``"full"`` otherwise
-(:func:`resolve_reorth`, with the measurements of ``benchmarks/bench_lanczos_scale.py``).
+reorthogonalisation, :class:`hessext.reorth.PartialOrthogonalizer`): the three-term recurrence, the loss of
+orthogonality estimated by the ω-recurrence (measured at checkpoints), and a full pass of this step and the
+next only when it nears the semi-orthogonality level — which keeps the Ritz values as accurate as full
+reorthogonalisation; it does not restart (its dropped pass components, ~η‖A‖, would break the arrowhead
+relation of a thick restart). ``"none"``: the bare recurrence, for tests. ``"auto"`` picks ``"partial"``
+above ``PARTIAL_MIN_N`` unknowns when its whole (larger, unrestarted) basis fits in the memory bound,
+``"full"`` otherwise (:func:`resolve_reorth`, measured by ``benchmarks/bench_lanczos_scale.py``).
 
 Public names other modules use: :func:`lanczos` / :data:`eigsh`, :func:`extreme_eigenpairs`,
 :class:`LanczosChains`, :class:`PartialOrthogonalizer`, :func:`resolve_reorth`,

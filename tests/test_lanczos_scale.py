@@ -151,10 +151,13 @@ def test_auto_choice(monkeypatch):
     assert torch.equal(a.eigenvalues, f.eigenvalues) and a.num_matvecs == f.num_matvecs
     monkeypatch.setattr(hl, "PARTIAL_MIN_N", 1000)                   # dispatch as above 10⁶
     p = lanczos(Diag(d), k=3, tol=1e-8)
-    assert p.reorth == "partial" and p.max_basis == hl.PARTIAL_DIM_FACTOR * hl.krylov_dim_for_extremes(20_000, 3)
+    assert p.reorth == "partial"
+    assert p.max_basis == hl.PARTIAL_DIM_FACTOR * hl.krylov_dim_for_extremes(20_000, 3)
     torch.testing.assert_close(p.eigenvalues, f.eigenvalues, rtol=1e-9, atol=0)
     bounded = lanczos(Diag(d), k=3, tol=1e-8, max_basis=40)          # a bound below its basis: full, restarts
     assert bounded.reorth == "full"
+    with pytest.raises(ValueError, match="reorth='partial' needs the whole Krylov basis"):
+        lanczos(Diag(d), k=3, max_basis=40, reorth="partial")
 
 
 @pytest.mark.parametrize("bad", ["selective", 1, None])
