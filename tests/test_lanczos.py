@@ -265,16 +265,17 @@ def test_selective_reorthogonalisation_second_pass_only_when_needed(monkeypatch,
     """DGKS (CPU): one Gram–Schmidt pass when it keeps most of w, a second when it removed more than half of
     its energy; either way w' is orthogonal to the basis, the returned norm is ‖w'‖ and α is w's component
     along q_j."""
-    import hessext.lanczos as L
+    import hessext.ops as O
+    import hessext.recurrence as R
 
     passes = []
-    real = L.ops.reorthogonalize
+    real = O.reorthogonalize
 
     def counting(w, basis, p=2):
         passes.append(p)
         return real(w, basis, p)
 
-    monkeypatch.setattr(L.ops, "reorthogonalize", counting)
+    monkeypatch.setattr(O, "reorthogonalize", counting)
     g = torch.Generator().manual_seed(3)
     n, j = 400, 6
     Q, _ = torch.linalg.qr(torch.randn(n, j + 1, generator=g, dtype=F64))
@@ -286,7 +287,7 @@ def test_selective_reorthogonalisation_second_pass_only_when_needed(monkeypatch,
         w = fresh + along * (Vc[:3].T @ torch.tensor([1.0, -2.0, 0.5], dtype=dtype)) + 0.7 * Vc[j]
         w += beta_prev * Vc[j - 1]
         passes.clear()
-        w_out, a, nrm = L._orthogonalize_selective(w.clone(), Vc, j, beta_prev)
+        w_out, a, nrm = R._orthogonalize_selective(w.clone(), Vc, j, beta_prev)
         assert passes == expected
         assert float((Vc @ w_out).abs().max()) <= tol * float(w.norm())
         assert float(nrm) == pytest.approx(float(w_out.norm()), rel=1e-5)
@@ -296,13 +297,13 @@ def test_selective_reorthogonalisation_second_pass_only_when_needed(monkeypatch,
 def test_selective_and_cgs2_lanczos_agree(monkeypatch):
     """The CPU's selective reorthogonalisation and unconditional CGS2 (the accelerator path) give the same
     Ritz values and keep the basis orthogonal to working precision."""
-    import hessext.lanczos as L
+    import hessext.recurrence as R
 
-    assert L._selective_reorth(torch.device("cpu")) and not L._selective_reorth(torch.device("cuda"))
+    assert R._selective_reorth(torch.device("cpu")) and not R._selective_reorth(torch.device("cuda"))
     A = with_spectrum(np.concatenate([np.linspace(-1, 1, 150), [3.0, 3.01, 5.0]]), dtype=F64)
     out = {}
     for sel in (True, False):
-        monkeypatch.setattr(L, "_selective_reorth", lambda device, s=sel: s)
+        monkeypatch.setattr(R, "_selective_reorth", lambda device, s=sel: s)
         out[sel] = lanczos(A, k=4, which="BE", tol=1e-10, max_iter=120)
         assert out[sel].orthogonality_loss < 1e-12
     np.testing.assert_allclose(out[True].eigenvalues.numpy(), out[False].eigenvalues.numpy(), rtol=1e-11)
