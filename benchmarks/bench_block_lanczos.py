@@ -36,32 +36,10 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-class _Timer:
-    """Accumulates wall time of wrapped calls; nested wrapped calls are counted once (by the outermost)."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.calls = 0
-        self.depth = 0
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self.depth += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.depth -= 1
-                if self.depth == 0:
-                    self.total += time.perf_counter() - t0
-                    self.calls += 1
-        return timed
 
 
 def configurations(blocks: list[int], max_basis: int | None) -> list[tuple[str, str, dict[str, Any]]]:
@@ -80,6 +58,7 @@ def run(sizes: list[int], blocks: list[int], max_basis: int | None, threads: int
     """Every configuration on every size; one row per solve (printed as JSON lines as they finish)."""
     import numpy as np
     import torch
+    from _timing import TimedOperator, Timer
     from torch import nn
 
     import hessext
@@ -87,32 +66,15 @@ def run(sizes: list[int], blocks: list[int], max_basis: int | None, threads: int
     import hessext.lanczos as hl
     import hessext.ops as hops
     from hessext.hvp import HessianOperator
-    from hessext.linop import LinearOperator
 
     torch.set_num_threads(threads)
-    orth, restart = _Timer(), _Timer()
+    orth, restart = Timer(), Timer()
     hops.reorthogonalize = orth.wrap(hops.reorthogonalize)
     bl.project_out = orth.wrap(bl.project_out)
     bl.orthonormalize_block = orth.wrap(bl.orthonormalize_block)
     hl.compress_basis = restart.wrap(hl.compress_basis)
     bl.compress_basis = restart.wrap(bl.compress_basis)
 
-    class TimedOperator(LinearOperator):
-        """The wrapped operator, with the wall time of its products accumulated in ``seconds``."""
-
-        def __init__(self, op: LinearOperator) -> None:
-            super().__init__(op.n, op.dtype, op.device)
-            self.op, self.seconds, self.calls = op, 0.0, 0
-
-        def session(self):  # noqa: ANN201
-            return self.op.session()
-
-        def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-            t0 = time.perf_counter()
-            Y = self.op.matmat(X)
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
-            return Y
 
     rows = []
     for h in sizes:

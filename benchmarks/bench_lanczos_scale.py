@@ -49,26 +49,6 @@ SIZES_FULL = (110, 700, 2100, 2700)          # n ≈ 0.1M, 1.0M, 6.1M, 9.4M
 SIZES_QUICK = (110, 700)
 
 
-class _Timer:
-    """Accumulates wall time of wrapped calls; nested wrapped calls are counted once (by the outermost)."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.depth = 0
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self.depth += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.depth -= 1
-                if self.depth == 0:
-                    self.total += time.perf_counter() - t0
-        return timed
-
-
 def configurations(bare: bool) -> list[tuple[str, dict[str, Any]]]:
     """The solves of each size: name and the keyword arguments of ``lanczos``."""
     out = [("full", dict(reorth="full", max_basis=300)), ("full M=30", dict(reorth="full")), ("default", {})]
@@ -81,34 +61,19 @@ def run_backend(sizes: tuple[int, ...], threads: int, bare: bool = False) -> lis
     """Solve every size with each of :func:`configurations` on this process's backend; one row per solve."""
     import numpy as np
     import torch
+    from _timing import TimedOperator, Timer
     from torch import nn
 
     import hessext
     import hessext.lanczos as hl
     import hessext.ops as hops
     from hessext.hvp import HessianOperator
-    from hessext.linop import LinearOperator
 
     torch.set_num_threads(threads)
-    orth = _Timer()
+    orth = Timer()
     hops.reorthogonalize = orth.wrap(hops.reorthogonalize)
     hl.PartialOrthogonalizer.clean = orth.wrap(hl.PartialOrthogonalizer.clean)
 
-    class TimedOperator(LinearOperator):
-        """The wrapped operator, with the wall time of its products accumulated in ``seconds``."""
-
-        def __init__(self, op: LinearOperator) -> None:
-            super().__init__(op.n, op.dtype, op.device)
-            self.op, self.seconds = op, 0.0
-
-        def session(self):  # noqa: ANN201
-            return self.op.session()
-
-        def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-            t0 = time.perf_counter()
-            Y = self.op.matmat(X)
-            self.seconds += time.perf_counter() - t0
-            return Y
 
     rows = []
     floors = []

@@ -10,53 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _spectra import Diag, outliers_and_clusters, wanted, with_spectrum
 from torch import nn
 
 import hessext.block_lanczos as B
 from hessext.block_lanczos import block_lanczos, orthonormalize_block, project_out
 from hessext.hvp import HessianOperator
 from hessext.lanczos import lanczos
-from hessext.linop import LinearOperator
 
 F64, F32 = torch.float64, torch.float32
-
-
-def with_spectrum(evals: np.ndarray, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    n = len(evals)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=g))
-    return ((Q * torch.tensor(evals, dtype=F64)) @ Q.T).to(dtype)
-
-
-def outliers_and_clusters(n: int = 300) -> np.ndarray:
-    """A bulk in [−1, 1], 6 outliers and a cluster of 4 at the top (gaps 1e-3)."""
-    return np.concatenate([np.linspace(-1.0, 1.0, n - 10), [3.0, 3.2, 3.5, 3.7, 3.9, 4.2],
-                           [5.0, 5.001, 5.002, 5.003]])
-
-
-def wanted(truth: np.ndarray, which: str, k: int) -> np.ndarray:
-    t = np.sort(truth)
-    if which == "LA":
-        return t[-k:]
-    if which == "SA":
-        return t[:k]
-    if which == "BE":
-        return np.concatenate([t[:k // 2], t[len(t) - (k - k // 2):]])
-    return np.sort(t[np.argsort(np.abs(t))[-k:]])
 
 
 def true_residuals(A: torch.Tensor, res) -> torch.Tensor:
     Y = res.eigenvectors
     return torch.linalg.vector_norm(A @ Y.T - Y.T * res.eigenvalues.to(Y.dtype), dim=0).double()
-
-
-class Diag(LinearOperator):
-    def __init__(self, d: torch.Tensor) -> None:
-        super().__init__(d.numel(), d.dtype, d.device)
-        self.d = d
-
-    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        return self.d[:, None] * X
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "BE", "LM"])

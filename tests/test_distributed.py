@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 import traceback
 from datetime import timedelta
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _models import dense_hessian, mlp_batch, tiny_mlp, tiny_transformer, transformer_batch, transformer_loss  # noqa: E402
+from _spawn import run_ranks
 from torch import nn
 
 from hessext.distributed import (  # noqa: E402
@@ -270,41 +270,12 @@ def _worker(rank: int, port: int, out_dir: str, event, dead) -> None:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out_dir = str(tmp_path_factory.mktemp("dist"))
     ctx = mp.get_context("spawn")
     event, dead = ctx.Event(), ctx.Event()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, out_dir, event, dead), daemon=True)
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + SPAWN_LIMIT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-    if hung:
-        pytest.fail(f"ranks {hung} did not finish within {SPAWN_LIMIT_S} s")
-    results = []
-    for r in range(WORLD):
-        path = os.path.join(out_dir, f"rank{r}.pt")
-        assert os.path.exists(path), f"rank {r} wrote no result (exit code {procs[r].exitcode})"
-        res = torch.load(path, weights_only=False)
-        if "fatal" in res:
-            pytest.fail(f"rank {r} failed:\n{res['fatal']}")
-        results.append(res)
-    return results
+    return run_ranks(_worker, lambda r, port: (r, port, out_dir, event, dead), WORLD, out_dir, SPAWN_LIMIT_S)
 
 
 @pytest.fixture(scope="module")

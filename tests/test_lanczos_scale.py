@@ -13,44 +13,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from _spectra import Diag, ghost_free, outliers_and_bulk
 
 import hessext.lanczos as hl
 from hessext.lanczos import extreme_eigenpairs, lanczos, resolve_reorth
-from hessext.linop import LinearOperator
 from hessext.reorth import PartialOrthogonalizer
 
 F64, F32 = torch.float64, torch.float32
-
-
-class Diag(LinearOperator):
-    """diag(d) as an operator (products counted by the base class)."""
-
-    def __init__(self, d: torch.Tensor) -> None:
-        super().__init__(d.numel(), d.dtype, d.device)
-        self.d = d
-
-    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        return self.d[:, None] * X
-
-
-def outliers_and_bulk(n: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    """20 outliers evenly in [2, 10] over a uniform bulk in [0, 1], randomly permuted."""
-    g = np.random.default_rng(seed)
-    d = np.concatenate([g.uniform(0, 1, n - 20), np.linspace(2, 10, 20)])
-    return torch.tensor(g.permutation(d), dtype=dtype)
-
-
-def ghost_free(got: np.ndarray, spectrum: np.ndarray, rtol: float) -> bool:
-    """Every computed value is an eigenvalue, no value appears more often than its multiplicity in
-    ``spectrum`` (all eigenvalues, repeated ones repeated), and the largest eigenvalue is found."""
-    spectrum = np.sort(spectrum)
-    used = np.zeros(spectrum.size, dtype=bool)
-    for v in got:
-        near = np.flatnonzero(~used & (np.abs(spectrum - v) <= rtol * max(abs(v), 1.0)))
-        if near.size == 0:
-            return False
-        used[near[0]] = True
-    return bool(np.any(np.abs(got - spectrum[-1]) <= rtol * abs(spectrum[-1])))
 
 
 @pytest.mark.parametrize("dtype,tol,rtol,most", [(F64, 1e-10, 1e-9, 70), (F32, 1e-5, 2e-5, 130)])

@@ -7,15 +7,11 @@ the dense float64 Hessian. The 4-process run also analyses a hybrid (2 replicas 
 """
 from __future__ import annotations
 
-import os
-import socket
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from _models import dense_hessian, tiny_mlp
 from _sharded_worker import LOSS, all_data, analyse, facade_batch, facades, worker
+from _spawn import run_ranks
 
 from hessext.hvp import HessianOperator
 
@@ -24,38 +20,9 @@ pytestmark = pytest.mark.distributed
 SPAWN_LIMIT_S = 400.0      # a hang guard, not a timing: spawns take ~20 s on a quiet 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, out_dir: str, hybrid: bool, facade: bool = False) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, out_dir, hybrid, facade), daemon=True)
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + SPAWN_LIMIT_S
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-    if hung:
-        pytest.fail(f"ranks {hung} of {world} did not finish within {SPAWN_LIMIT_S} s")
-    out = []
-    for r in range(world):
-        path = os.path.join(out_dir, f"rank{r}.pt")
-        assert os.path.exists(path), f"rank {r} wrote no result (exit code {procs[r].exitcode})"
-        res = torch.load(path, weights_only=False)
-        if "fatal" in res:
-            pytest.fail(f"rank {r} of {world} failed:\n{res['fatal']}")
-        out.append(res)
-    return out
+    return run_ranks(worker, lambda r, port: (r, world, port, out_dir, hybrid, facade), world, out_dir,
+                     SPAWN_LIMIT_S)
 
 
 @pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)], ids=["p2", "p4"])

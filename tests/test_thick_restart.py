@@ -9,49 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _spectra import Diag, outliers_and_clusters, wanted, with_spectrum
 from torch import nn
 
 import hessext._memory
 import hessext.lanczos as L
 from hessext.hvp import HessianOperator
 from hessext.lanczos import extreme_eigenpairs, lanczos
-from hessext.linop import LinearOperator
 from hessext.restart import compress_basis, keep_count, projected_matrix
 
 F64, F32 = torch.float64, torch.float32
-
-
-def with_spectrum(evals: np.ndarray, seed: int = 0, dtype: torch.dtype = F64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    n = len(evals)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=g))
-    return ((Q * torch.tensor(evals, dtype=F64)) @ Q.T).to(dtype)
-
-
-def outliers_and_clusters(n: int = 300) -> np.ndarray:
-    """A bulk in [−1, 1], a cluster of 4 at the top (gaps 1e-3) and 6 outliers below it."""
-    return np.concatenate([np.linspace(-1.0, 1.0, n - 10), [3.0, 3.2, 3.5, 3.7, 3.9, 4.2],
-                           [5.0, 5.001, 5.002, 5.003]])
-
-
-def wanted(truth: np.ndarray, which: str, k: int) -> np.ndarray:
-    t = np.sort(truth)
-    if which == "LA":
-        return t[-k:]
-    if which == "SA":
-        return t[:k]
-    if which == "BE":
-        return np.concatenate([t[:k // 2], t[len(t) - (k - k // 2):]])
-    return np.sort(t[np.argsort(np.abs(t))[-k:]])
-
-
-class Diag(LinearOperator):
-    def __init__(self, d: torch.Tensor) -> None:
-        super().__init__(d.numel(), d.dtype, d.device)
-        self.d = d
-
-    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        return self.d[:, None] * X
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "BE", "LM"])
