@@ -72,6 +72,13 @@ bench-engine: $(BENCH_STAMP)
 cuda-check: $(BASE_STAMP)
 	$(BIN)/python tools/cuda_check.py
 
+# First contact with a CUDA device (tools/gpu_check.py, < 5 min): rebuild for the device's architecture, CUDA
+# tests, kernel benchmark against the measured copy bandwidth, Lanczos / trace / analyze_step GPU vs CPU.
+# Without CUDA it says so and exits 0. Needs a CUDA build of torch in the venv on the GPU machine.
+.PHONY: gpu-check
+gpu-check: $(BASE_STAMP)
+	$(BIN)/python tools/gpu_check.py
+
 info: install
 	$(BIN)/python -m hessext info
 

@@ -1,12 +1,15 @@
 """Kernel benchmark: hessext's ops against the torch compositions they replace (``make bench-kernels``).
 
 1. Correctness first: both ops against ``hessext/_reference.py`` on small inputs (aborts on a mismatch).
-2. Machine read bandwidth: ``torch.dot(x, x)`` over a resident ~400 MB float32 tensor (reads it once).
+2. Machine read bandwidth: ``torch.dot(x, x)`` over a resident ~400 MB float32 tensor (reads it once); on
+   CUDA also the device-to-device copy bandwidth of a 1 GiB tensor (CUDA events; bytes read + written),
+   which is the reference of the "% of BW" column there (``--ref-gbps`` overrides it).
 3. ``reorthogonalize(w, B)`` (CGS2, 3 sweeps over B) against the composition ``h = B @ w; w -= B.T @ h``
    done twice (4 sweeps), for n in {1e5, 1e6, 1e7} and k in {8, 32, 128} (combos whose basis exceeds
    ``--max-gb`` are skipped). Achieved GB/s counts the bytes of every sweep over the basis
    (3·k·n·elt for hessext, 4·k·n·elt for the composition), next to the measured read bandwidth.
-4. ``rademacher_`` against ``torch.randint(0, 2, (n,)) * 2 - 1`` at n = 1e7.
+4. ``rademacher_`` against ``torch.randint(0, 2, (n,)) * 2 - 1`` at n = 1e7 (1e8 on CUDA, beyond L2), as
+   a 1-D vector, a row-major ``[n/16, 16]`` block (``ops.rademacher(n, m)``'s layout) and a column-major one.
 
 Times are medians over repetitions with a fixed torch thread count (``--threads``, default 2). Prints a
 Markdown table and writes JSON tagged with machine, torch version and git commit into ``bench-results/``.
@@ -87,6 +90,32 @@ def read_bandwidth(device: str) -> dict[str, float]:
             "gbps": nbytes / t["median_s"] / 1e9, "gbps_best": nbytes / t["best_s"] / 1e9}
 
 
+def copy_bandwidth(device: str, numel: int = 1 << 28, reps: int = 10) -> dict[str, float]:
+    """GB/s of ``dst.copy_(src)`` for a resident float32 tensor of ``numel`` elements (1 GiB by default),
+    counting the bytes read and written (2 x the size). CUDA: timed with events, median of 5 batches of
+    ``reps`` copies; CPU: wall time (``timeit``)."""
+    src = torch.ones(numel, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    nbytes = 2 * numel * src.element_size()
+    if device.startswith("cuda"):
+        dst.copy_(src)
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                dst.copy_(src)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / reps)
+        t = {"median_s": statistics.median(times), "best_s": min(times)}
+    else:
+        t = timeit(lambda src=src, dst=dst: dst.copy_(src), device, min_time=0.5)
+    del src, dst
+    return {"bytes": nbytes, "median_s": t["median_s"], "best_s": t["best_s"],
+            "gbps": nbytes / t["median_s"] / 1e9, "gbps_best": nbytes / t["best_s"] / 1e9}
+
+
 def make_basis(k: int, n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """Unit-norm ±1/√n rows (filled with the fast probe kernel; orthonormality does not change timings)."""
     basis = torch.empty(k, n, dtype=dtype, device=device)
@@ -129,12 +158,22 @@ def bench_reorth(sizes: list[tuple[int, int]], dtype: torch.dtype, device: str, 
     return rows
 
 
-def bench_rademacher(n: int, device: str) -> dict:
-    out = torch.empty(n, dtype=torch.float32, device=device)
-    ours = timeit(lambda: ops.rademacher_(out, seed=1, offset=0), device)
+def bench_rademacher(n: int, device: str) -> list[dict]:
+    """rademacher_ into n float32 elements laid out as [n], row-major [n/16, 16] and column-major [n/16, 16]
+    (GB/s: bytes written), against torch.randint of the same number of elements."""
+    m = 16
     ref = timeit(lambda: torch.randint(0, 2, (n,), device=device) * 2 - 1, device)
-    return {"op": "rademacher_", "n": n, "dtype": "float32", "hessext": ours, "torch": ref,
-            "hessext_gbps": n * 4 / ours["median_s"] / 1e9, "speedup": ref["median_s"] / ours["median_s"]}
+    f32 = {"dtype": torch.float32, "device": device}
+    outs = {"rademacher_ [n]": torch.empty(n, **f32),
+            "rademacher_ [n/16, 16] row-major": torch.empty(n // m, m, **f32),
+            "rademacher_ [n/16, 16] col-major": torch.empty(m, n // m, **f32).t()}
+    rows = []
+    for name, out in outs.items():
+        ours = timeit(lambda out=out: ops.rademacher_(out, seed=1, offset=0), device)
+        rows.append({"op": name, "n": out.numel(), "dtype": "float32", "hessext": ours, "torch": ref,
+                     "hessext_gbps": out.numel() * 4 / ours["median_s"] / 1e9,
+                     "speedup": ref["median_s"] / ours["median_s"]})
+    return rows
 
 
 def _git_commit() -> str:
@@ -173,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--max-gb", type=float, default=6.0, help="skip bases larger than this (GB)")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="directory for the JSON result")
+    parser.add_argument("--ref-gbps", type=float, default=None,
+                        help="reference bandwidth of the %% column (default: the measured D2D copy bandwidth "
+                             "on CUDA, the torch.dot read bandwidth on the CPU)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -187,18 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     bw = read_bandwidth(device)
     print(f"read bandwidth: {bw['gbps']:.1f} GB/s (median; best {bw['gbps_best']:.1f}) "
           f"= torch.dot over a resident {bw['bytes'] / 1e6:.0f} MB tensor")
+    copy_bw = copy_bandwidth(device) if device.startswith("cuda") else None
+    if copy_bw is not None:
+        print(f"copy bandwidth: {copy_bw['gbps']:.1f} GB/s (median; best {copy_bw['gbps_best']:.1f}) = "
+              f"device-to-device copy of a resident 1 GiB tensor, bytes read + written, CUDA events")
+    if args.ref_gbps is not None:
+        ref_gbps, ref_name = args.ref_gbps, "--ref-gbps"
+    elif copy_bw is not None:
+        ref_gbps, ref_name = copy_bw["gbps"], "D2D copy"
+    else:
+        ref_gbps, ref_name = bw["gbps"], "read"
 
     if args.quick:
         sizes = [(n, k) for n in (100_000, 1_000_000) for k in (8, 32)]
         rad_n = 1_000_000
     else:
         sizes = [(n, k) for n in (100_000, 1_000_000, 10_000_000) for k in (8, 32, 128)]
-        rad_n = 10_000_000
+        rad_n = 100_000_000 if device.startswith("cuda") else 10_000_000
     rows = bench_reorth(sizes, dtype, device, args.max_gb)
-    rows.append(bench_rademacher(rad_n, device))
+    rows.extend(bench_rademacher(rad_n, device))
 
     print()
-    print("| op | n | k | hessext ms | torch ms | speedup | hessext GB/s | % of read BW | torch GB/s "
+    print(f"| op | n | k | hessext ms | torch ms | speedup | hessext GB/s | % of {ref_name} BW | torch GB/s "
           "| speedup (best of reps) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -209,19 +261,20 @@ def main(argv: list[str] | None = None) -> int:
         torch_gbps = f"{r['torch_gbps']:.1f}" if "torch_gbps" in r else "-"
         print(f"| {r['op']} | {r['n']:.0e} | {k} | {r['hessext']['median_s'] * 1e3:.2f} | "
               f"{r['torch']['median_s'] * 1e3:.2f} | {r['speedup']:.2f}x | {r['hessext_gbps']:.1f} | "
-              f"{100 * r['hessext_gbps'] / bw['gbps']:.0f}% | {torch_gbps} | "
+              f"{100 * r['hessext_gbps'] / ref_gbps:.0f}% | {torch_gbps} | "
               f"{r['torch']['best_s'] / r['hessext']['best_s']:.2f}x |")
     print(f"\nreorthogonalize GB/s count 3 sweeps over the basis (hessext) and 4 (torch: h = B@w; "
           f"w -= B.T@h, twice); bases that fit in the last-level cache exceed the DRAM read bandwidth. "
           f"rademacher_ GB/s counts the bytes written; torch = torch.randint(0, 2, (n,)) * 2 - 1. "
-          f"Medians; read bandwidth {bw['gbps']:.1f} GB/s.")
+          f"Medians; % of the {ref_name} bandwidth, {ref_gbps:.1f} GB/s.")
 
     result = {
         "benchmark": "bench_kernels", "quick": args.quick,
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(device), "torch": torch.__version__, "commit": _git_commit(),
         "backend": hessext.BACKEND, "device": device, "threads": torch.get_num_threads(), "dtype": args.dtype,
-        "read_bandwidth": bw, "rows": rows,
+        "read_bandwidth": bw, "copy_bandwidth": copy_bw, "reference_gbps": ref_gbps,
+        "reference": ref_name, "rows": rows,
     }
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

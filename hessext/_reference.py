@@ -15,6 +15,8 @@ with ``fmix32`` MurmurHash3's 32-bit finaliser.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,50 @@ def rademacher_bits(counters: Tensor, seed: int) -> Tensor:
     return h >> 31
 
 
+def has_internal_overlap(sizes: tuple[int, ...] | torch.Size, strides: tuple[int, ...]) -> bool:
+    """Whether two elements of a tensor with these sizes and (non-negative) strides share a memory location.
+
+    Exact for 0-, 1- and 2-D layouts (``torch._debug_has_internal_overlap`` gives up on most 2-D ones):
+    dimensions of size 1 are ignored; a stride of 0 under a size > 1 overlaps; for two dimensions (a, p) and
+    (b, q) (size, stride), i p = j q has a solution with 0 < i < a, 0 < j < b exactly when q / g < a and
+    p / g < b, g = gcd(p, q). Higher ranks fall back to the sufficient test "each stride exceeds the extent of
+    the smaller ones" (a layout failing it is reported as overlapping). Keep in step with
+    ``csrc/include/hessext/checks.h``.
+    """
+    if any(s == 0 for s in sizes):
+        return False  # no elements
+    dims = sorted((abs(st), s) for s, st in zip(sizes, strides) if s > 1)
+    if any(st == 0 for st, _ in dims):
+        return True
+    if len(dims) <= 1:
+        return False
+    if len(dims) == 2:
+        (p, a), (q, b) = dims
+        g = math.gcd(p, q)
+        return q // g < a and p // g < b
+    extent = 0
+    for st, s in dims:
+        if st <= extent:
+            return True
+        extent += st * (s - 1)
+    return False
+
+
+def _layout_str(t: Tensor) -> str:
+    """``shape [5, 3], strides [1, 0]``: the same text the C++ checks print."""
+    return (f"shape [{', '.join(map(str, t.shape))}], strides [{', '.join(map(str, t.stride()))}]")
+
+
+def check_no_internal_overlap(op: str, name: str, t: Tensor) -> None:
+    """Refuse an output argument ``name`` of ``op`` whose elements share memory (an ``expand``-ed or
+    stride-0 view, an overlapping ``as_strided``): every element is written, so shared locations would end
+    up holding whichever write came last (a race on the parallel backends)."""
+    if has_internal_overlap(tuple(t.shape), tuple(t.stride())):
+        raise ValueError(f"{op}: {name} must not have elements that share memory (an expanded or "
+                         f"overlapping view), got {_layout_str(t)}; write into a tensor that owns its "
+                         f"elements (e.g. {name}.clone()) instead")
+
+
 def check_rademacher_args(out: Tensor, offset: int) -> None:
     """Validate ``rademacher_``'s arguments; errors name the argument and what was received."""
     if not isinstance(out, Tensor):
@@ -77,6 +123,7 @@ def check_rademacher_args(out: Tensor, offset: int) -> None:
     if offset > INT64_MAX - out.numel():
         raise ValueError(f"rademacher_: offset + out.numel() must be < 2**63, got offset={offset} "
                          f"and {out.numel()} elements")
+    check_no_internal_overlap("rademacher_", "out", out)
 
 
 def rademacher_(out: Tensor, seed: int, offset: int) -> None:

@@ -45,6 +45,9 @@ def reorthogonalize(w: Tensor, basis: Tensor, passes: int = 2) -> tuple[Tensor, 
     Raises:
         ValueError: wrong ranks, mismatched n, different devices, passes not in {1, 2}.
         TypeError: non-float dtype or dtypes that differ.
+
+    Inputs may share memory with each other (``w`` a row of ``basis``' storage, stride-0 views): nothing is
+    written to them, and the three outputs are freshly allocated.
     """
     check_reorthogonalize_args(w, basis, passes)
     return torch.ops.hessext.reorthogonalize(w, basis, int(passes))
@@ -64,7 +67,9 @@ def rademacher_(out: Tensor, seed: int, offset: int = 0) -> Tensor:
         offset: first counter, >= 0.
 
     Raises:
-        ValueError: wrong rank, negative offset. TypeError: non-float dtype.
+        ValueError: wrong rank, negative offset, an ``out`` whose elements share memory (an ``expand``-ed
+            or otherwise overlapping view: each element is written, so shared locations would be raced on).
+        TypeError: non-float dtype.
     """
     offset = int(offset)
     check_rademacher_args(out, offset)

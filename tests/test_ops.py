@@ -441,6 +441,12 @@ BAD_RADEMACHER = [
     ("int-dtype", lambda: (torch.zeros(5, dtype=torch.int32), 0), r"float32 or float64, got torch.int32"),
     ("negative-offset", lambda: (torch.zeros(5), -1), r"offset must be >= 0, got -1"),
     ("offset-overflow", lambda: (torch.zeros(5), 2**63 - 3), r"offset \+ out.numel\(\) must be < 2\*\*63"),
+    ("expanded-1d", lambda: (torch.zeros(1).expand(7), 0),
+     r"out must not have elements that share memory .*shape \[7\], strides \[0\]"),
+    ("expanded-2d", lambda: (torch.zeros(5, 1).expand(5, 3), 0),
+     r"out must not have elements that share memory .*shape \[5, 3\], strides \[1, 0\]"),
+    ("overlapping-as-strided", lambda: (torch.zeros(20).as_strided((4, 4), (2, 1)), 0),
+     r"out must not have elements that share memory .*shape \[4, 4\], strides \[2, 1\]"),
 ]
 
 
@@ -453,6 +459,96 @@ def test_rademacher_bad_input(case, make, match):
         _reference.rademacher_(out, 0, offset)
     with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
         torch.ops.hessext.rademacher_(out, 0, offset)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Overlap: an output whose elements share memory is refused before anything is written; inputs may alias
+# --------------------------------------------------------------------------------------------------------
+
+def _brute_force_overlap(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    offsets = [0]
+    for size, stride in zip(sizes, strides):
+        offsets = [o + i * stride for o in offsets for i in range(size)]
+    return len(set(offsets)) < len(offsets)
+
+
+def test_has_internal_overlap_is_exact_in_2d_and_safe_beyond():
+    import itertools
+    for a, b, p, q in itertools.product(range(6), range(6), range(7), range(7)):
+        assert _reference.has_internal_overlap((a, b), (p, q)) == _brute_force_overlap((a, b), (p, q)), \
+            (a, b, p, q)
+    for n, st in itertools.product(range(4), range(3)):
+        assert _reference.has_internal_overlap((n,), (st,)) == _brute_force_overlap((n,), (st,))
+    assert not _reference.has_internal_overlap((), ())
+    # beyond 2-D the test may refuse a non-overlapping layout, but never accepts an overlapping one
+    for sizes in itertools.product(range(1, 4), repeat=3):
+        for strides in itertools.product(range(5), repeat=3):
+            if _brute_force_overlap(sizes, strides):
+                assert _reference.has_internal_overlap(sizes, strides), (sizes, strides)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rademacher_refuses_overlapping_out(impl, dtype):
+    """Every 2-D layout (sizes 1..4, strides 0..5) over a buffer of sevens: an overlapping one raises,
+    naming ``out`` and its layout, and leaves the buffer untouched; any other one gets the reference's
+    bits. The compiled check (checks.h) and the Python one agree on all of them."""
+    import itertools
+    dev = _device(impl)
+    refused = 0
+    for a, b, p, q in itertools.product(range(1, 5), range(1, 5), range(6), range(6)):
+        buf = torch.full((4 * 5 + 4 * 5 + 1,), 7.0, dtype=dtype, device=dev)
+        out = buf.as_strided((a, b), (p, q))
+        if _brute_force_overlap((a, b), (p, q)):
+            refused += 1
+            with pytest.raises((ValueError, RuntimeError), match=r"rademacher_: out must not have elements "
+                               rf"that share memory .*shape \[{a}, {b}\], strides \[{p}, {q}\]"):
+                _rademacher_impl(impl, out, 3, 11)
+            assert bool((buf == 7.0).all()), (a, b, p, q)
+        else:
+            _rademacher_impl(impl, out, 3, 11)
+            ref = torch.empty(a, b, dtype=dtype)
+            _reference.rademacher_(ref, 3, 11)
+            assert torch.equal(out.cpu(), ref), (a, b, p, q)
+    assert refused > 100  # the grid does exercise the refusal (expanded rows/columns, interleavings)
+    with pytest.raises((ValueError, RuntimeError), match=r"out must not have elements that share memory"):
+        _rademacher_impl(impl, torch.zeros(1, dtype=dtype, device=dev).expand(1000), 0, 0)
+
+
+def test_rademacher_wrappers_refuse_overlapping_out():
+    with pytest.raises(ValueError, match=r"rademacher_: out must not have elements that share memory"):
+        ops.rademacher_(torch.zeros(3, 1).expand(3, 4), seed=0)
+    # the fake (meta) kernel applies the same check, so tracing refuses it too
+    with pytest.raises((ValueError, RuntimeError), match=r"out must not have elements that share memory"):
+        torch.ops.hessext.rademacher_(torch.empty(3, 1, device="meta").expand(3, 4), 0, 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reorthogonalize_accepts_aliasing_inputs(impl, dtype):
+    """reorthogonalize writes only tensors it allocates, so inputs that share memory (w a row of the basis'
+    storage, a stride-0 w or basis) are legitimate: the outputs own fresh memory and the numbers equal those
+    of the same call on copies; the inputs stay unchanged."""
+    dev = _device(impl)
+    k, n = 6, 3001
+    store = _orthonormal_rows(k + 1, n, dtype, seed=5, device=dev)
+    before = store.clone()
+    cases = [
+        (store[2], store[:k]),                        # w is row 2 of the basis it is taken against
+        (store[k], store[:k]),                        # w is the next row of the same storage
+        (torch.full((1,), 0.25, dtype=dtype, device=dev).expand(n), store[:k]),   # stride-0 w
+        (store[0], store[1:2].expand(3, n)),          # stride-0 basis (repeated rows)
+    ]
+    for w, basis in cases:
+        got = _reorth_impl(impl, w, basis)
+        expected = _reorth_impl(impl, w.clone(), basis.clone())
+        for g, e in zip(got, expected):
+            assert torch.equal(g, e)
+            assert all(g.data_ptr() != t.data_ptr() for t in (store, w, basis)) or g.numel() == 0
+        _check_against_reference(impl, w, basis, 2)
+    assert torch.equal(store, before)
+    out, coeffs, norm = _reorth_impl(impl, store[2], store[:k])
+    assert norm.item() <= 100 * ORTH[dtype]  # a basis vector has nothing left outside the basis
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -479,3 +575,176 @@ def test_meta_tensors():
                                                           torch.empty(3, 10, device="meta"), 2)
     assert out.shape == (10,) and coeffs.shape == (3,) and norm.shape == () and out.device.type == "meta"
     torch.ops.hessext.rademacher_(torch.empty(4, 2, device="meta"), 1, 0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# GPU-only: 64-bit indexing, streams, devices, determinism, float32 accuracy at scale (skipped without CUDA;
+# `make gpu-check` runs them with `-k cuda`)
+# --------------------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+INT32_MAX = 2**31 - 1
+
+
+def _need_cuda_bytes(nbytes: int) -> None:
+    """Skip when the current CUDA device has less than ``nbytes`` (+ 10 %) free."""
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    if free < 1.1 * nbytes:
+        pytest.skip(f"needs {nbytes / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+
+
+def _expected_probes(seed: int, counters: list[int]) -> torch.Tensor:
+    return torch.tensor([-1.0 if _hash_int(seed, c) >> 31 else 1.0 for c in counters])
+
+
+def _sample(total: int, around: list[int], count: int = 64) -> list[int]:
+    """Indices: the first and last 32, 20 on each side of every point in ``around``, ``count`` spread."""
+    picks = set(range(min(32, total))) | set(range(max(0, total - 32), total))
+    for a in around:
+        picks |= set(range(max(0, a - 20), min(total, a + 20)))
+    picks |= set(range(0, total, max(1, total // count)))
+    return sorted(picks)
+
+
+@needs_cuda
+def test_cuda_rademacher_beyond_int32_elements():
+    """Counters and indices past 2**31 elements: a 1-D vector, a column-major block (the flat kernel) and a
+    row-major block (the strided kernel), sampled against the integer transcription of the hash."""
+    seed, offset = 77, 2**32 - 123
+    n = 2**31 + 4099
+    _need_cuda_bytes(4 * n)
+    out = torch.empty(n, dtype=torch.float32, device="cuda")
+    ops.rademacher_(out, seed, offset)
+    idx = _sample(n, [INT32_MAX, 2**31 + 2048])
+    got = out[torch.tensor(idx, device="cuda")].cpu()
+    assert torch.equal(got, _expected_probes(seed, [offset + f for f in idx]))
+    del out
+    for rows, cols, colmajor in ((2**30 + 5, 3, True), (2**29 + 3, 5, False)):
+        _need_cuda_bytes(4 * rows * cols)
+        block = (torch.empty(cols, rows, device="cuda").t() if colmajor
+                 else torch.empty(rows, cols, device="cuda"))
+        ops.rademacher_(block, seed, offset)
+        flat = _sample(rows * cols, [INT32_MAX, rows * cols - 2**30])
+        i = [f % rows for f in flat]
+        j = [f // rows for f in flat]
+        got = block[torch.tensor(i, device="cuda"), torch.tensor(j, device="cuda")].cpu()
+        assert torch.equal(got, _expected_probes(seed, [offset + f for f in flat])), (rows, cols)
+        del block
+    torch.cuda.empty_cache()
+
+
+@needs_cuda
+@pytest.mark.parametrize("n,k", [(2**31 + 1001, 2), (2**30 + 77, 3)], ids=["n>2^31", "k*n>2^31"])
+def test_cuda_reorthogonalize_beyond_int32_elements(n, k):
+    """One-hot basis rows whose nonzero lies past element 2**31 of w or of the flattened basis: every
+    output is known exactly (coefficients = the picked entries of w, w_out = w with them zeroed)."""
+    _need_cuda_bytes(4 * n * (k + 3))
+    picks = [n - 1, 3, n // 2][:k]
+    basis = torch.zeros(k, n, dtype=torch.float32, device="cuda")
+    basis[torch.arange(k, device="cuda"), torch.tensor(picks, device="cuda")] = 1.0
+    w = torch.empty(n, dtype=torch.float32, device="cuda")
+    ops.rademacher_(w, 5, 0)
+    w.mul_(0.5)
+    w[torch.tensor(picks, device="cuda")] = torch.tensor([3.0, -7.0, 11.0][:k], device="cuda")
+    out, coeffs, norm = ops.reorthogonalize(w, basis)
+    assert coeffs.tolist() == [3.0, -7.0, 11.0][:k]
+    expect = w.clone()
+    expect[torch.tensor(picks, device="cuda")] = 0.0
+    assert torch.equal(out, expect)
+    # every other entry is ±0.5: ‖w_out‖² = (n - k) / 4 exactly
+    assert norm.item() == pytest.approx(math.sqrt((n - k) / 4), rel=1e-6)
+    del basis, w, out, expect
+    torch.cuda.empty_cache()
+
+
+@needs_cuda
+def test_cuda_kernels_run_on_the_current_stream():
+    """Inputs written on a side stream after a GPU-side delay: a kernel launched on any other stream than
+    the current one would read them (or write its output) before that stream's work is done."""
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if sleep is None:
+        pytest.skip("torch.cuda._sleep is not available")
+    k, n = 16, 1_000_003
+    basis = _orthonormal_rows(k, n, torch.float32, device="cuda")
+    w_true = _randn(n, torch.float32, device="cuda")
+    expected = ops.reorthogonalize(w_true, basis)
+    ref_probes = ops.rademacher(n, 4, seed=3, device="cuda")
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    w = torch.zeros_like(w_true)
+    probes = torch.empty(n, 4, device="cuda")
+    with torch.cuda.stream(side):
+        sleep(200_000_000)                       # ~0.1 s of GPU time before the inputs are ready
+        w.copy_(w_true)
+        got = ops.reorthogonalize(w, basis)
+        sleep(200_000_000)
+        probes.zero_()
+        ops.rademacher_(probes, 3)
+    side.synchronize()
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    assert torch.equal(probes, ref_probes)
+
+
+@needs_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+def test_cuda_second_device():
+    """Tensors on cuda:1 while cuda:0 is current: the kernels run on the tensors' device and stream."""
+    k, n = 8, 300_001
+    basis = _orthonormal_rows(k, n, torch.float64)
+    w = _randn(n, torch.float64)
+    expected = _reference.reorthogonalize(w, basis)
+    with torch.cuda.device(0):
+        got = ops.reorthogonalize(w.to("cuda:1"), basis.to("cuda:1"))
+        probes = ops.rademacher(n, 3, seed=9, dtype=torch.float64, device="cuda:1")
+    assert all(t.device == torch.device("cuda:1") for t in (*got, probes))
+    for g, e in zip(got, expected):
+        assert (g.cpu() - e).abs().max().item() <= TOL[torch.float64] * w.norm().item()
+    ref = torch.empty(n, 3, dtype=torch.float64)
+    _reference.rademacher_(ref, 9, 0)
+    assert torch.equal(probes.cpu(), ref)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_bitwise_deterministic(dtype):
+    """Two identical calls give identical bits (fixed-order reductions, no atomics)."""
+    k, n = 32, 10_000_019
+    _need_cuda_bytes(8 * k * n * 2)
+    basis = torch.empty(k, n, dtype=dtype, device="cuda")
+    ops.rademacher_(basis.view(-1), 11)
+    basis.mul_(n ** -0.5)
+    w = _randn(n, dtype, device="cuda")
+    first = ops.reorthogonalize(w, basis)
+    second = ops.reorthogonalize(w, basis)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert torch.equal(ops.rademacher(n, 3, seed=4, dtype=dtype, device="cuda"),
+                       ops.rademacher(n, 3, seed=4, dtype=dtype, device="cuda"))
+    del basis
+    torch.cuda.empty_cache()
+
+
+@needs_cuda
+def test_cuda_float32_accuracy_at_1e8():
+    """At n = 1e8, float32 results against the float64 kernel on the same (float32) inputs: dots, norms and
+    their reductions are kept in double, so only the float32 subtraction and the final roundings remain."""
+    k, n = 4, 100_000_000
+    _need_cuda_bytes(k * n * (4 + 8) + n * 4 * (4 + 8))
+    basis = torch.empty(k, n, dtype=torch.float32, device="cuda")
+    ops.rademacher_(basis.view(-1), 21)
+    basis.mul_(n ** -0.5)                       # unit rows, nearly orthogonal (inner products ~1e-4)
+    w = torch.empty(n, dtype=torch.float32, device="cuda")
+    ops.rademacher_(w, 22)
+    w.add_(basis[0] * 5e3)                      # a large component along the basis
+    out32, c32, n32 = ops.reorthogonalize(w, basis)
+    out64, c64, n64 = ops.reorthogonalize(w.double(), basis.double())
+    wn = w.double().norm().item()
+    assert (c32.double() - c64).abs().max().item() <= 1e-6 * wn
+    assert abs(n32.item() - n64.item()) <= 1e-6 * n64.item()
+    assert (out32.double() - out64).norm().item() <= 1e-6 * wn
+    # the float32 norm is the double norm of the float32 output rounded once: within one float32 ulp
+    assert abs(n32.item() - out32.double().norm().item()) <= 2**-23 * n32.item()
+    del basis, w, out32, out64
+    torch.cuda.empty_cache()

@@ -7,9 +7,14 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <numeric>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace hessext {
 
@@ -69,6 +74,49 @@ inline void check_reorthogonalize_args(const Tensor& w, const Tensor& basis, int
   STD_TORCH_CHECK(passes == 1 || passes == 2, "reorthogonalize: passes must be 1 or 2, got ", passes);
 }
 
+// "shape [5, 3], strides [1, 0]", as hessext/_reference.py's _layout_str prints it.
+inline std::string layout_str(const Tensor& t) {
+  std::ostringstream os;
+  os << "shape " << shape_str(t) << ", strides [";
+  for (int64_t d = 0; d < t.dim(); ++d) os << (d ? ", " : "") << t.stride(d);
+  os << "]";
+  return os.str();
+}
+
+// Whether two elements of t share a memory location; the same rule as hessext/_reference.py's
+// has_internal_overlap: exact for up to 2 dimensions of size > 1 (i p = j q with 0 < i < a, 0 < j < b has a
+// solution exactly when q / g < a and p / g < b, g = gcd(p, q)), the sufficient "each stride exceeds the
+// extent of the smaller ones" test beyond.
+inline bool has_internal_overlap(const Tensor& t) {
+  if (t.numel() == 0) return false;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of the dimensions of size > 1
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) dims.emplace_back(std::llabs(t.stride(d)), t.size(d));
+  std::sort(dims.begin(), dims.end());
+  for (const auto& [st, sz] : dims)
+    if (st == 0) return true;
+  if (dims.size() <= 1) return false;
+  if (dims.size() == 2) {
+    const auto [p, a] = dims[0];
+    const auto [q, b] = dims[1];
+    const int64_t g = std::gcd(p, q);
+    return q / g < a && p / g < b;
+  }
+  int64_t extent = 0;
+  for (const auto& [st, sz] : dims) {
+    if (st <= extent) return true;
+    extent += st * (sz - 1);
+  }
+  return false;
+}
+
+// An output argument `name` of `op` must not write one location twice (expanded / stride-0 views).
+inline void check_no_internal_overlap(const char* op, const char* name, const Tensor& t) {
+  STD_TORCH_CHECK(!has_internal_overlap(t), op, ": ", name, " must not have elements that share memory (an "
+                  "expanded or overlapping view), got ", layout_str(t), "; write into a tensor that owns its "
+                  "elements (e.g. ", name, ".clone()) instead");
+}
+
 inline void check_rademacher_args(const Tensor& out, int64_t offset) {
   STD_TORCH_CHECK(out.dim() == 1 || out.dim() == 2, "rademacher_: out must be 1-D [n] or 2-D [n, m], got ",
                   out.dim(), "-D ", shape_str(out));
@@ -78,6 +126,7 @@ inline void check_rademacher_args(const Tensor& out, int64_t offset) {
   STD_TORCH_CHECK(offset <= INT64_MAX - out.numel(),
                   "rademacher_: offset + out.numel() must be < 2**63, got offset=", offset, " and ",
                   out.numel(), " elements");
+  check_no_internal_overlap("rademacher_", "out", out);
 }
 
 }  // namespace hessext
