@@ -186,12 +186,14 @@ class PartialOrthogonalizer:
         self.prev, self.cur = self.cur, new
 
     def _pass(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
-        """A full Gram–Schmidt pass of the warm-up (or of full mode) by the double-accumulating kernel, DGKS
-        second pass when needed. In the warm-up its coefficients, the components one step left, set ``ν``."""
-        w, c, nrm, _ = gram_schmidt_pass(w, V[:j + 1])
-        self.passes += 1
+        """A full Gram–Schmidt pass of the warm-up (or of full mode) by the kernel, DGKS second pass when
+        needed. In the warm-up the components the step left along the (at most ``WARMUP``) basis rows, measured
+        in float64 so that every backend measures the same thing, set ``ν``."""
         if j < WARMUP and self.mode == "partial":
+            c = V[:j + 1].double() @ w.double()
             self.nu = max(self.nu, NOISE_SAFETY * float(c.abs().max()))
+        w, _, nrm, _ = gram_schmidt_pass(w, V[:j + 1])
+        self.passes += 1
         self._reset(j, self.eps)
         return w, nrm
 

@@ -33,7 +33,8 @@ def test_diagonal_1e5_no_ghosts_and_bare_recurrence_has_them(dtype, tol, rtol, m
     assert par.reorth == "partial" and 0 < par.reorth_passes < most
     assert ghost_free(par.eigenvalues.numpy(), truth, rtol), par.eigenvalues
     eps = float(torch.finfo(dtype).eps)
-    assert par.orthogonality_loss <= 5 * math.sqrt(eps)                      # semi-orthogonal, measured
+    # semi-orthogonal, measured: at η = √max(ε, ν/‖T‖) (ν: the measured rounding of a step, a few ε‖T‖ here)
+    assert par.orthogonality_loss <= 10 * math.sqrt(eps)
     Y = par.eigenvectors.double()
     true_res = torch.linalg.vector_norm(d.double()[:, None] * Y.T - Y.T * par.eigenvalues, dim=0)
     assert float(true_res.max()) <= 100 * tol * 10                           # honest Ritz pairs
