@@ -226,6 +226,51 @@ def test_rademacher_layouts_and_splits(impl, dtype):
     assert torch.equal(strided, whole[:n])
 
 
+# Destination layouts of rademacher_ as (name, make(dtype, device) -> out): every walk order of the kernels
+# (CPU: columns or row tiles of 256 x 16 within blocks of 2048 rows, one parallel task each; CUDA: the flat
+# kernel or the (outer, inner) walk with the smaller stride inner), with remainders in every tile dimension.
+LAYOUTS = [
+    ("1d", lambda dt, dev: torch.empty(5000, dtype=dt, device=dev)),
+    ("1d-stride3", lambda dt, dev: torch.empty(3 * 5000, dtype=dt, device=dev)[::3]),
+    ("colmajor", lambda dt, dev: torch.empty(7, 3001, dtype=dt, device=dev).t()),
+    ("colmajor-padded", lambda dt, dev: torch.empty(7, 3010, dtype=dt, device=dev).t()[:3001]),
+    ("colmajor-odd-strides", lambda dt, dev: torch.empty(7, 2 * 3001 + 1, dtype=dt, device=dev).t()[::2]),
+    ("rowmajor-m3", lambda dt, dev: torch.empty(4099, 3, dtype=dt, device=dev)),
+    ("rowmajor-m16", lambda dt, dev: torch.empty(513, 16, dtype=dt, device=dev)),
+    ("rowmajor-m37-parallel", lambda dt, dev: torch.empty(5000, 37, dtype=dt, device=dev)),
+    ("rowmajor-padded", lambda dt, dev: torch.empty(700, 40, dtype=dt, device=dev)[:, 3:22]),
+    ("rowmajor-odd-strides", lambda dt, dev: torch.empty(3 * 300, 5 * 21, dtype=dt, device=dev)[::3, ::5]),
+    ("one-row", lambda dt, dev: torch.empty(1, 3000, dtype=dt, device=dev)),
+    ("one-row-strided", lambda dt, dev: torch.empty(2, 6000, dtype=dt, device=dev)[:1, ::2]),
+    ("one-col-strided", lambda dt, dev: torch.empty(3000, 4, dtype=dt, device=dev)[:, 1:2]),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,make", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_rademacher_every_layout_bitwise(impl, dtype, name, make):
+    """Each layout holds the reference's bits (element (i, j) from counter offset + j*n + i, the counters
+    crossing a 2**32 boundary) and writes nothing outside its view."""
+    seed, off = -12345, 2**32 - 7000
+    out = make(dtype, _device(impl))
+    base = out
+    while base._base is not None:
+        base = base._base
+    base.fill_(7.0)
+    _rademacher_impl(impl, out, seed, off)
+    ref = torch.empty(out.shape, dtype=dtype)
+    _reference.rademacher_(ref, seed, off)
+    assert torch.equal(out.cpu(), ref), name
+    n = out.shape[0]
+    m = out.shape[1] if out.dim() == 2 else 1
+    flat = out.t().reshape(-1) if out.dim() == 2 else out
+    for f in (0, 1, n - 1, n, n * m // 2, n * m - 1):
+        f = min(f, n * m - 1)
+        assert flat[f].item() == (-1.0 if _hash_int(seed, off + f) >> 31 else 1.0), (name, f)
+    assert torch.count_nonzero(base != 7.0).item() == n * m, name  # nothing outside the view
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_rademacher_empty(impl):
     for shape in [(0,), (0, 3), (5, 0)]:
@@ -747,4 +792,32 @@ def test_cuda_float32_accuracy_at_1e8():
     # the float32 norm is the double norm of the float32 output rounded once: within one float32 ulp
     assert abs(n32.item() - out32.double().norm().item()) <= 2**-23 * n32.item()
     del basis, w, out32, out64
+    torch.cuda.empty_cache()
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", [(1, 2000), (130, 2000), (32, 1_000_003), (128, 3_000_001)])
+def test_cuda_reorthogonalize_independent_of_launch_plan(dtype, k, n, monkeypatch):
+    """Fused or split sweep 2 (HESSEXT_REORTH_FUSE=always / never / auto), tiles and grids from the device:
+    every partial covers a fixed 128-column chunk and the chunks are summed in a fixed order, so all plans
+    give the same bits; and they match the reference."""
+    _need_cuda_bytes(8 * k * n * 2)
+    basis = torch.empty(k, n, dtype=dtype, device="cuda")
+    ops.rademacher_(basis.view(-1), 5)
+    basis.mul_(n ** -0.5)
+    w = _randn(n, dtype, device="cuda")
+    results = {}
+    for mode in ("auto", "always", "never"):
+        monkeypatch.setenv("HESSEXT_REORTH_FUSE", mode)
+        results[mode] = ops.reorthogonalize(w, basis)
+    for mode in ("always", "never"):
+        for a, b in zip(results["auto"], results[mode]):
+            assert torch.equal(a, b), mode
+    if k * n <= 4_000_000:
+        _check_against_reference("ops-cuda", w, basis, 2)
+    monkeypatch.setenv("HESSEXT_REORTH_FUSE", "sometimes")
+    with pytest.raises(RuntimeError, match="HESSEXT_REORTH_FUSE"):
+        ops.reorthogonalize(w, basis)
+    del basis, results
     torch.cuda.empty_cache()

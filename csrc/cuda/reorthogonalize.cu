@@ -5,12 +5,20 @@
 //   sweep 2:  w' = w - Bᵀ h1 ; h2 = B w'                 tile_sweep<SUB, DOT>   + reduce_rows
 //   sweep 3:  w'' = w' - Bᵀ h2 ; ‖w''‖²                  tile_sweep<SUB, NORM>  + reduce_norm
 //
-// One block per tile of kTile columns. SUB: each thread keeps kVpt columns in registers and streams the k
-// rows over them (coalesced across the block). DOT: the tile of w is staged in shared memory, each warp
-// takes rows r = warp, warp + kWarps, ... and reduces its row's dot product with shuffles; the block writes
-// one partial per row to partial[r * blocks + block], summed by reduce_rows in a fixed order (no atomics,
-// so results are deterministic). In sweep 2 a block re-reads its own tile right after subtracting, which
-// is served by L2 when the tiles of the resident blocks fit there.
+// Tiles and grids (reorth_plan.h): a block walks tiles of vpt * 256 columns (vpt = 1, 2 or 4) in a
+// grid-stride loop, the grid capped at the blocks resident on the device (occupancy API x SM count).
+// SUB: each thread keeps vpt columns in registers and streams the k rows over them (coalesced across the
+// block). DOT: the tile of w is staged in shared memory; a warp takes (4 rows, 128-column chunk) pairs and
+// accumulates the 4 dot products in independent registers. When the tiles are fewer than the resident blocks
+// (small n), the DOT-only sweep also splits the rows over gridDim.y. Sweep 2 re-reads a tile's k rows right
+// after subtracting them; it is fused only when the tiles of the blocks in flight fit in a share of the L2
+// (sized from k, the element size, L2 size and residency; HESSEXT_REORTH_FUSE=always|never overrides), else
+// it runs as a SUB sweep and a DOT sweep: 4 sweeps over the basis instead of 3.
+//
+// Determinism: every partial covers one fixed 128-column chunk (the dot of row r with chunk c: lane l sums
+// columns l, l + 32, l + 64, l + 96 in that order, then a fixed shuffle tree) and reduce_rows / reduce_norm
+// sum the chunks in an order fixed by n alone. So the results depend on n, k, the inputs and passes only:
+// not on the tile, the grid or the device chosen at run time, and two identical calls agree bitwise.
 //
 // Precision, as on the CPU: dot products, squared norms, their partials and every reduction are kept in
 // double for both dtypes (the products of two floats are exact in double); the coefficients applied by a
@@ -22,6 +30,8 @@
 //
 // Launches go on the current stream of w's device under a device guard; every launch is checked.
 #include "hessext/checks.h"
+#include "device_info.cuh"
+#include "reorth_plan.h"
 
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
@@ -31,17 +41,20 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 namespace hessext {
 namespace {
 
 using torch::stable::Tensor;
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kVpt = 4;
-constexpr int kTile = kThreads * kVpt;
+using reorth::kChunk;
+using reorth::kMaxTile;
+using reorth::kMaxVpt;
+using reorth::kRowsPerWarp;
+using reorth::kThreads;
+using reorth::kWarps;
 
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
@@ -68,74 +81,129 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-// src and dst may be the same array (an in-place update): no __restrict__ on them.
+// Dots of rows [r_begin, r_end) with the tile of w staged in xs (columns t0 .. t0 + len): a warp takes
+// (kRowsPerWarp rows, one 128-column chunk) pairs, one accumulator per row; partial[r * chunks + chunk].
+template <typename T>
+__device__ __forceinline__ void dot_tile(const T* __restrict__ B, int64_t n, int64_t t0, int64_t len,
+                                         int64_t r_begin, int64_t r_end, const T* xs, int64_t chunks,
+                                         double* __restrict__ partial) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int cpt = static_cast<int>((len + kChunk - 1) / kChunk);
+  const int64_t groups = (r_end - r_begin + kRowsPerWarp - 1) / kRowsPerWarp;
+  for (int64_t p = warp; p < groups * cpt; p += kWarps) {
+    const int64_t g = p / cpt;
+    const int ch = static_cast<int>(p - g * cpt);
+    const int64_t r0 = r_begin + g * kRowsPerWarp;
+    const int nr = static_cast<int>(r_end - r0 < kRowsPerWarp ? r_end - r0 : kRowsPerWarp);
+    const int64_t c0 = static_cast<int64_t>(ch) * kChunk;
+    const T* row = B + r0 * n + t0 + c0;
+    double acc[kRowsPerWarp] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+    for (int s = 0; s < kChunk / 32; ++s) {
+      const int i = lane + 32 * s;
+      if (c0 + i < len) {
+        const double x = static_cast<double>(xs[c0 + i]);
+#pragma unroll
+        for (int rr = 0; rr < kRowsPerWarp; ++rr)
+          if (rr < nr) acc[rr] = fma(static_cast<double>(row[rr * n + i]), x, acc[rr]);
+      }
+    }
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const double d = warp_sum(acc[rr]);
+      if (lane == 0 && rr < nr) partial[(r0 + rr) * chunks + t0 / kChunk + ch] = d;
+    }
+  }
+}
+
+// Squared norms of the tile's 128-column chunks (v: the thread's vpt columns) into norm_partial[chunk].
+template <typename T>
+__device__ __forceinline__ void norm_tile(const T (&v)[kMaxVpt], int vpt, int64_t t0, int64_t len,
+                                          double* scratch, double* __restrict__ norm_partial) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int q = 0; q < kMaxVpt; ++q) {
+    if (q < vpt) {
+      const double s = warp_sum(static_cast<double>(v[q]) * static_cast<double>(v[q]));
+      if (lane == 0) scratch[q * kWarps + warp] = s;
+    }
+  }
+  __syncthreads();
+  constexpr int kWarpsPerChunk = kChunk / 32;
+  const int cpt = static_cast<int>((len + kChunk - 1) / kChunk);
+  if (threadIdx.x < cpt) {
+    double s = 0.0;
+    for (int w = 0; w < kWarpsPerChunk; ++w) s += scratch[threadIdx.x * kWarpsPerChunk + w];
+    norm_partial[t0 / kChunk + threadIdx.x] = s;
+  }
+  __syncthreads();
+}
+
+// One sweep over the basis; see the file comment. Tiles t = blockIdx.x, + gridDim.x, ...; DOT rows
+// [blockIdx.y * rows_per_y, + rows_per_y). src and dst may be the same array: no __restrict__ on them.
 template <typename T, bool SUB, bool DOT, bool NORM>
 __global__ void __launch_bounds__(kThreads) tile_sweep(const T* __restrict__ B, int64_t k, int64_t n,
                                                        const T* src, T* dst, const double* __restrict__ hsub,
                                                        double* __restrict__ partial,
-                                                       double* __restrict__ norm_partial) {
-  __shared__ T xs[kTile];
-  __shared__ double scratch[kWarps];
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTile;
-
-  T v[kVpt];
+                                                       double* __restrict__ norm_partial, int vpt,
+                                                       int64_t rows_per_y) {
+  __shared__ T xs[kMaxTile];
+  __shared__ double scratch[kMaxVpt * kWarps];
+  const int64_t tile = static_cast<int64_t>(vpt) * kThreads;
+  const int64_t tiles = (n + tile - 1) / tile;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t r_begin = static_cast<int64_t>(blockIdx.y) * rows_per_y;
+  const int64_t r_end = (k - r_begin) < rows_per_y ? k : r_begin + rows_per_y;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t t0 = t * tile;
+    const int64_t len = (n - t0) < tile ? (n - t0) : tile;
+    T v[kMaxVpt];
 #pragma unroll
-  for (int q = 0; q < kVpt; ++q) {
-    const int64_t c = t0 + threadIdx.x + q * kThreads;
-    v[q] = c < n ? src[c] : T(0);
-  }
-  if (SUB) {
+    for (int q = 0; q < kMaxVpt; ++q) {
+      const int64_t c = threadIdx.x + q * kThreads;
+      v[q] = (q < vpt && c < len) ? src[t0 + c] : T(0);
+    }
+    if (SUB) {
 #pragma unroll 4
-    for (int64_t r = 0; r < k; ++r) {
-      const T h = static_cast<T>(hsub[r]);
-      const T* row = B + r * n;
+      for (int64_t r = 0; r < k; ++r) {
+        const T h = static_cast<T>(hsub[r]);
+        const T* row = B + r * n + t0;
 #pragma unroll
-      for (int q = 0; q < kVpt; ++q) {
-        const int64_t c = t0 + threadIdx.x + q * kThreads;
-        if (c < n) v[q] -= h * row[c];
+        for (int q = 0; q < kMaxVpt; ++q) {
+          const int64_t c = threadIdx.x + q * kThreads;
+          if (q < vpt && c < len) v[q] = fma(-h, row[c], v[q]);  // one rounding, in every sweep alike
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kMaxVpt; ++q) {
+        const int64_t c = threadIdx.x + q * kThreads;
+        if (q < vpt && c < len) dst[t0 + c] = v[q];
       }
     }
+    if (DOT) {
 #pragma unroll
-    for (int q = 0; q < kVpt; ++q) {
-      const int64_t c = t0 + threadIdx.x + q * kThreads;
-      if (c < n) dst[c] = v[q];
+      for (int q = 0; q < kMaxVpt; ++q)
+        if (q < vpt) xs[threadIdx.x + q * kThreads] = v[q];
+      __syncthreads();
+      dot_tile<T>(B, n, t0, len, r_begin, r_end, xs, chunks, partial);
+      __syncthreads();  // xs is rewritten by the next tile
     }
-  }
-  if (DOT) {
-#pragma unroll
-    for (int q = 0; q < kVpt; ++q) xs[threadIdx.x + q * kThreads] = v[q];
-    __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int64_t len = (n - t0) < kTile ? (n - t0) : kTile;
-    for (int64_t r = warp; r < k; r += kWarps) {
-      const T* row = B + r * n + t0;
-      double s = 0;
-      for (int64_t i = lane; i < len; i += 32)
-        s = fma(static_cast<double>(row[i]), static_cast<double>(xs[i]), s);
-      s = warp_sum(s);
-      if (lane == 0) partial[r * gridDim.x + blockIdx.x] = s;
-    }
-  }
-  if (NORM) {
-    double s = 0;
-#pragma unroll
-    for (int q = 0; q < kVpt; ++q) s = fma(static_cast<double>(v[q]), static_cast<double>(v[q]), s);
-    s = block_sum(s, scratch);
-    if (threadIdx.x == 0) norm_partial[blockIdx.x] = s;
+    if (NORM) norm_tile<T>(v, vpt, t0, len, scratch, norm_partial);
   }
 }
 
-// h[r] = sum_b partial[r * blocks + b];  hsum[r] = (accumulate ? hsum[r] : 0) + h[r];  coeffs[r] = hsum[r]
-// rounded to T. One block per row; everything but coeffs in double.
+// h[r] = sum_c partial[r * chunks + c];  hsum[r] = (accumulate ? hsum[r] : 0) + h[r];  coeffs[r] = hsum[r]
+// rounded to T. One block per row, a fixed order over the chunks; everything but coeffs in double.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) reduce_rows(const double* __restrict__ partial, int64_t blocks,
+__global__ void __launch_bounds__(kThreads) reduce_rows(const double* __restrict__ partial, int64_t chunks,
                                                         double* __restrict__ h, double* __restrict__ hsum,
                                                         T* __restrict__ coeffs, bool accumulate) {
   __shared__ double scratch[kWarps];
   const int64_t r = blockIdx.x;
   double s = 0;
-  for (int64_t b = threadIdx.x; b < blocks; b += kThreads) s += partial[r * blocks + b];
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += partial[r * chunks + c];
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) {
     h[r] = s;
@@ -146,53 +214,81 @@ __global__ void __launch_bounds__(kThreads) reduce_rows(const double* __restrict
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) reduce_norm(const double* __restrict__ partial, int64_t blocks,
+__global__ void __launch_bounds__(kThreads) reduce_norm(const double* __restrict__ partial, int64_t chunks,
                                                         T* __restrict__ norm) {
   __shared__ double scratch[kWarps];
   double s = 0;
-  for (int64_t b = threadIdx.x; b < blocks; b += kThreads) s += partial[b];
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += partial[c];
   s = block_sum(s, scratch);
   if (threadIdx.x == 0) *norm = static_cast<T>(sqrt(s));
+}
+
+reorth::FuseMode fuse_mode() {
+  const char* v = std::getenv("HESSEXT_REORTH_FUSE");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return reorth::FuseMode::kAuto;
+  if (std::strcmp(v, "always") == 0 || std::strcmp(v, "1") == 0) return reorth::FuseMode::kAlways;
+  if (std::strcmp(v, "never") == 0 || std::strcmp(v, "0") == 0) return reorth::FuseMode::kNever;
+  STD_TORCH_CHECK(false, "reorthogonalize: HESSEXT_REORTH_FUSE must be auto, always or never, got '", v, "'");
+  return reorth::FuseMode::kAuto;
+}
+
+template <typename T>
+reorth::Plan plan_for(int64_t n, int64_t k, int64_t passes) {
+  const char* op = "reorthogonalize";
+  const cuda::DeviceInfo info = cuda::current_device_info(op);
+  reorth::Device d;
+  d.sms = info.sms;
+  d.l2_bytes = info.l2_bytes;
+  d.resident_dot = cuda::resident_blocks_per_sm(tile_sweep<T, false, true, false>, kThreads, 0, op);
+  d.resident_fused = cuda::resident_blocks_per_sm(tile_sweep<T, true, true, false>, kThreads, 0, op);
+  d.resident_sub = cuda::resident_blocks_per_sm(tile_sweep<T, true, false, true>, kThreads, 0, op);
+  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, fuse_mode());
+}
+
+template <typename T, bool SUB, bool DOT, bool NORM>
+void sweep(const reorth::SweepLaunch& s, const T* B, int64_t k, int64_t n, const T* src, T* dst,
+           const double* hsub, double* partial, double* norm_partial, cudaStream_t stream, const char* what) {
+  const dim3 grid(static_cast<unsigned>(s.gx), static_cast<unsigned>(s.gy));
+  tile_sweep<T, SUB, DOT, NORM><<<grid, kThreads, 0, stream>>>(B, k, n, src, dst, hsub, partial,
+                                                               norm_partial, s.vpt, s.rows_per_y);
+  check_launch(what);
 }
 
 template <typename T>
 void launch(const T* w, const T* B, int64_t k, int64_t n, int64_t passes, T* out, T* coeffs, T* norm,
             double* ws, cudaStream_t stream) {
-  const int64_t blocks = (n + kTile - 1) / kTile;
-  double* partial = ws;                      // [k, blocks]
-  double* norm_partial = ws + k * blocks;    // [blocks]
-  double* h1 = norm_partial + blocks;        // [k]
+  const reorth::Plan plan = plan_for<T>(n, k, passes);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  double* partial = ws;                      // [k, chunks]
+  double* norm_partial = ws + k * chunks;    // [chunks]
+  double* h1 = norm_partial + chunks;        // [k]
   double* h2 = h1 + k;                       // [k]
   double* hsum = h2 + k;                     // [k]
-  const dim3 grid(static_cast<unsigned>(blocks));
+  const unsigned rows = static_cast<unsigned>(k);
   if (k == 0) {
-    tile_sweep<T, true, false, true><<<grid, kThreads, 0, stream>>>(B, 0, n, w, out, h1, partial,
-                                                                    norm_partial);
-    check_launch("tile_sweep (copy + norm)");
+    sweep<T, true, false, true>(plan.sub, B, 0, n, w, out, h1, partial, norm_partial, stream, "copy + norm");
   } else {
-    tile_sweep<T, false, true, false><<<grid, kThreads, 0, stream>>>(B, k, n, w, out, h1, partial,
-                                                                     norm_partial);
-    check_launch("tile_sweep (sweep 1)");
-    reduce_rows<T><<<static_cast<unsigned>(k), kThreads, 0, stream>>>(partial, blocks, h1, hsum, coeffs,
-                                                                      false);
+    sweep<T, false, true, false>(plan.dot, B, k, n, w, out, h1, partial, norm_partial, stream, "sweep 1");
+    reduce_rows<T><<<rows, kThreads, 0, stream>>>(partial, chunks, h1, hsum, coeffs, false);
     check_launch("reduce_rows (sweep 1)");
     if (passes == 2) {
-      tile_sweep<T, true, true, false><<<grid, kThreads, 0, stream>>>(B, k, n, w, out, h1, partial,
-                                                                      norm_partial);
-      check_launch("tile_sweep (sweep 2)");
-      reduce_rows<T><<<static_cast<unsigned>(k), kThreads, 0, stream>>>(partial, blocks, h2, hsum, coeffs,
-                                                                        true);
+      if (plan.fused_two) {
+        sweep<T, true, true, false>(plan.fused, B, k, n, w, out, h1, partial, norm_partial, stream,
+                                    "sweep 2 (fused)");
+      } else {
+        sweep<T, true, false, false>(plan.sub, B, k, n, w, out, h1, partial, norm_partial, stream,
+                                     "sweep 2 (subtract)");
+        sweep<T, false, true, false>(plan.dot, B, k, n, out, out, h1, partial, norm_partial, stream,
+                                     "sweep 2 (dots)");
+      }
+      reduce_rows<T><<<rows, kThreads, 0, stream>>>(partial, chunks, h2, hsum, coeffs, true);
       check_launch("reduce_rows (sweep 2)");
-      tile_sweep<T, true, false, true><<<grid, kThreads, 0, stream>>>(B, k, n, out, out, h2, partial,
-                                                                      norm_partial);
-      check_launch("tile_sweep (sweep 3)");
+      sweep<T, true, false, true>(plan.sub, B, k, n, out, out, h2, partial, norm_partial, stream, "sweep 3");
     } else {
-      tile_sweep<T, true, false, true><<<grid, kThreads, 0, stream>>>(B, k, n, w, out, h1, partial,
-                                                                      norm_partial);
-      check_launch("tile_sweep (sweep 2)");
+      sweep<T, true, false, true>(plan.sub, B, k, n, w, out, h1, partial, norm_partial, stream, "sweep 2");
     }
   }
-  reduce_norm<T><<<1, kThreads, 0, stream>>>(norm_partial, blocks, norm);
+  reduce_norm<T><<<1, kThreads, 0, stream>>>(norm_partial, chunks, norm);
   check_launch("reduce_norm");
 }
 
@@ -211,9 +307,9 @@ std::tuple<Tensor, Tensor, Tensor> reorthogonalize_cuda(Tensor w, Tensor basis, 
     torch::stable::zero_(norm);
     return std::make_tuple(out, coeffs, norm);
   }
-  const int64_t blocks = (n + kTile - 1) / kTile;
-  // double workspace: per-block partials of the k dots and of the squared norm, h1, h2 and their sum
-  Tensor ws = torch::stable::new_empty(w, {k * blocks + blocks + 3 * k}, ScalarType::Double);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  // double workspace: per-chunk partials of the k dots and of the squared norm, h1, h2 and their sum
+  Tensor ws = torch::stable::new_empty(w, {k * chunks + chunks + 3 * k}, ScalarType::Double);
   cudaStream_t stream = static_cast<cudaStream_t>(
       torch::stable::accelerator::getCurrentStream(w.get_device_index()).nativeHandle());
   if (w.scalar_type() == ScalarType::Float) {
