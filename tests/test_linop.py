@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
 import torch
+from _spectra import Diag as DiagOperator  # implements only _matmat: the rest is the base class
 
 from hessext.linop import DenseOperator, LinearOperator, as_operator
 
@@ -13,17 +14,6 @@ def sym(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tens
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(n, n, generator=g, dtype=dtype)
     return A + A.T
-
-
-class DiagOperator(LinearOperator):
-    """Implements only _matmat: the rest must come from the base class."""
-
-    def __init__(self, d: torch.Tensor) -> None:
-        super().__init__(d.numel(), d.dtype, d.device)
-        self.d = d
-
-    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        return self.d[:, None] * X
 
 
 def test_products_shapes_and_counter():
