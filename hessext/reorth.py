@@ -187,8 +187,8 @@ class PartialOrthogonalizer:
 
     def _pass(self, w: Tensor, V: Tensor, j: int) -> tuple[Tensor, float]:
         """A full Gram–Schmidt pass of the warm-up (or of full mode) by the kernel, DGKS second pass when
-        needed. In the warm-up the components the step left along the (at most ``WARMUP``) basis rows, measured
-        in float64 so that every backend measures the same thing, set ``ν``."""
+        needed. In the warm-up the components the step left along the (at most ``WARMUP``) basis rows,
+        measured in float64 so that every backend measures the same thing, set ``ν``."""
         if j < WARMUP and self.mode == "partial":
             c = V[:j + 1].double() @ w.double()
             self.nu = max(self.nu, NOISE_SAFETY * float(c.abs().max()))
