@@ -49,6 +49,7 @@ import torch
 from scipy.linalg import eigh, eigh_tridiagonal
 from torch import Tensor
 
+from ._backend import BACKEND
 from ._checks import check_int, check_seed, check_tol, converged, work_dtype
 from ._memory import available_memory, format_bytes, require_memory
 from .linop import LinearOperator, as_operator, holds_session
@@ -261,21 +262,26 @@ PARTIAL_MIN_N = 1_000_000
 PARTIAL_DIM_FACTOR = 3
 
 
-def resolve_reorth(reorth: object, n: int, fits: bool = True, sharded: bool = False) -> str:
+def resolve_reorth(reorth: object, n: int, fits: bool = True, sharded: bool = False,
+                   backend: Optional[str] = None) -> str:
     """The orthogonalisation of a run over ``n`` unknowns: ``reorth`` itself, or for ``"auto"``: ``"partial"``
-    when ``n > PARTIAL_MIN_N``, the operator is not sharded and the whole unrestarted basis of a partial run
-    ``fits`` in the memory bound; ``"full"`` otherwise (thick restarts within the bound).
+    when ``n > PARTIAL_MIN_N``, the operator is not sharded, the whole unrestarted basis of a partial run
+    ``fits`` in the memory bound and the compiled kernels are loaded (``backend``, default
+    ``hessext.BACKEND``); ``"full"`` otherwise (thick restarts within the bound).
 
     Measured (``benchmarks/bench_lanczos_scale.py``: float32 tanh-MLP Hessians, batch 16, top-10 to 1e-4,
-    2 threads): at n = 6.1M full reorthogonalisation with the restart bound of 30 vectors spends 80 % of a
-    16 s solve outside the products; partial reorthogonalisation does ~6 pairs of full passes in 153 steps
-    (README "Lanczos at scale" has the table). At n ≤ 10⁶ ``"auto"`` keeps ``"full"``, so small problems are
-    unchanged bit for bit."""
+    2 threads): at n = 1.0M partial reorthogonalisation solves in 2.6 s against 3.1 s, at 6.1M in 15.2 s
+    against 15.9 s (14–20 passes instead of one a step; README "Lanczos at scale"). At n ≤ 10⁶ ``"auto"``
+    keeps ``"full"``, so small problems are unchanged bit for bit. The pure-Python fallback keeps ``"full"``:
+    its float32 passes (library GEMVs, ~1e-5 relative at 10⁵ unknowns on one thread) are too coarse for the
+    bookkeeping (measured: the loss grew to 1e-2 and Ritz vectors came out 1e-3 off before the estimates gave
+    up), so an explicit ``"partial"`` in float32 there is refused."""
     if not isinstance(reorth, str) or reorth not in REORTH:
         raise ValueError(f"reorth must be one of {REORTH}, got {reorth!r}")
     if reorth != "auto":
         return reorth
-    return "partial" if n > PARTIAL_MIN_N and fits and not sharded else "full"
+    compiled = (BACKEND if backend is None else backend) != "python"
+    return "partial" if n > PARTIAL_MIN_N and fits and not sharded and compiled else "full"
 
 
 def _krylov_dim(n: int, k: int, max_iter: Optional[int]) -> int:
@@ -483,6 +489,12 @@ def _choose_reorth(op: LinearOperator, reorth: object, k: int, max_iter: Optiona
     if not isinstance(reorth, str) or reorth not in REORTH:
         resolve_reorth(reorth, gn)                            # raises the error naming the choices
     m_part = m_full if max_iter is not None else min(gn, PARTIAL_DIM_FACTOR * m_full)
+    if reorth == "partial" and BACKEND == "python" and dtype == torch.float32:
+        raise ValueError("reorth='partial' needs the compiled kernels in float32: the pure-Python "
+                         "fallback's float32 Gram-Schmidt passes (library GEMVs) are too coarse for its "
+                         "estimates of the loss of orthogonality (measured: Ritz vectors 1e-3 off at 10^5 "
+                         "unknowns). Use reorth='full' (or 'auto'), compute in float64, or build the "
+                         "extension")
     if reorth in ("partial", "none"):
         return reorth, m_part
     fits = False
@@ -526,7 +538,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     st = _Krylov(op=op, want=want, chains=chains, m=M, budget=budget, tol=tol, seed=seed,
                  start_matvecs=op.num_matvecs)
     if mode != "full":
-        st.guard = PartialOrthogonalizer(M + 1, dtype, mode)
+        st.guard = PartialOrthogonalizer(M + 1, dtype, mode, n=gn)
     st.chains.V[0, 0] = _first_vector(op, v0, n, seed, dtype, device)
     if progress:
         from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown

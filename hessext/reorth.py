@@ -78,13 +78,15 @@ class PartialOrthogonalizer:
     Counters: ``passes`` (full passes done), ``events`` (estimates that crossed √ε).
     """
 
-    def __init__(self, rows: int, dtype: torch.dtype, mode: str = "partial") -> None:
+    def __init__(self, rows: int, dtype: torch.dtype, mode: str = "partial", n: int = 1) -> None:
         self.mode = mode
         self.alpha = np.zeros(rows + 1)
         self.beta = np.zeros(rows + 1)        # beta[l] couples q_l and q_{l+1}
         self.cur = np.ones(1)                 # ω_{l,j}, l = 0 … j (cur[j] = 1)
         self.prev = np.zeros(0)               # ω_{l,j−1}, l = 0 … j − 1
         self.eps = float(torch.finfo(dtype).eps)
+        # what a Gram–Schmidt pass leaves (as PROPACK: √n·ε/2; a float32 GEMV's sum over n terms)
+        self.floor = max(self.eps, 0.5 * math.sqrt(n) * self.eps)
         self.eta0 = math.sqrt(self.eps)
         self.eta = self.eta0                  # the semi-orthogonality level: √max(ε, ν/‖T‖), ≤ ETA_MAX
         self.nu = 0.0                         # rounding a step leaves along each basis vector (absolute)
@@ -106,10 +108,15 @@ class PartialOrthogonalizer:
         elif self.force > 0:                         # the step after an event
             w, nrm, _ = self._blas_pass(w, V[:j + 1], None)
             self.force -= 1
-            self._reset(j, self.eps)
+            self._reset(j, self.floor)
         else:
             nrm = float(torch.linalg.vector_norm(w))
             self.eta = min(ETA_MAX, max(self.eta0, math.sqrt(self.nu / max(tn, 1e-300))))
+            if self.eta >= ETA_MAX:        # the steps are too noisy for semi-orthogonality to mean anything
+                self.mode = "full"
+                w, nrm = self._pass(w, V, j)
+                self.beta[j] = nrm
+                return w, nrm
             new = self._omega(j, a, nrm)
             est = float(np.max(np.abs(new[:j + 1])))
             if est > self.eta or j >= self.next_check:
@@ -166,7 +173,7 @@ class PartialOrthogonalizer:
         self.events += 1
         w, nrm, _ = self._blas_pass(w, basis, c)
         self.force = 1
-        self._reset(j, max(self.eps, self.eta * loss))
+        self._reset(j, max(self.floor, self.eta * loss))
         return w, nrm, None
 
     def _blas_pass(self, w: Tensor, basis: Tensor, c: "Tensor | None") -> tuple[Tensor, float, Tensor]:
@@ -194,7 +201,7 @@ class PartialOrthogonalizer:
             self.nu = max(self.nu, NOISE_SAFETY * float(c.abs().max()))
         w, _, nrm, _ = gram_schmidt_pass(w, V[:j + 1])
         self.passes += 1
-        self._reset(j, self.eps)
+        self._reset(j, self.floor)
         return w, nrm
 
     def fresh_vector(self, j: int) -> None:

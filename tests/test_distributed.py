@@ -66,8 +66,11 @@ def _analyse(op: HessianOperator) -> dict:
     out["top"], out["top_vecs"] = top.eigenvalues, top.eigenvectors
     out["top_residuals"] = top.residuals
     out["min"] = lanczos(op, k=1, which="SA", tol=tol, seed=1).eigenvalues
-    # partial reorthogonalisation ("auto" above 10⁶ unknowns): every rank takes the same branches
-    out["top_partial"] = lanczos(op, k=3, which="LA", tol=tol, seed=0, reorth="partial").eigenvalues
+    # partial reorthogonalisation ("auto" above 10⁶ unknowns): every rank takes the same branches (refused
+    # in float32 on the pure-Python fallback)
+    import hessext
+    mode = "partial" if hessext.BACKEND != "python" or op.dtype == torch.float64 else "full"
+    out["top_partial"] = lanczos(op, k=3, which="LA", tol=tol, seed=0, reorth=mode).eigenvalues
     out["trace"] = torch.tensor(hutchpp(op, 30, seed=3).estimate, dtype=torch.float64)
     blocks = {k: op.layout.indices(v) for k, v in BLOCKS.items()}
     bt = estimate_trace(op, 24, method="hutchinson", seed=5, blocks=blocks)

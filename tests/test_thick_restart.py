@@ -152,7 +152,8 @@ def test_fast_bound_only_above_a_million():
     for n, kw, expect, mode in (
             (1_000_000, {}, L.krylov_dim_for_extremes(1_000_000, 2), "full"),
             (1_000_001, {"reorth": "full"}, L.fast_basis_bound(2), "full"),
-            (1_000_001, {}, L.PARTIAL_DIM_FACTOR * L.krylov_dim_for_extremes(1_000_001, 2), "partial")):
+            (1_000_001, {}, L.PARTIAL_DIM_FACTOR * L.krylov_dim_for_extremes(1_000_001, 2), "partial")
+            if L.BACKEND != "python" else (1_000_001, {}, L.fast_basis_bound(2), "full")):
         d = np.concatenate([g.uniform(0, 1, n - 3), [3.0, 4.0, 5.0]])
         res = lanczos(Diag(torch.tensor(g.permutation(d), dtype=F64)), k=2, tol=1e-8, return_vectors=False,
                       **kw)
