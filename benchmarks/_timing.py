@@ -1,5 +1,5 @@
-"""Timing helpers shared by the Lanczos benchmarks: a wall-clock accumulator for wrapped functions and an
-operator wrapper that times its products.
+"""Timing helpers shared by the Lanczos benchmarks: a wall-clock accumulator for wrapped functions, an
+operator wrapper that times its products, and the benchmarks' workload (a tanh MLP's Hessian).
 
 Imported inside the benchmarks' run functions (after the thread count is set), never by the library.
 """
@@ -9,7 +9,9 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
+from hessext.hvp import HessianOperator
 from hessext.linop import LinearOperator
 
 
@@ -53,3 +55,12 @@ class TimedOperator(LinearOperator):
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return Y
+
+
+def tanh_mlp_operator(h: int, batch: int = 16) -> TimedOperator:
+    """The Lanczos benchmarks' workload, timed: the Hessian of a tanh MLP 784-h-h-10 with cross-entropy on one
+    random batch (float32, seed 0); n ≈ 784h + h² + 11h + 10."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 10))
+    X, y = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
+    return TimedOperator(HessianOperator(model, nn.CrossEntropyLoss(), (X, y)))

@@ -7,14 +7,11 @@ one process on all the data (exact double-backward HessianOperator) and with the
 """
 from __future__ import annotations
 
-import os
 import time
-import traceback
-from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 from _models import mlp_batch, tiny_mlp
+from _spawn import run_rank
 from torch import nn
 
 GROUP_TIMEOUT_S = 30.0
@@ -236,15 +233,5 @@ def analyse_top(op, k: int = 3, tol: float = 1e-10) -> torch.Tensor:
 
 
 def worker(rank: int, world: int, port: int, out_dir: str, hybrid: bool, facade: bool = False) -> None:
-    torch.set_num_threads(1)
-    res: dict = {}
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=GROUP_TIMEOUT_S))
-        res = (facade_checks if facade else checks)(rank, world, hybrid)
-    except BaseException:  # noqa: BLE001  report, do not hang the parent
-        res["fatal"] = traceback.format_exc()
-    finally:
-        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_rank(rank, world, port, out_dir, GROUP_TIMEOUT_S,
+             lambda: (facade_checks if facade else checks)(rank, world, hybrid))

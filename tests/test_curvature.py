@@ -11,18 +11,12 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
-import socket
-import time
-import traceback
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from _models import tiny_mlp
+from _spawn import run_rank, run_ranks
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
@@ -427,46 +421,25 @@ def _dp_problem():
 
 
 def _dp_worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    res: dict = {}
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                                timeout=timedelta(seconds=60))
+    def body() -> dict:
         model, batches = _dp_problem()
         mine = hessext.distributed.shard(batches, rank, 2)
         crit = nn.CrossEntropyLoss()
         with hessext.distributed.data_parallel():
             H = hessext.distributed.hessian_operator(model, crit, iter(mine))
-        res["G"] = GGNOperator(model, crit, iter(mine), reducer=matching_reducer(H)).to_dense()
-        res["F"] = FisherOperator(model, crit, iter(mine), kind="mc", mc_samples=3,
-                                  reducer=matching_reducer(H)).to_dense()
-    except BaseException:  # noqa: BLE001  report, do not hang the parent
-        res["fatal"] = traceback.format_exc()
-    finally:
-        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        return {"G": GGNOperator(model, crit, iter(mine), reducer=matching_reducer(H)).to_dense(),
+                "F": FisherOperator(model, crit, iter(mine), kind="mc", mc_samples=3,
+                                    reducer=matching_reducer(H)).to_dense()}
+
+    run_rank(rank, 2, port, out_dir, 60, body)
 
 
 def test_data_parallel_two_ranks(tmp_path):
     """Each rank holds a shard; with the reducer of its data-parallel Hessian operator the GGN is the one of
     all the data (as one process computes it), and the Monte-Carlo Fisher is bitwise the same on both ranks
     (draws seeded from (seed, rank, batch index): every rank reproduces them)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_dp_worker, args=(r, port, str(tmp_path)), daemon=True) for r in range(2)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 120
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    res = [torch.load(os.path.join(tmp_path, f"rank{r}.pt")) for r in range(2)]
-    assert not any("fatal" in r for r in res), [r.get("fatal") for r in res]
+    out_dir = str(tmp_path)
+    res = run_ranks(_dp_worker, lambda r, port: (r, port, out_dir), 2, out_dir, 120.0)
     model, batches = _dp_problem()
     single = GGNOperator(model, nn.CrossEntropyLoss(), iter(batches)).to_dense()
     assert rel(res[0]["G"], single) < 1e-13 and torch.equal(res[0]["G"], res[1]["G"])
