@@ -538,7 +538,7 @@ def _run(op: LinearOperator, want: _Want, *, max_iter: Optional[int], tol: float
     st = _Krylov(op=op, want=want, chains=chains, m=M, budget=budget, tol=tol, seed=seed,
                  start_matvecs=op.num_matvecs)
     if mode != "full":
-        st.guard = PartialOrthogonalizer(M + 1, dtype, mode, n=gn)
+        st.guard = PartialOrthogonalizer(M + 1, dtype, mode)
     st.chains.V[0, 0] = _first_vector(op, v0, n, seed, dtype, device)
     if progress:
         from tqdm.auto import tqdm  # ~50 ms to import (asyncio): paid only when a bar is shown

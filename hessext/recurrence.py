@@ -120,7 +120,7 @@ class LanczosChains:
         if j > 0:
             w.add_(V[j - 1], alpha=-bprev)
         af = float(a)
-        w, nrm = guard.clean(w, V, j, af, bprev, float(self.tnorm[0]))
+        w, nrm = guard.clean(w, V, j, af, float(self.tnorm[0]))
         self.alpha[0, j] = a
         self.beta[0, j] = nrm
         tn = max(float(self.tnorm[0]), abs(af) + nrm + bprev)

@@ -11,21 +11,30 @@ obtained from ``q_lᵀ`` of two Lanczos relations,
     β_j ω_{l,j+1} = β_l ω_{l+1,j} + (α_l − α_j) ω_{l,j} + β_{l−1} ω_{l−1,j} − β_{j−1} ω_{l,j−1} ± ν,
 
 (``ω_{j,j} = 1``; O(j) scalar work a step), where ``ν`` is the rounding a step adds to each component. Only
-when ``max_l |ω_{l,j+1}| > √ε`` is the new vector orthogonalised against the whole basis (one classical
-Gram–Schmidt pass with the DGKS second pass when needed, :func:`hessext.ops.reorthogonalize`), and so is the
-one after it (the recurrence carries ``ω_{·,j}`` of the not-reorthogonalised ``q_j`` into step j + 2).
+when the estimate passes the level η (below) is the new vector checked and, if the measurement confirms it,
+orthogonalised against the whole basis (one classical Gram–Schmidt pass by two matrix–vector products), and
+so is the one after it (the recurrence carries ``ω_{·,j}`` of the not-reorthogonalised ``q_j`` into step
+j + 2).
 
-Calibrated and measured, not assumed: in float32 the rounding of a Hessian-vector product, not of the
-recurrence, sets ``ν`` (measured: one step leaves components of ~1e-4 along the basis at 6M parameters,
-~1000 ε‖T‖), so ``ν`` is *measured*: the first ``WARMUP`` steps are fully reorthogonalised and each pass's
-Gram–Schmidt coefficients are the components the step left (``ν`` = their largest, times ``NOISE_SAFETY``).
-Every later pass measures the loss the vector had before it (``max_l |q_lᵀ w| / ‖w‖``, free from the same
-coefficients): when that exceeds the estimate, ``ν`` is scaled up by the ratio; when it exceeds
-``GIVE_UP·√ε`` the rest of the run is fully reorthogonalised. ``measured`` (reported by :func:`lanczos` as
-part of ``orthogonality_loss``) is the largest loss measured.
+Calibrated and measured, not assumed:
 
-Cost per step: the three-term recurrence (about 8 vector reads) and, every ~20 steps on the MLP Hessians of
-``benchmarks/bench_lanczos_scale.py``, two passes against the basis — against one pass (2j reads) every step.
+- ``ν``: in float32 the rounding of a Hessian-vector product, not of the recurrence, sets it (measured: one
+  step leaves components of ~1e-4 along the basis at 6M parameters, ~1000 ε‖T‖). The first ``WARMUP`` steps
+  are fully reorthogonalised and the components each left along the basis, measured in float64, set ``ν``
+  (times ``NOISE_SAFETY``).
+- η = √max(ε, ν/‖T‖): semi-orthogonality relative to the precision of the products (the error of ``T`` is
+  O(η²‖A‖), the products' own level). A run whose ``ν`` would put η at ``ETA_MAX`` is fully
+  reorthogonalised from then on.
+- Checkpoints (one read of the basis: ``max_l |q_lᵀ w| / ‖w‖``) at every step whose estimate passes η and at
+  intervals of ``CHECK_FIRST`` doubling to ``CHECK_MAX`` steps. A measurement above the estimate scales
+  ``ν`` up; a measured column is kept (and replaces the estimates) when one more step, growing as the
+  estimates do, stays below η; a periodic checkpoint ``GIVE_UP`` times above η switches the run to full
+  passes. ``measured`` (reported by :func:`lanczos` as part of ``orthogonality_loss``) is the largest loss
+  measured in a stored vector.
+
+Cost per step: the three-term recurrence (about 8 vector reads) and, every ~8–15 steps on the MLP Hessians of
+``benchmarks/bench_lanczos_scale.py`` (14–20 passes in 150–180 steps), two passes against the basis — against
+one pass (2j reads) every step.
 """
 from __future__ import annotations
 
@@ -78,16 +87,13 @@ class PartialOrthogonalizer:
     Counters: ``passes`` (full passes done), ``events`` (estimates that crossed √ε).
     """
 
-    def __init__(self, rows: int, dtype: torch.dtype, mode: str = "partial", n: int = 1) -> None:
+    def __init__(self, rows: int, dtype: torch.dtype, mode: str = "partial") -> None:
         self.mode = mode
         self.alpha = np.zeros(rows + 1)
         self.beta = np.zeros(rows + 1)        # beta[l] couples q_l and q_{l+1}
         self.cur = np.ones(1)                 # ω_{l,j}, l = 0 … j (cur[j] = 1)
         self.prev = np.zeros(0)               # ω_{l,j−1}, l = 0 … j − 1
         self.eps = float(torch.finfo(dtype).eps)
-        # what a Gram–Schmidt pass leaves, as the estimates restart after one: ε (√n·ε/2, PROPACK's choice,
-        # cost 20 % more passes at 6M parameters; the checkpoints catch a pass that left more)
-        self.floor = self.eps
         self.eta0 = math.sqrt(self.eps)
         self.eta = self.eta0                  # the semi-orthogonality level: √max(ε, ν/‖T‖), ≤ ETA_MAX
         self.nu = 0.0                         # rounding a step leaves along each basis vector (absolute)
@@ -98,10 +104,14 @@ class PartialOrthogonalizer:
         self.passes = self.events = self.checks = 0
 
     # ------------------------------------------------------------------------------------------ the step
-    def clean(self, w: Tensor, V: Tensor, j: int, a: float, bprev: float, tn: float) -> tuple[Tensor, float]:
+    def clean(self, w: Tensor, V: Tensor, j: int, a: float, tn: float) -> tuple[Tensor, float]:
         """Make ``w`` (step j's ``A q_j − α_j q_j − β_{j−1} q_{j−1}``) as orthogonal to ``V[:j+1]`` as the
         mode asks. Returns ``(w, β_j = ‖w‖)``."""
         self.alpha[j] = a
+        if self.mode == "partial" and j >= WARMUP and self.force == 0:
+            self.eta = min(ETA_MAX, max(self.eta0, math.sqrt(self.nu / max(tn, 1e-300))))
+            if self.eta >= ETA_MAX:        # the steps are too noisy for semi-orthogonality to mean anything
+                self.mode = "full"
         if self.mode == "none":
             nrm = float(torch.linalg.vector_norm(w))
         elif self.mode == "full" or j < WARMUP:
@@ -109,15 +119,9 @@ class PartialOrthogonalizer:
         elif self.force > 0:                         # the step after an event
             w, nrm, _ = self._blas_pass(w, V[:j + 1], None)
             self.force -= 1
-            self._reset(j, self.floor)
+            self._reset(j, self.eps)
         else:
             nrm = float(torch.linalg.vector_norm(w))
-            self.eta = min(ETA_MAX, max(self.eta0, math.sqrt(self.nu / max(tn, 1e-300))))
-            if self.eta >= ETA_MAX:        # the steps are too noisy for semi-orthogonality to mean anything
-                self.mode = "full"
-                w, nrm = self._pass(w, V, j)
-                self.beta[j] = nrm
-                return w, nrm
             new = self._omega(j, a, nrm)
             est = float(np.max(np.abs(new[:j + 1])))
             if est > self.eta or j >= self.next_check:
@@ -174,7 +178,7 @@ class PartialOrthogonalizer:
         self.events += 1
         w, nrm, _ = self._blas_pass(w, basis, c)
         self.force = 1
-        self._reset(j, max(self.floor, self.eta * loss))
+        self._reset(j, max(self.eps, self.eta * loss))
         return w, nrm, None
 
     def _blas_pass(self, w: Tensor, basis: Tensor, c: "Tensor | None") -> tuple[Tensor, float, Tensor]:
@@ -202,7 +206,7 @@ class PartialOrthogonalizer:
             self.nu = max(self.nu, NOISE_SAFETY * float(c.abs().max()))
         w, _, nrm, _ = gram_schmidt_pass(w, V[:j + 1])
         self.passes += 1
-        self._reset(j, self.floor)
+        self._reset(j, self.eps)
         return w, nrm
 
     def fresh_vector(self, j: int) -> None:
