@@ -53,6 +53,14 @@ def reference(world: int) -> dict:
     return _REF[world]
 
 
+def _only(run, world: int, why: str) -> tuple[list[dict], dict]:
+    """The ranks' results and the single-process reference of the ``world``-process run; skip the others."""
+    w, ranks = run
+    if w != world:
+        pytest.skip(why)
+    return ranks, reference(w)
+
+
 def _rel(a, b) -> float:
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     return float(((a - b).abs() / b.abs().clamp_min(1e-300)).max())
@@ -92,10 +100,8 @@ def test_eigenvalues_match_the_exact_hessian(run):
 
 
 def test_trace_estimators_and_density_match_single_process(run):
-    world, ranks = run
-    if world != 2:
-        pytest.skip("the 4-process run checks eigenvalues only (time)")
-    ref = reference(world)["f64"]
+    ranks, ref = _only(run, 2, "the 4-process run checks eigenvalues only (time)")
+    ref = ref["f64"]
     for r in ranks:
         for key in ("hutchinson", "hutchpp", "xtrace"):
             assert _rel(r["f64"][key], ref[key]) < 1e-6, key     # the same probes, the same estimate
@@ -113,10 +119,8 @@ def test_every_rank_returns_the_same_numbers(run):
 
 
 def test_float32_top5_with_default_step(run):
-    world, ranks = run
-    if world != 2:
-        pytest.skip("checked in the 2-process run")
-    lam = reference(world)["lam"]
+    ranks, ref = _only(run, 2, "checked in the 2-process run")
+    lam = ref["lam"]
     for r in ranks:
         assert _rel(r["f32_top"], lam[-5:]) < 1e-3
 
@@ -137,10 +141,8 @@ def test_richardson_and_error_estimate(run):
 
 
 def test_hybrid_mesh(run):
-    world, ranks = run
-    if world != 4:
-        pytest.skip("hybrid sharding needs 4 processes")
-    lam = reference(world)["lam"]
+    ranks, ref = _only(run, 4, "hybrid sharding needs 4 processes")
+    lam = ref["lam"]
     for r in ranks:
         assert "Replicate" in r["hybrid_placements"] and "Shard(dim=0)" in r["hybrid_placements"]
         assert _rel(r["hybrid_top"], lam[-3:]) < 1e-6
