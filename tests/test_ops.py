@@ -799,25 +799,32 @@ def test_cuda_float32_accuracy_at_1e8():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,n", [(1, 2000), (130, 2000), (32, 1_000_003), (128, 3_000_001)])
 def test_cuda_reorthogonalize_independent_of_launch_plan(dtype, k, n, monkeypatch):
-    """Fused or split sweep 2 (HESSEXT_REORTH_FUSE=always / never / auto), tiles and grids from the device:
-    every partial covers a fixed 128-column chunk and the chunks are summed in a fixed order, so all plans
-    give the same bits; and they match the reference."""
+    """Fused or split sweep 2 (HESSEXT_REORTH_FUSE=always / never / auto), reductions folded into the sweeps
+    or launched on their own (HESSEXT_REORTH_FOLD), tiles and grids from the device: every partial covers a
+    fixed 128-column chunk and the chunks are summed in a fixed order, so all plans give the same bits, for
+    one pass and two; and they match the reference."""
     _need_cuda_bytes(8 * k * n * 2)
     basis = torch.empty(k, n, dtype=dtype, device="cuda")
     ops.rademacher_(basis.view(-1), 5)
     basis.mul_(n ** -0.5)
     w = _randn(n, dtype, device="cuda")
-    results = {}
-    for mode in ("auto", "always", "never"):
-        monkeypatch.setenv("HESSEXT_REORTH_FUSE", mode)
-        results[mode] = ops.reorthogonalize(w, basis)
-    for mode in ("always", "never"):
-        for a, b in zip(results["auto"], results[mode]):
-            assert torch.equal(a, b), mode
+    for passes in (1, 2):
+        results = {}
+        for fuse in ("auto", "always", "never"):
+            for fold in ("auto", "always", "never"):
+                monkeypatch.setenv("HESSEXT_REORTH_FUSE", fuse)
+                monkeypatch.setenv("HESSEXT_REORTH_FOLD", fold)
+                results[fuse, fold] = ops.reorthogonalize(w, basis, passes)
+        for mode, result in results.items():
+            for a, b in zip(results["auto", "auto"], result):
+                assert torch.equal(a, b), (passes, mode)
+    monkeypatch.delenv("HESSEXT_REORTH_FOLD")
     if k * n <= 4_000_000:
         _check_against_reference("ops-cuda", w, basis, 2)
-    monkeypatch.setenv("HESSEXT_REORTH_FUSE", "sometimes")
-    with pytest.raises(RuntimeError, match="HESSEXT_REORTH_FUSE"):
-        ops.reorthogonalize(w, basis)
+    for name in ("HESSEXT_REORTH_FUSE", "HESSEXT_REORTH_FOLD"):
+        monkeypatch.setenv(name, "sometimes")
+        with pytest.raises(RuntimeError, match=name):
+            ops.reorthogonalize(w, basis)
+        monkeypatch.setenv(name, "auto")
     del basis, results
     torch.cuda.empty_cache()

@@ -24,6 +24,12 @@ constexpr int kL2ShareDivisor = 2;
 // ... with at least this many blocks of the smallest tile per SM (fewer leave too few loads in flight; a
 // first guess, to be measured on a GPU, overridden by HESSEXT_REORTH_FUSE=always|never).
 constexpr int kFuseMinBlocksPerSm = 2;
+// A sweep's reduction (the k dot products' chunk partials, or the squared norm's) is folded into the sweep
+// itself -- its last block to finish sums the partials, in the same fixed order as the separate reduction
+// kernel -- when there are at most this many partials: one block then reads <= 256 KB (a few microseconds,
+// about one launch). Larger reductions keep their own launch of one block per row, which reads them at the
+// device's bandwidth. Only the launch count depends on this choice, never the bits.
+constexpr int64_t kFoldMaxPartials = int64_t{1} << 15;
 
 enum class FuseMode { kAuto, kAlways, kNever };
 
@@ -48,6 +54,9 @@ struct Plan {
   SweepLaunch sub;    // the subtracting sweeps
   bool fused_two = false;
   int sweeps = 0;     // sweeps over the basis
+  bool fold_dots = false;  // the dot sweeps reduce their own partials (last block)
+  bool fold_norm = false;  // the norm sweep reduces its own partials (last block)
+  int launches = 0;        // stream operations of one call: kernels, plus one memset of the fold counters
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -108,22 +117,36 @@ inline SweepLaunch fused_launch(int64_t n, int64_t k, int elt, const Device& d) 
   return s;
 }
 
-inline Plan make_plan(int64_t n, int64_t k, int64_t passes, int elt, const Device& d, FuseMode mode) {
+// Which reductions are folded into their sweeps, and the call's stream operations: the sweeps' kernels, one
+// reduction kernel per dot sweep and for the norm unless folded, and one memset of the counters when any is.
+// HESSEXT_REORTH_FOLD=always|never overrides (fold: the same FuseMode values).
+inline void plan_reductions(Plan& p, int64_t n, int64_t k, int64_t passes, FuseMode fold = FuseMode::kAuto) {
+  const int64_t chunks = ceil_div(n, kChunk);
+  const bool auto_mode = fold == FuseMode::kAuto;
+  p.fold_dots = k > 0 && (auto_mode ? k * chunks <= kFoldMaxPartials : fold == FuseMode::kAlways);
+  p.fold_norm = auto_mode ? chunks <= kFoldMaxPartials : fold == FuseMode::kAlways;
+  const int dot_sweeps = k == 0 ? 0 : static_cast<int>(passes);
+  const int kernels = k == 0 ? 1 : (passes == 1 ? 2 : (p.fused_two ? 3 : 4));
+  p.launches = kernels + (p.fold_dots ? 0 : dot_sweeps) + (p.fold_norm ? 0 : 1) +
+               ((p.fold_dots || p.fold_norm) ? 1 : 0);
+}
+
+inline Plan make_plan(int64_t n, int64_t k, int64_t passes, int elt, const Device& d, FuseMode mode,
+                      FuseMode fold = FuseMode::kAuto) {
   Plan p;
   p.dot = dot_launch(n, k, int64_t{d.resident_dot} * d.sms);
   p.sub = stream_launch(n, k, int64_t{d.resident_sub} * d.sms);
   if (k == 0) {
     p.sweeps = 0;
-    return p;
-  }
-  if (passes == 1) {
+  } else if (passes == 1) {
     p.sweeps = 2;
-    return p;
+  } else {
+    p.fused_two = mode == FuseMode::kAlways ||
+                  (mode == FuseMode::kAuto && fuse_sweep_two(n, k, elt, d.sms, d.l2_bytes));
+    if (p.fused_two) p.fused = fused_launch(n, k, elt, d);
+    p.sweeps = p.fused_two ? 3 : 4;
   }
-  p.fused_two = mode == FuseMode::kAlways ||
-                (mode == FuseMode::kAuto && fuse_sweep_two(n, k, elt, d.sms, d.l2_bytes));
-  if (p.fused_two) p.fused = fused_launch(n, k, elt, d);
-  p.sweeps = p.fused_two ? 3 : 4;
+  plan_reductions(p, n, k, passes, fold);
   return p;
 }
 

@@ -1,9 +1,16 @@
 // CUDA kernel of hessext::reorthogonalize (CGS2 against the rows of basis [k, n]); same sweeps as the CPU
 // kernel (csrc/cpu/reorthogonalize.cpp):
 //
-//   sweep 1:  h1 = B w                                   tile_sweep<DOT>        + reduce_rows
-//   sweep 2:  w' = w - Bᵀ h1 ; h2 = B w'                 tile_sweep<SUB, DOT>   + reduce_rows
-//   sweep 3:  w'' = w' - Bᵀ h2 ; ‖w''‖²                  tile_sweep<SUB, NORM>  + reduce_norm
+//   sweep 1:  h1 = B w                                   tile_sweep<DOT>        + reduction of h1
+//   sweep 2:  w' = w - Bᵀ h1 ; h2 = B w'                 tile_sweep<SUB, DOT>   + reduction of h2
+//   sweep 3:  w'' = w' - Bᵀ h2 ; ‖w''‖²                  tile_sweep<SUB, NORM>  + reduction of the norm
+//
+// Launches: a reduction with few partials (reorth_plan.h: kFoldMaxPartials) is folded into its sweep -- each
+// block fences its partials and takes a ticket from a counter (zeroed by one memset per call); the block that
+// takes the last ticket sums them -- so a small 2-pass call is one memset and 3 kernels instead of 6 kernels.
+// Larger reductions run as their own kernel (reduce_rows: one block per row; reduce_norm), whose one extra
+// launch is small against the sweep. Both run the same sum_chunks arithmetic, so the choice never shows in
+// the bits (HESSEXT_REORTH_FOLD=always|never overrides it, for tests).
 //
 // Tiles and grids (reorth_plan.h): a block walks tiles of vpt * 256 columns (vpt = 1, 2 or 4) in a
 // grid-stride loop, the grid capped at the blocks resident on the device (occupancy API x SM count).
@@ -25,8 +32,9 @@
 // subtraction are rounded to T, and the summed coefficients of both passes are kept in double until the
 // final rounding to T. Only the subtraction w -= Bᵀ h runs in T.
 //
-// Aliasing: sweep 3 updates out in place (src == dst), so src and dst are not __restrict__; the basis,
-// the coefficients and the partials never alias anything written by the same kernel.
+// Aliasing: sweep 3 updates out in place (src == dst), so src and dst are not __restrict__; nor are the
+// partials in tile_sweep, which a folded reduction reads back (after a fence) through its own pointers. The
+// basis and the coefficients a sweep subtracts never alias anything written by the same kernel.
 //
 // Launches go on the current stream of w's device under a device guard; every launch is checked.
 #include "hessext/checks.h"
@@ -79,6 +87,67 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   v = (threadIdx.x < kWarps) ? scratch[threadIdx.x] : 0.0;
   if (warp == 0) v = warp_sum(v);
   return v;
+}
+
+// sum_c p[c] over c < chunks in a fixed order (thread t takes c = t, t + kThreads, ..., then block_sum), valid
+// in thread 0; ends with a barrier so scratch can be reused at once. Loads bypass L1 (__ldcg): in a folded
+// reduction the partials were written by other blocks of the same kernel.
+__device__ __forceinline__ double sum_chunks(const double* p, int64_t chunks, double* scratch) {
+  double s = 0;
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += __ldcg(p + c);
+  s = block_sum(s, scratch);
+  __syncthreads();
+  return s;
+}
+
+// The reductions after a sweep: h[r] = sum of row r's chunk partials; hsum[r] = (accumulate ? hsum[r] : 0) +
+// h[r]; coeffs[r] = hsum[r] rounded to T (rows [r_begin, r_end)); *norm = sqrt(sum of the norm partials).
+template <typename T>
+struct Reduction {
+  const double* partial = nullptr;       // [k, chunks] dot partials
+  const double* norm_partial = nullptr;  // [chunks]
+  double* h = nullptr;
+  double* hsum = nullptr;
+  T* coeffs = nullptr;
+  T* norm = nullptr;
+  bool accumulate = false;
+  unsigned* ticket = nullptr;  // when folded into the sweep: the last block to finish reduces
+};
+
+template <typename T>
+__device__ __forceinline__ void reduce_dot_rows(const Reduction<T>& red, int64_t chunks, int64_t r_begin,
+                                                int64_t r_end, double* scratch) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const double s = sum_chunks(red.partial + r * chunks, chunks, scratch);
+    if (threadIdx.x == 0) {
+      red.h[r] = s;
+      const double total = red.accumulate ? red.hsum[r] + s : s;
+      red.hsum[r] = total;
+      red.coeffs[r] = static_cast<T>(total);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void reduce_norm_partials(const Reduction<T>& red, int64_t chunks,
+                                                     double* scratch) {
+  const double s = sum_chunks(red.norm_partial, chunks, scratch);
+  if (threadIdx.x == 0) *red.norm = static_cast<T>(sqrt(s));
+}
+
+// Whether this block is the last of the grid to finish (every thread calls it after its last store of
+// partials): the writes are fenced device-wide before thread 0 takes a ticket, and the last block fences
+// again before it reads what the others wrote.
+__device__ __forceinline__ bool last_block(unsigned* ticket, int* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned blocks = gridDim.x * gridDim.y;
+    *flag = atomicAdd(ticket, 1u) == blocks - 1;
+    __threadfence();
+  }
+  __syncthreads();
+  return *flag != 0;
 }
 
 // Dots of rows [r_begin, r_end) with the tile of w staged in xs (columns t0 .. t0 + len): a warp takes
@@ -143,14 +212,20 @@ __device__ __forceinline__ void norm_tile(const T (&v)[kMaxVpt], int vpt, int64_
 
 // One sweep over the basis; see the file comment. Tiles t = blockIdx.x, + gridDim.x, ...; DOT rows
 // [blockIdx.y * rows_per_y, + rows_per_y). src and dst may be the same array: no __restrict__ on them.
-template <typename T, bool SUB, bool DOT, bool NORM>
-__global__ void __launch_bounds__(kThreads) tile_sweep(const T* __restrict__ B, int64_t k, int64_t n,
+// FOLD: the last block to finish also reduces what the sweep produced (DOT: every row's dots; NORM: the squared
+// norm); reorth_plan.h says when. The folded kernels only run on small problems (few partials), so they get
+// room for the reduction's registers (at least 3 resident blocks: <= 80 registers) rather than spill at the
+// 64 that ptxas picks otherwise. The unfolded kernels, which stream the large problems, keep ptxas's own
+// choice: a minimum of 0 blocks is the same as none (measured: the same registers as without it, while 1 is
+// not -- it let the fused sweep take 95 registers, 2 resident blocks instead of 4).
+template <typename T, bool SUB, bool DOT, bool NORM, bool FOLD>
+__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) tile_sweep(const T* __restrict__ B, int64_t k, int64_t n,
                                                        const T* src, T* dst, const double* __restrict__ hsub,
-                                                       double* __restrict__ partial,
-                                                       double* __restrict__ norm_partial, int vpt,
-                                                       int64_t rows_per_y) {
+                                                       double* partial, double* norm_partial, int vpt,
+                                                       int64_t rows_per_y, Reduction<T> red) {
   __shared__ T xs[kMaxTile];
   __shared__ double scratch[kMaxVpt * kWarps];
+  __shared__ int last;
   const int64_t tile = static_cast<int64_t>(vpt) * kThreads;
   const int64_t tiles = (n + tile - 1) / tile;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -192,43 +267,35 @@ __global__ void __launch_bounds__(kThreads) tile_sweep(const T* __restrict__ B, 
     }
     if (NORM) norm_tile<T>(v, vpt, t0, len, scratch, norm_partial);
   }
-}
-
-// h[r] = sum_c partial[r * chunks + c];  hsum[r] = (accumulate ? hsum[r] : 0) + h[r];  coeffs[r] = hsum[r]
-// rounded to T. One block per row, a fixed order over the chunks; everything but coeffs in double.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) reduce_rows(const double* __restrict__ partial, int64_t chunks,
-                                                        double* __restrict__ h, double* __restrict__ hsum,
-                                                        T* __restrict__ coeffs, bool accumulate) {
-  __shared__ double scratch[kWarps];
-  const int64_t r = blockIdx.x;
-  double s = 0;
-  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += partial[r * chunks + c];
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) {
-    h[r] = s;
-    const double total = accumulate ? hsum[r] + s : s;
-    hsum[r] = total;
-    coeffs[r] = static_cast<T>(total);
+  if constexpr (FOLD) {
+    static_assert(DOT || NORM, "only a DOT or NORM sweep has a reduction to fold");
+    if (last_block(red.ticket, &last)) {
+      if (DOT) reduce_dot_rows(red, chunks, 0, k, scratch);
+      if (NORM) reduce_norm_partials(red, chunks, scratch);
+    }
   }
 }
 
+// The reductions as kernels of their own (when not folded): one block per row of the dots, one for the norm.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) reduce_norm(const double* __restrict__ partial, int64_t chunks,
-                                                        T* __restrict__ norm) {
+__global__ void __launch_bounds__(kThreads) reduce_rows(Reduction<T> red, int64_t chunks) {
   __shared__ double scratch[kWarps];
-  double s = 0;
-  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += partial[c];
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) *norm = static_cast<T>(sqrt(s));
+  reduce_dot_rows(red, chunks, blockIdx.x, blockIdx.x + 1, scratch);
 }
 
-reorth::FuseMode fuse_mode() {
-  const char* v = std::getenv("HESSEXT_REORTH_FUSE");
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reduce_norm(Reduction<T> red, int64_t chunks) {
+  __shared__ double scratch[kWarps];
+  reduce_norm_partials(red, chunks, scratch);
+}
+
+// An override from the environment: unset, "" or "auto"; "always" or "1"; "never" or "0".
+reorth::FuseMode env_mode(const char* name) {
+  const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return reorth::FuseMode::kAuto;
   if (std::strcmp(v, "always") == 0 || std::strcmp(v, "1") == 0) return reorth::FuseMode::kAlways;
   if (std::strcmp(v, "never") == 0 || std::strcmp(v, "0") == 0) return reorth::FuseMode::kNever;
-  STD_TORCH_CHECK(false, "reorthogonalize: HESSEXT_REORTH_FUSE must be auto, always or never, got '", v, "'");
+  STD_TORCH_CHECK(false, "reorthogonalize: ", name, " must be auto, always or never, got '", v, "'");
   return reorth::FuseMode::kAuto;
 }
 
@@ -239,19 +306,46 @@ reorth::Plan plan_for(int64_t n, int64_t k, int64_t passes) {
   reorth::Device d;
   d.sms = info.sms;
   d.l2_bytes = info.l2_bytes;
-  d.resident_dot = cuda::resident_blocks_per_sm(tile_sweep<T, false, true, false>, kThreads, 0, op);
-  d.resident_fused = cuda::resident_blocks_per_sm(tile_sweep<T, true, true, false>, kThreads, 0, op);
-  d.resident_sub = cuda::resident_blocks_per_sm(tile_sweep<T, true, false, true>, kThreads, 0, op);
-  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, fuse_mode());
+  d.resident_dot = cuda::resident_blocks_per_sm(tile_sweep<T, false, true, false, false>, kThreads, 0, op);
+  d.resident_fused = cuda::resident_blocks_per_sm(tile_sweep<T, true, true, false, false>, kThreads, 0, op);
+  d.resident_sub = cuda::resident_blocks_per_sm(tile_sweep<T, true, false, true, false>, kThreads, 0, op);
+  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, env_mode("HESSEXT_REORTH_FUSE"),
+                           env_mode("HESSEXT_REORTH_FOLD"));
 }
 
+// What every launch of one call shares.
+template <typename T>
+struct Call {
+  const T* B;
+  int64_t k, n, chunks;
+  double* partial;       // [k, chunks]
+  double* norm_partial;  // [chunks]
+  cudaStream_t stream;
+};
+
+// One sweep and, for a DOT or NORM sweep, its reduction: folded into the sweep (fold) or as its own kernel.
 template <typename T, bool SUB, bool DOT, bool NORM>
-void sweep(const reorth::SweepLaunch& s, const T* B, int64_t k, int64_t n, const T* src, T* dst,
-           const double* hsub, double* partial, double* norm_partial, cudaStream_t stream, const char* what) {
+void sweep(const Call<T>& c, const reorth::SweepLaunch& s, const T* src, T* dst, const double* hsub,
+           const Reduction<T>& red, bool fold, const char* what) {
   const dim3 grid(static_cast<unsigned>(s.gx), static_cast<unsigned>(s.gy));
-  tile_sweep<T, SUB, DOT, NORM><<<grid, kThreads, 0, stream>>>(B, k, n, src, dst, hsub, partial,
-                                                               norm_partial, s.vpt, s.rows_per_y);
+  if constexpr (DOT || NORM) {
+    if (fold) {
+      tile_sweep<T, SUB, DOT, NORM, true><<<grid, kThreads, 0, c.stream>>>(
+          c.B, c.k, c.n, src, dst, hsub, c.partial, c.norm_partial, s.vpt, s.rows_per_y, red);
+      check_launch(what);
+      return;
+    }
+  }
+  tile_sweep<T, SUB, DOT, NORM, false><<<grid, kThreads, 0, c.stream>>>(
+      c.B, c.k, c.n, src, dst, hsub, c.partial, c.norm_partial, s.vpt, s.rows_per_y, red);
   check_launch(what);
+  if constexpr (DOT) {
+    reduce_rows<T><<<static_cast<unsigned>(c.k), kThreads, 0, c.stream>>>(red, c.chunks);
+    check_launch("reduce_rows");
+  } else if constexpr (NORM) {
+    reduce_norm<T><<<1, kThreads, 0, c.stream>>>(red, c.chunks);
+    check_launch("reduce_norm");
+  }
 }
 
 template <typename T>
@@ -259,37 +353,46 @@ void launch(const T* w, const T* B, int64_t k, int64_t n, int64_t passes, T* out
             double* ws, cudaStream_t stream) {
   const reorth::Plan plan = plan_for<T>(n, k, passes);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  double* partial = ws;                      // [k, chunks]
-  double* norm_partial = ws + k * chunks;    // [chunks]
-  double* h1 = norm_partial + chunks;        // [k]
-  double* h2 = h1 + k;                       // [k]
-  double* hsum = h2 + k;                     // [k]
-  const unsigned rows = static_cast<unsigned>(k);
+  const Call<T> c{B, k, n, chunks, ws, ws + k * chunks, stream};
+  double* h1 = c.norm_partial + chunks;  // [k]
+  double* h2 = h1 + k;                   // [k]
+  double* hsum = h2 + k;                 // [k]
+  unsigned* tickets = reinterpret_cast<unsigned*>(hsum + k);  // [3]: sweep 1, sweep 2, norm
+  if (plan.fold_dots || plan.fold_norm)
+    cuda::check_cuda(cudaMemsetAsync(tickets, 0, 3 * sizeof(unsigned), stream), "reorthogonalize",
+                     "cudaMemsetAsync of the reduction tickets");
+  Reduction<T> r1;
+  r1.partial = c.partial;
+  r1.h = h1;
+  r1.hsum = hsum;
+  r1.coeffs = coeffs;
+  r1.ticket = tickets;
+  Reduction<T> r2 = r1;
+  r2.h = h2;
+  r2.accumulate = true;
+  r2.ticket = tickets + 1;
+  Reduction<T> rn;
+  rn.norm_partial = c.norm_partial;
+  rn.norm = norm;
+  rn.ticket = tickets + 2;
+  const bool fd = plan.fold_dots;
+  const bool fn = plan.fold_norm;
   if (k == 0) {
-    sweep<T, true, false, true>(plan.sub, B, 0, n, w, out, h1, partial, norm_partial, stream, "copy + norm");
-  } else {
-    sweep<T, false, true, false>(plan.dot, B, k, n, w, out, h1, partial, norm_partial, stream, "sweep 1");
-    reduce_rows<T><<<rows, kThreads, 0, stream>>>(partial, chunks, h1, hsum, coeffs, false);
-    check_launch("reduce_rows (sweep 1)");
-    if (passes == 2) {
-      if (plan.fused_two) {
-        sweep<T, true, true, false>(plan.fused, B, k, n, w, out, h1, partial, norm_partial, stream,
-                                    "sweep 2 (fused)");
-      } else {
-        sweep<T, true, false, false>(plan.sub, B, k, n, w, out, h1, partial, norm_partial, stream,
-                                     "sweep 2 (subtract)");
-        sweep<T, false, true, false>(plan.dot, B, k, n, out, out, h1, partial, norm_partial, stream,
-                                     "sweep 2 (dots)");
-      }
-      reduce_rows<T><<<rows, kThreads, 0, stream>>>(partial, chunks, h2, hsum, coeffs, true);
-      check_launch("reduce_rows (sweep 2)");
-      sweep<T, true, false, true>(plan.sub, B, k, n, out, out, h2, partial, norm_partial, stream, "sweep 3");
-    } else {
-      sweep<T, true, false, true>(plan.sub, B, k, n, w, out, h1, partial, norm_partial, stream, "sweep 2");
-    }
+    sweep<T, true, false, true>(c, plan.sub, w, out, h1, rn, fn, "copy + norm");
+    return;
   }
-  reduce_norm<T><<<1, kThreads, 0, stream>>>(norm_partial, chunks, norm);
-  check_launch("reduce_norm");
+  sweep<T, false, true, false>(c, plan.dot, w, out, h1, r1, fd, "sweep 1");
+  if (passes == 1) {
+    sweep<T, true, false, true>(c, plan.sub, w, out, h1, rn, fn, "sweep 2");
+    return;
+  }
+  if (plan.fused_two) {
+    sweep<T, true, true, false>(c, plan.fused, w, out, h1, r2, fd, "sweep 2 (fused)");
+  } else {
+    sweep<T, true, false, false>(c, plan.sub, w, out, h1, r2, fd, "sweep 2 (subtract)");
+    sweep<T, false, true, false>(c, plan.dot, out, out, h1, r2, fd, "sweep 2 (dots)");
+  }
+  sweep<T, true, false, true>(c, plan.sub, out, out, h2, rn, fn, "sweep 3");
 }
 
 std::tuple<Tensor, Tensor, Tensor> reorthogonalize_cuda(Tensor w, Tensor basis, int64_t passes) {
@@ -308,8 +411,9 @@ std::tuple<Tensor, Tensor, Tensor> reorthogonalize_cuda(Tensor w, Tensor basis, 
     return std::make_tuple(out, coeffs, norm);
   }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  // double workspace: per-chunk partials of the k dots and of the squared norm, h1, h2 and their sum
-  Tensor ws = torch::stable::new_empty(w, {k * chunks + chunks + 3 * k}, ScalarType::Double);
+  // double workspace: per-chunk partials of the k dots and of the squared norm, h1, h2, their sum, and two
+  // doubles' room for the three reduction tickets
+  Tensor ws = torch::stable::new_empty(w, {k * chunks + chunks + 3 * k + 2}, ScalarType::Double);
   cudaStream_t stream = static_cast<cudaStream_t>(
       torch::stable::accelerator::getCurrentStream(w.get_device_index()).nativeHandle());
   if (w.scalar_type() == ScalarType::Float) {
