@@ -81,7 +81,9 @@ inline SweepLaunch stream_launch(int64_t n, int64_t k, int64_t resident) {
 }
 
 // The DOT-only sweep: as stream_launch, and when the tiles are fewer than the resident blocks the rows are
-// split over gridDim.y, each range keeping every warp busy (kRowsPerWarp rows x the tile's chunks >= kWarps).
+// split over gridDim.y, each range sized for every warp of a full tile (kRowsPerWarp rows x 2 vpt chunks >=
+// kWarps pairs); a tile shorter than vpt * kThreads columns (n < 256) or the last, shorter range leaves some
+// warps idle -- microseconds at those sizes.
 inline SweepLaunch dot_launch(int64_t n, int64_t k, int64_t resident) {
   SweepLaunch s = stream_launch(n, k, resident);
   if (s.gx < resident && k > 0) {
