@@ -74,10 +74,11 @@ cuda-check: $(BASE_STAMP)
 
 # First contact with a CUDA device (tools/gpu_check.py, < 5 min): rebuild for the device's architecture, CUDA
 # tests, kernel benchmark against the measured copy bandwidth, Lanczos / trace / analyze_step GPU vs CPU.
-# Without CUDA it says so and exits 0. Needs a CUDA build of torch in the venv on the GPU machine.
+# Without CUDA it says so and exits 0. Uses the venv when there is one, else $(PYTHON) as it is: a borrowed GPU
+# machine has its own CUDA torch (2.11 there; the build targets it, see setup.py) and cannot download the venv's.
 .PHONY: gpu-check
-gpu-check: $(BASE_STAMP)
-	$(BIN)/python tools/gpu_check.py
+gpu-check:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/gpu_check.py; else $(PYTHON) tools/gpu_check.py; fi
 
 info: install
 	$(BIN)/python -m hessext info

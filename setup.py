@@ -1,4 +1,6 @@
-"""Build of hessext._C against torch's stable ABI (one ``.abi3.so`` for every torch >= 2.13).
+"""Build of hessext._C against torch's stable ABI: one ``.abi3.so`` for that torch and later ones.
+
+The target is torch 2.13, or the installed torch when older (2.10-2.12; see ``target_version``).
 
 Install with ``pip install --no-build-isolation -e .`` after torch (``make install`` does it). Environment:
 
@@ -25,7 +27,24 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-TARGET_VERSION = "0x020d000000000000"  # torch 2.13: stream access in the stable ABI
+# The stable ABI version the extension targets: torch 2.13 (stream handles in the stable ABI), or the
+# installed torch's when it is older (>= 2.10, the first with the stable ops used here): a CUDA build
+# against torch 2.10-2.12 then takes the current stream from AOTInductor's C shim (csrc/cuda/
+# device_info.cuh). A build targeting 2.13 loads under later torch versions; one targeting an older
+# version, under that one and later.
+TARGET_MAX = (2, 13)
+TARGET_MIN = (2, 10)
+
+
+def target_version(torch_version: str) -> str:
+    """``TORCH_TARGET_VERSION`` for a build against ``torch_version`` (e.g. "2.11.0+cu130" -> 2.11)."""
+    parts = torch_version.split("+")[0].split(".")
+    installed = (int(parts[0]), int(parts[1]))
+    if installed < TARGET_MIN:
+        sys.exit(f"hessext needs torch >= {TARGET_MIN[0]}.{TARGET_MIN[1]} to build its extension (the stable "
+                 f"ABI), found torch {torch_version}; set HESSEXT_NO_EXT=1 to install without it")
+    major, minor = min(installed, TARGET_MAX)
+    return f"0x{major:02x}{minor:02x}000000000000"
 LIMITED_API = "0x03090000"
 
 
@@ -97,13 +116,14 @@ def _extensions(info: dict) -> tuple[list, dict]:
 
     csrc = ROOT / "csrc"
     sources = ["csrc/hessext.cpp"] + sorted(str(p.relative_to(ROOT)) for p in (csrc / "cpu").glob("*.cpp"))
-    common = ["-O3", f"-DTORCH_TARGET_VERSION={TARGET_VERSION}"]
+    target = target_version(torch.__version__)
+    common = ["-O3", f"-DTORCH_TARGET_VERSION={target}"]
     # -ffp-contract=fast: FMA in the AVX2 clones of the inner loops (csrc/cpu/isa.h); no effect on baseline.
     cxx = common + ["-std=c++17", f"-DPy_LIMITED_API={LIMITED_API}", "-fvisibility=hidden",
                     "-ffp-contract=fast"]
     cxx += shlex.split(os.environ.get("HESSEXT_CXX_FLAGS", ""))
     include_dirs = [str(csrc / "include")]
-    info.update(extension=True, torch_built_against=torch.__version__, stable_abi_target=TARGET_VERSION,
+    info.update(extension=True, torch_built_against=torch.__version__, stable_abi_target=target,
                 cxx_flags=cxx, cuda=with_cuda, cuda_home=cuda_home, cuda_archs=[], nvcc_flags=[])
 
     if not with_cuda:
@@ -149,4 +169,5 @@ def main() -> None:
     )
 
 
-main()
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import target_version
+    main()

@@ -293,6 +293,26 @@ class FunctionalEvaluator:
                     out[j] = h if out[j] is None else out[j] + h
         return out
 
+    @contextlib.contextmanager
+    def differentiating(self):
+        """Around a backward pass through the user's loss: torch's own dtype-mismatch error (a loss that mixes
+        outputs in the computation dtype with tensors of another dtype, such as float32 targets captured by
+        ``loss_fn`` under ``dtype=torch.float64``: ``mse_loss`` cannot differentiate that before torch 2.13)
+        becomes one that says what happened and what to do."""
+        try:
+            yield
+        except RuntimeError as err:
+            msg = str(err)
+            if "Found dtype" not in msg or "but expected" not in msg:
+                raise
+            dt = self.dtype
+            raise RuntimeError(
+                f"differentiating the loss in {dt} failed inside torch {torch.__version__} ({msg}): the loss "
+                f"mixes {dt} tensors with tensors of another dtype (targets captured by loss_fn, for one), "
+                f"which this torch cannot differentiate for every loss (mse_loss before torch 2.13). Cast "
+                f"them to {dt} in the loss (e.g. F.mse_loss(out, y.to(out.dtype))), or analyse in the "
+                f"model's own dtype.") from err
+
     def gradient(self, i: int, create_graph: bool) -> tuple[Tensor, tuple[Tensor | None, ...], bool]:
         """``(L_i, ∇_θ L_i, with_originals)``: the detached loss, the gradient per analysed parameter (None
         where it does not depend on it) — every term, also those on the model's own Parameters, which
@@ -302,7 +322,9 @@ class FunctionalEvaluator:
             loss = self.loss(i, self.leaves)
             check_loss_finite(loss, i)
             self.require_graph(loss, i)
-            parts = torch.autograd.grad(loss, self.inputs(True), create_graph=create_graph, allow_unused=True)
+            with self.differentiating():
+                parts = torch.autograd.grad(loss, self.inputs(True), create_graph=create_graph,
+                                            allow_unused=True)
         with_originals = any(g is not None for g in parts[len(self.leaves):])
         grads = self.combine(parts, with_originals)
         return loss.detach(), tuple(grads), with_originals

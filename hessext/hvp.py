@@ -168,8 +168,9 @@ class DoubleBackward:
         inputs = self.ev.inputs(with_originals)
 
         def product(cols: list[Tensor], batched: bool) -> list[Tensor]:
-            hs = torch.autograd.grad(outs, inputs, grad_outputs=cols, retain_graph=True, allow_unused=True,
-                                     is_grads_batched=batched)
+            with self.ev.differentiating():
+                hs = torch.autograd.grad(outs, inputs, grad_outputs=cols, retain_graph=True,
+                                         allow_unused=True, is_grads_batched=batched)
             shapes = [v.shape if batched else v.shape[1:] for v in Vs]
             return _zeros_for_unused(self.ev.combine(hs, with_originals), shapes, Vs[0])
 

@@ -121,3 +121,30 @@ def test_cuda_path_skips(monkeypatch, capsys):
     _fake_cuda(monkeypatch, mod, calls)
     assert mod.main(["--skip-build", "--skip-tests", "--skip-bench"]) == 0
     assert [c[0] for c in calls] == ["numerics"]
+
+
+def _load_setup():
+    """setup.py as a module (its build runs only as __main__)."""
+    spec = importlib.util.spec_from_file_location("_hessext_setup_under_test", ROOT / "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stable_abi_target_follows_the_installed_torch():
+    """The GPU machines this project may borrow run torch 2.11, whose stable ABI has no stream handle: a build
+    there targets 2.11 (device_info.cuh then asks AOTInductor's shim for the stream); 2.13 and later target
+    2.13; before 2.10 there is no stable ABI to build against."""
+    setup = _load_setup()
+    assert setup.target_version("2.11.0+cu130") == "0x020b000000000000"
+    assert setup.target_version("2.10.1") == "0x020a000000000000"
+    assert setup.target_version("2.13.0+cpu") == "0x020d000000000000"
+    assert setup.target_version("2.14.1") == "0x020d000000000000"
+    assert setup.target_version("3.0.0") == "0x020d000000000000"
+    with pytest.raises(SystemExit, match=r"torch >= 2\.10.*found torch 2\.9\.1.*HESSEXT_NO_EXT=1"):
+        setup.target_version("2.9.1")
+    from hessext import _backend
+
+    target = _backend.info().get("stable_abi_target")
+    if target is not None:  # the extension in use was built against this torch
+        assert target == setup.target_version(torch.__version__)

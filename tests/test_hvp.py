@@ -560,6 +560,49 @@ def test_dtype_and_device_copies_leave_the_model_alone():
     assert all(leaf.data_ptr() == p.data_ptr() for leaf, p in zip(leaves, model.parameters()))
 
 
+class _Float32Gradient(torch.autograd.Function):
+    """Identity whose backward fails the way torch's own kernels do on a dtype mismatch (as mse_loss between
+    float64 and float32 tensors does before torch 2.13), whatever this torch's version."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("Found dtype Float but expected Double")
+
+
+@pytest.mark.parametrize("where", ["gradient", "second backward"])
+def test_dtype_mismatch_inside_torch_is_explained(where):
+    model, batch, loss, _ = case("mlp")
+    if where == "gradient":
+        def bad(out, y):
+            return loss(_Float32Gradient.apply(out), y)
+    else:  # the gradient works; its own backward (the HVP) fails
+        class SquareWithBadSecond(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return 2 * _Float32Gradient.apply(x) * g
+
+        def bad(out, y):
+            return SquareWithBadSecond.apply(out - y).mean()
+    op = HessianOperator(model, bad, batch, dtype=F64, mode="double_backward")
+    with pytest.raises(RuntimeError, match=r"failed inside torch .*Found dtype Float but expected Double.*"
+                                           r"Cast them to torch\.float64") as info:
+        op @ torch.ones(op.n, dtype=F64)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    other = HessianOperator(model, lambda out, y: loss(out, y) + torch.log(-out.abs().sum()), batch)
+    with pytest.raises(RuntimeError, match="loss is nan"):  # other errors pass through unchanged
+        other @ torch.ones(other.n)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_copies_match_cpu():

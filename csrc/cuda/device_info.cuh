@@ -1,11 +1,14 @@
-// Launch sizing shared by the CUDA kernels: the device's SM count and L2 size and a kernel's resident blocks
-// per SM (the occupancy API), looked up once per (device, kernel, block size) and cached. Included by the
+// What the CUDA kernels ask of the device and of torch: the current stream, the device's SM count and L2 size,
+// and a kernel's resident blocks per SM (the occupancy API), looked up once per (device, kernel, block size)
+// and cached. Included by the
 // .cu files of csrc/cuda only (setup.py compiles *.cu; this header is not a translation unit).
 #pragma once
 
+#include <torch/csrc/stable/accelerator.h>
 #include <torch/headeronly/util/Exception.h>
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <cstdint>
 #include <map>
@@ -17,6 +20,30 @@ namespace cuda {
 
 inline void check_cuda(cudaError_t err, const char* op, const char* what) {
   STD_TORCH_CHECK(err == cudaSuccess, op, ": ", what, " failed: ", cudaGetErrorString(err));
+}
+
+// torch's current CUDA stream on device `index`. From the stable ABI when the build targets torch >= 2.13
+// (setup.py: target_version); a build against torch 2.10-2.12, whose stable ABI has no stream handle yet,
+// asks AOTInductor's C shim (aoti_torch_get_current_cuda_stream, exported by libtorch_cuda.so, which a CUDA
+// torch has loaded before any CUDA tensor exists), looked up once with dlsym.
+inline cudaStream_t current_stream(int32_t index, const char* op) {
+#if TORCH_FEATURE_VERSION >= 0x020d000000000000ULL
+  (void)op;
+  return static_cast<cudaStream_t>(torch::stable::accelerator::getCurrentStream(index).nativeHandle());
+#else
+  using Fn = int32_t (*)(int32_t, void**);
+  static const Fn fn = []() -> Fn {
+    void* lib = dlopen("libtorch_cuda.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* sym = dlsym(lib != nullptr ? lib : RTLD_DEFAULT, "aoti_torch_get_current_cuda_stream");
+    return reinterpret_cast<Fn>(sym);
+  }();
+  STD_TORCH_CHECK(fn != nullptr, op, ": this build targets torch < 2.13 and needs "
+                  "aoti_torch_get_current_cuda_stream from libtorch_cuda.so, which is not loaded; rebuild "
+                  "against torch >= 2.13");
+  void* stream = nullptr;
+  STD_TORCH_CHECK(fn(index, &stream) == 0, op, ": aoti_torch_get_current_cuda_stream(", index, ") failed");
+  return static_cast<cudaStream_t>(stream);
+#endif
 }
 
 struct DeviceInfo {

@@ -92,8 +92,7 @@ void rademacher_cuda(Tensor out, int64_t seed, int64_t offset) {
   const ProbeKeys keys = probe_keys(static_cast<uint64_t>(seed));
   const int64_t s0 = out.stride(0);
   const int64_t s1 = out.dim() == 2 ? out.stride(1) : 0;
-  cudaStream_t stream = static_cast<cudaStream_t>(
-      torch::stable::accelerator::getCurrentStream(out.get_device_index()).nativeHandle());
+  cudaStream_t stream = cuda::current_stream(out.get_device_index(), "rademacher_");
   if (out.scalar_type() == ScalarType::Float) {
     launch<float>(out.mutable_data_ptr<float>(), n, m, s0, s1, static_cast<uint64_t>(offset), keys, stream);
   } else {

@@ -414,8 +414,7 @@ std::tuple<Tensor, Tensor, Tensor> reorthogonalize_cuda(Tensor w, Tensor basis, 
   // double workspace: per-chunk partials of the k dots and of the squared norm, h1, h2, their sum, and two
   // doubles' room for the three reduction tickets
   Tensor ws = torch::stable::new_empty(w, {k * chunks + chunks + 3 * k + 2}, ScalarType::Double);
-  cudaStream_t stream = static_cast<cudaStream_t>(
-      torch::stable::accelerator::getCurrentStream(w.get_device_index()).nativeHandle());
+  cudaStream_t stream = cuda::current_stream(w.get_device_index(), "reorthogonalize");
   if (w.scalar_type() == ScalarType::Float) {
     launch<float>(w.const_data_ptr<float>(), basis.const_data_ptr<float>(), k, n, passes,
                   out.mutable_data_ptr<float>(), coeffs.mutable_data_ptr<float>(),
