@@ -7,9 +7,10 @@
 3. ``reorthogonalize(w, B)`` (CGS2, 3 sweeps over B) against the composition ``h = B @ w; w -= B.T @ h``
    done twice (4 sweeps), for n in {1e5, 1e6, 1e7} and k in {8, 32, 128} (combos whose basis exceeds
    ``--max-gb`` are skipped). Achieved GB/s counts the bytes of every sweep over the basis that happens
-   (hessext: 3·k·n·elt, or 4·k·n·elt on CUDA when the fused sweep's tiles do not fit L2, see
-   ``hessext_sweeps``; the composition 4·k·n·elt), next to the measured read bandwidth; a second column
-   counts 3 sweeps, the issue's target.
+   (hessext: 3·k·n·elt, or 4·k·n·elt on CUDA when sweep 2 is split, see ``hessext_sweeps``; the
+   composition 4·k·n·elt), next to the measured read bandwidth; a second column counts 3 sweeps, the
+   issue's target. On CUDA every size is timed under each sweep-2 plan (``HESSEXT_REORTH_FUSE`` = auto,
+   always, smem, never), so one run on a new device shows which plan its hardware wants.
 4. ``rademacher_`` against ``torch.randint(0, 2, (n,)) * 2 - 1`` at n = 1e7 (1e8 on CUDA, beyond L2), as
    a 1-D vector, a row-major ``[n/16, 16]`` block (``ops.rademacher(n, m)``'s layout) and a column-major one.
 
@@ -135,26 +136,46 @@ def composition(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def hessext_sweeps(n: int, k: int, elt: int, device: str) -> int:
+FUSE_MODES = ("auto", "always", "smem", "never")  # HESSEXT_REORTH_FUSE: L2 / shared memory / split
+
+
+def hessext_sweeps(n: int, k: int, elt: int, device: str, mode: str = "auto") -> int:
     """Sweeps over the basis that ``reorthogonalize(w, B)`` (2 passes) makes: 3 on the CPU; on CUDA 3 when
-    sweep 2 runs fused, 4 when its tiles do not fit the L2 share (``fuse_sweep_two`` in
-    ``csrc/cuda/reorth_plan.h``, mirrored here; ``HESSEXT_REORTH_FUSE=always|never`` overrides it)."""
+    sweep 2 runs fused (through L2, or through shared memory), 4 when split -- ``make_plan`` in
+    ``csrc/cuda/reorth_plan.h``, mirrored here for the HESSEXT_REORTH_FUSE ``mode``. The shared-memory
+    stage's residency is estimated from the device's shared memory per SM (the kernel asks the occupancy
+    API), so an "auto" count near that boundary may be off by one sweep."""
     if not device.startswith("cuda"):
         return 3
-    mode = os.environ.get("HESSEXT_REORTH_FUSE", "auto") or "auto"
-    if mode in ("always", "1"):
-        return 3
-    if mode in ("never", "0"):
-        return 4
     props = torch.cuda.get_device_properties(torch.device(device))
-    threads, min_blocks_per_sm, l2_share_divisor = 256, 2, 2  # kThreads, kFuseMinBlocksPerSm, kL2ShareDivisor
+    threads, chunk, min_blocks_per_sm, l2_share_divisor, smem_min_blocks = 256, 128, 2, 2, 2
     columns = min(-(-n // threads), min_blocks_per_sm * props.multi_processor_count) * threads
-    return 3 if k * columns * elt <= props.L2_cache_size // l2_share_divisor else 4
+    l2 = mode == "always" or (mode == "auto" and k * columns * elt <= props.L2_cache_size // l2_share_divisor)
+    stage = k * chunk * elt + chunk * elt + 128  # + the kernel's static shared memory
+    fits = stage <= getattr(props, "shared_memory_per_block_optin", 0)
+    resident = min(2048 // threads, getattr(props, "shared_memory_per_multiprocessor", 0) // (stage + 1024))
+    smem = not l2 and fits and (mode == "smem" or (mode == "auto" and resident >= smem_min_blocks))
+    return 3 if (l2 or smem) else 4
+
+
+def _time_reorth(w: torch.Tensor, basis: torch.Tensor, device: str, mode: str) -> dict[str, float]:
+    """``timeit`` of ``reorthogonalize(w, basis)`` under ``HESSEXT_REORTH_FUSE=mode`` (restored after)."""
+    old = os.environ.get("HESSEXT_REORTH_FUSE")
+    os.environ["HESSEXT_REORTH_FUSE"] = mode
+    try:
+        return timeit(lambda: ops.reorthogonalize(w, basis), device)
+    finally:
+        if old is None:
+            del os.environ["HESSEXT_REORTH_FUSE"]
+        else:
+            os.environ["HESSEXT_REORTH_FUSE"] = old
 
 
 def bench_reorth(sizes: list[tuple[int, int]], dtype: torch.dtype, device: str, max_gb: float) -> list[dict]:
+    """One row per size (on CUDA one per sweep-2 plan of FUSE_MODES, so one run compares them)."""
     rows = []
     elt = torch.empty((), dtype=dtype).element_size()
+    modes = FUSE_MODES if device.startswith("cuda") else ("auto",)
     for n, k in sizes:
         nbytes = k * n * elt
         if nbytes > max_gb * 1e9:
@@ -163,19 +184,20 @@ def bench_reorth(sizes: list[tuple[int, int]], dtype: torch.dtype, device: str, 
             continue
         basis = make_basis(k, n, dtype, device)
         w = torch.randn(n, dtype=dtype, device=device)
-        # bound as defaults: the names are deleted below, after timing (ruff F821 on late-bound names)
-        ours = timeit(lambda w=w, basis=basis: ops.reorthogonalize(w, basis), device)
-        sweeps = hessext_sweeps(n, k, elt, device)
         comp = timeit(lambda w=w, basis=basis: composition(w, basis), device)
-        rows.append({
-            "op": "reorthogonalize", "n": n, "k": k, "dtype": str(dtype).replace("torch.", ""),
-            "basis_bytes": nbytes, "hessext": ours, "torch": comp,
-            "hessext_sweeps": sweeps, "torch_sweeps": 4,
-            "hessext_gbps": sweeps * nbytes / ours["median_s"] / 1e9,
-            "hessext_gbps_3_sweeps": 3 * nbytes / ours["median_s"] / 1e9,
-            "torch_gbps": 4 * nbytes / comp["median_s"] / 1e9,
-            "speedup": comp["median_s"] / ours["median_s"],
-        })
+        for mode in modes:
+            ours = _time_reorth(w, basis, device, mode)
+            sweeps = hessext_sweeps(n, k, elt, device, mode)
+            rows.append({
+                "op": "reorthogonalize" if mode == "auto" else f"reorthogonalize ({mode})",
+                "n": n, "k": k, "dtype": str(dtype).replace("torch.", ""), "fuse": mode,
+                "basis_bytes": nbytes, "hessext": ours, "torch": comp,
+                "hessext_sweeps": sweeps, "torch_sweeps": 4,
+                "hessext_gbps": sweeps * nbytes / ours["median_s"] / 1e9,
+                "hessext_gbps_3_sweeps": 3 * nbytes / ours["median_s"] / 1e9,
+                "torch_gbps": 4 * nbytes / comp["median_s"] / 1e9,
+                "speedup": comp["median_s"] / ours["median_s"],
+            })
         del basis, w
     return rows
 
@@ -289,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['hessext_gbps'] / ref_gbps:.0f}% | {pct3} | {torch_gbps} | "
               f"{r['torch']['best_s'] / r['hessext']['best_s']:.2f}x |")
     print(f"\nreorthogonalize GB/s count the sweeps over the basis that happen (hessext: 3, or 4 on CUDA "
-          f"when sweep 2's tiles do not fit L2; the issue's target counts 3) and 4 (torch: h = B@w; "
+          f"when sweep 2 is split; on CUDA one row per HESSEXT_REORTH_FUSE plan: auto, always = through L2, "
+          f"smem = through shared memory, never = split; the issue's target counts 3) and 4 (torch: h = B@w; "
           f"w -= B.T@h, twice); bases that fit in the last-level cache exceed the DRAM read bandwidth. "
           f"rademacher_ GB/s counts the bytes written; torch = torch.randint(0, 2, (n,)) * 2 - 1. "
           f"Medians; % of the {ref_name} bandwidth, {ref_gbps:.1f} GB/s.")

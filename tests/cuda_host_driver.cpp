@@ -7,7 +7,7 @@
 //                        fill_walk; one output line per case: "g0 t a c" quadruples (t = the thread's step)
 //   walk_far             per line "n m s0 s1 stride offset g0 every": one thread walks to its end; prints
 //                        "t o e a c" when t % every == 0 or o changed at this step, then "end t"
-//   plan                 per line "n k passes elt sms l2 rdot rfused rsub fuse fold" (fuse, fold: FuseMode as
+//   plan                 per line "n k passes elt sms l2 rdot rfused rsub rsmem fuse fold" (fuse, fold: FuseMode as
 //                        an int): make_plan's fields and fuse_sweep_two, one JSON object per case
 //
 // A walk that runs past its element count prints "LOOP" and stops (a broken walk_step must fail, not hang).
@@ -33,10 +33,10 @@ void print_consts() {
   std::printf(
       "{\"kThreads\": %d, \"kWarps\": %d, \"kMaxVpt\": %d, \"kMaxTile\": %d, \"kChunk\": %d, "
       "\"kRowsPerWarp\": %d, \"kL2ShareDivisor\": %d, \"kFuseMinBlocksPerSm\": %d, "
-      "\"kFoldMaxPartials\": %" PRId64 "}\n",
+      "\"kSmemMinBlocksPerSm\": %d, \"kFoldMaxPartials\": %" PRId64 ", \"stage_k3_elt4\": %" PRId64 "}\n",
       reorth::kThreads, reorth::kWarps, reorth::kMaxVpt, reorth::kMaxTile, reorth::kChunk,
-      reorth::kRowsPerWarp, reorth::kL2ShareDivisor, reorth::kFuseMinBlocksPerSm,
-      static_cast<int64_t>(reorth::kFoldMaxPartials));
+      reorth::kRowsPerWarp, reorth::kL2ShareDivisor, reorth::kFuseMinBlocksPerSm, reorth::kSmemMinBlocksPerSm,
+      static_cast<int64_t>(reorth::kFoldMaxPartials), reorth::smem_stage_bytes(3, 4));
 }
 
 // Every thread of a grid of `stride` threads, as fill_walk runs them.
@@ -97,15 +97,16 @@ void print_launch(const char* name, const reorth::SweepLaunch& s) {
 void plan_case(const std::string& line) {
   std::istringstream in(line);
   int64_t n, k, passes, l2;
-  int elt, sms, rdot, rfused, rsub, fuse, fold;
-  in >> n >> k >> passes >> elt >> sms >> l2 >> rdot >> rfused >> rsub >> fuse >> fold;
-  const reorth::Device d{sms, l2, rdot, rfused, rsub};
+  int elt, sms, rdot, rfused, rsub, rsmem, fuse, fold;
+  in >> n >> k >> passes >> elt >> sms >> l2 >> rdot >> rfused >> rsub >> rsmem >> fuse >> fold;
+  const reorth::Device d{sms, l2, rdot, rfused, rsub, rsmem};
   const reorth::Plan p = reorth::make_plan(n, k, passes, elt, d, static_cast<reorth::FuseMode>(fuse),
                                            static_cast<reorth::FuseMode>(fold));
   std::printf("{");
   print_launch("dot", p.dot);
   print_launch("fused", p.fused);
   print_launch("sub", p.sub);
+  std::printf("\"smem\": %s, ", p.smem ? "true" : "false");
   std::printf("\"fused_two\": %s, \"sweeps\": %d, \"fold_dots\": %s, \"fold_norm\": %s, \"launches\": %d, "
               "\"fuse_sweep_two\": %s}\n",
               p.fused_two ? "true" : "false", p.sweeps, p.fold_dots ? "true" : "false",

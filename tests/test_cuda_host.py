@@ -234,9 +234,11 @@ def test_walk_with_inner_extent_beyond_32_bits(driver: Path) -> None:
 
 # --------------------------------------------------------------------------------------- launch plan
 
-MODES = {"auto": 0, "always": 1, "never": 2}  # reorth::FuseMode's order (HESSEXT_REORTH_FUSE / _FOLD)
+MODES = {"auto": 0, "always": 1, "never": 2, "smem": 3}  # reorth::FuseMode's order (HESSEXT_REORTH_FUSE)
+FOLD_MODES = ["auto", "always", "never"]  # HESSEXT_REORTH_FOLD
 DEVICES = {"A100": (108, 40 << 20), "H100": (132, 50 << 20), "small": (2, 512 << 10)}
-RESIDENT = [(r, r, r) for r in range(1, 9)] + [(8, 4, 6), (3, 1, 8), (1, 8, 2)]  # (dot, fused, sub) / SM
+# resident blocks per SM of the (dot, fused, sub, shared-memory fused) kernels; 0: the stage does not fit
+RESIDENT = [(r, r, r, r % 4) for r in range(1, 9)] + [(8, 4, 6, 0), (3, 1, 8, 2), (1, 8, 2, 1)]
 # the issue's sizes, plus the boundaries of folding (k * chunks or chunks = 2^15 and one past) and of the
 # large tile (132 * 8 * 1024: as many 1024-column tiles as an H100-like device's 8 x 132 resident blocks)
 PLAN_NS = [1, 100, 128, 129, 1000, 2000, 16384, 32768, 32769, 100_000, 1 << 21, (1 << 21) + 1, 1_000_000,
@@ -259,18 +261,20 @@ class Case:
     rdot: int
     rfused: int
     rsub: int
+    rsmem: int
     mode: str           # the fusion override
     fold: str = "auto"  # the folding override
 
     def line(self) -> str:
         """The driver's input line."""
         return (f"{self.n} {self.k} {self.passes} {self.elt} {self.sms} {self.l2} {self.rdot} {self.rfused} "
-                f"{self.rsub} {MODES[self.mode]} {MODES[self.fold]}")
+                f"{self.rsub} {self.rsmem} {MODES[self.mode]} {MODES[self.fold]}")
 
     def __str__(self) -> str:
         """The case as a failure message names it."""
         return (f"n={self.n} k={self.k} passes={self.passes} elt={self.elt} {self.device} "
-                f"resident(dot, fused, sub)=({self.rdot}, {self.rfused}, {self.rsub}) fuse={self.mode} "
+                f"resident(dot, fused, sub, smem)=({self.rdot}, {self.rfused}, {self.rsub}, {self.rsmem}) "
+                f"fuse={self.mode} "
                 f"fold={self.fold}")
 
 
@@ -280,7 +284,7 @@ def plans(driver: Path) -> list[tuple[Case, dict]]:
     reductions)."""
     cases = [Case(n, k, passes, elt, dev, *DEVICES[dev], *res, mode, fold)
              for n, k, passes, elt, dev, res, mode, fold in itertools.product(
-                 PLAN_NS, PLAN_KS, (1, 2), (4, 8), DEVICES, RESIDENT, MODES, MODES)
+                 PLAN_NS, PLAN_KS, (1, 2), (4, 8), DEVICES, RESIDENT, MODES, FOLD_MODES)
              if fold == "auto" or res == RESIDENT[-1]]
     lines = _run(driver, "plan", [c.line() for c in cases])
     assert len(lines) == len(cases)
@@ -372,15 +376,29 @@ def _fusion_errors(c: Case, p: dict, consts: dict) -> list[str]:
     if p["fuse_sweep_two"] != rule:
         errs.append(f"fuse_sweep_two = {p['fuse_sweep_two']}, documented rule gives {rule}")
     if c.k == 0 or c.passes == 1:
-        want, sweeps = False, (0 if c.k == 0 else 2)
-    else:
-        want = {"always": True, "never": False, "auto": rule}[c.mode]
-        sweeps = 3 if want else 4
-    if p["fused_two"] != want:
-        errs.append(f"fused_two = {p['fused_two']}, expected {want}")
+        l2 = smem = False
+        sweeps = 0 if c.k == 0 else 2
+    else:  # through L2 when asked or by the rule; else through shared memory when the stage fits and,
+        # under auto, leaves kSmemMinBlocksPerSm blocks resident; else split
+        l2 = c.mode == "always" or (c.mode == "auto" and rule)
+        smem = not l2 and c.rsmem > 0 and (
+            c.mode == "smem" or (c.mode == "auto" and c.rsmem >= consts["kSmemMinBlocksPerSm"]))
+        sweeps = 3 if (l2 or smem) else 4
+    if p["fused_two"] != (l2 or smem) or p["smem"] != smem:
+        errs.append(f"(fused_two, smem) = ({p['fused_two']}, {p['smem']}), expected ({l2 or smem}, {smem})")
     if p["sweeps"] != sweeps:
         errs.append(f"sweeps = {p['sweeps']}, expected {sweeps}")
     return errs
+
+
+def _smem_launch_errors(c: Case, s: dict) -> list[str]:
+    """The shared-memory fused sweep: one chunk per block at a time, every resident block busy when the
+    chunks allow, never more blocks than chunks."""
+    want = max(1, min(_cdiv(c.n, CHUNK), c.rsmem * c.sms))
+    if s["gx"] != want or s["gy"] != 1:
+        return [f"smem: grid {s['gx']} x {s['gy']}, expected {want} x 1 ({_cdiv(c.n, CHUNK)} chunks, "
+                f"{c.rsmem} x {c.sms} resident)"]
+    return []
 
 
 def _fused_launch_errors(c: Case, s: dict, consts: dict) -> list[str]:
@@ -409,15 +427,20 @@ def _fused_launch_errors(c: Case, s: dict, consts: dict) -> list[str]:
 
 
 def test_fusion_decision_and_fused_grid(plans: list[tuple[Case, dict]], consts: dict) -> None:
-    """fused_two: never for passes == 1 or k == 0, forced by always / never, else fuse_sweep_two; sweeps
-    0 / 2 / 3 / 4; the fused grid fits the L2 share it was decided on."""
+    """fused_two: never for passes == 1 or k == 0, forced by always / never, else fuse_sweep_two, else
+    through shared memory when its stage fits (smem forces it); sweeps 0 / 2 / 3 / 4; the L2-fused grid
+    fits the L2 share it was decided on, the shared-memory one fills the resident blocks."""
     failures = []
     for c, p in plans:
         errs = _fusion_errors(c, p, consts)
-        if p["fused_two"]:
+        if p["smem"]:
+            errs += _smem_launch_errors(c, p["fused"])
+        elif p["fused_two"]:
             errs += _fused_launch_errors(c, p["fused"], consts)
         failures += [f"{c}: {e}" for e in errs]
     _report(failures, "fusion")
+    chosen = {(p["fused_two"], p["smem"]) for c, p in plans if c.mode == "auto" and c.passes == 2 and c.k > 0}
+    assert chosen == {(True, False), (True, True), (False, False)}, chosen  # L2, shared memory, split
 
 
 def _launch_sequence(c: Case, fused: bool, fold_dots: bool, fold_norm: bool) -> list[str]:
@@ -471,6 +494,8 @@ def test_constants_match_the_kernels(consts: dict) -> None:
         assert vpt * THREADS % CHUNK == 0
     assert 1 <= consts["kFoldMaxPartials"] and consts["kFoldMaxPartials"] * 8 <= 256 << 10
     assert consts["kL2ShareDivisor"] >= 1 and consts["kFuseMinBlocksPerSm"] >= 1
+    assert consts["kSmemMinBlocksPerSm"] >= 1
+    assert consts["stage_k3_elt4"] == 3 * CHUNK * 4  # the shared-memory stage: k rows of one chunk
 
 
 @pytest.mark.parametrize("n", [1, 127, 128, 129, 255, 256, 1000, 1024, 1025, 4097, 10_000])
@@ -507,7 +532,7 @@ def test_grid_stride_covers_every_tile_and_row(plans: list[tuple[Case, dict]]) -
         names = ["dot", "sub"] + (["fused"] if p["fused_two"] else [])
         for name in names:
             s = p[name]
-            tiles = _tiles(c.n, s["vpt"])
+            tiles = _cdiv(c.n, CHUNK) if (name == "fused" and p["smem"]) else _tiles(c.n, s["vpt"])
             key = (tiles, s["gx"], s["gy"], s["rows_per_y"], c.k if name != "sub" else 0)
             if key in seen or tiles > 20_000:
                 continue

@@ -799,7 +799,8 @@ def test_cuda_float32_accuracy_at_1e8():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,n", [(1, 2000), (130, 2000), (32, 1_000_003), (128, 3_000_001)])
 def test_cuda_reorthogonalize_independent_of_launch_plan(dtype, k, n, monkeypatch):
-    """Fused or split sweep 2 (HESSEXT_REORTH_FUSE=always / never / auto), reductions folded into the sweeps
+    """Sweep 2 fused through L2 or through shared memory, or split (HESSEXT_REORTH_FUSE=always / smem /
+    never / auto; odd n: rows not 16-byte aligned, a partial last chunk), reductions folded into the sweeps
     or launched on their own (HESSEXT_REORTH_FOLD), tiles and grids from the device: every partial covers a
     fixed 128-column chunk and the chunks are summed in a fixed order, so all plans give the same bits, for
     one pass and two; and they match the reference."""
@@ -810,7 +811,7 @@ def test_cuda_reorthogonalize_independent_of_launch_plan(dtype, k, n, monkeypatc
     w = _randn(n, dtype, device="cuda")
     for passes in (1, 2):
         results = {}
-        for fuse in ("auto", "always", "never"):
+        for fuse in ("auto", "always", "smem", "never"):
             for fold in ("auto", "always", "never"):
                 monkeypatch.setenv("HESSEXT_REORTH_FUSE", fuse)
                 monkeypatch.setenv("HESSEXT_REORTH_FOLD", fold)

@@ -10,10 +10,12 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 namespace hessext {
 namespace cuda {
@@ -50,6 +52,7 @@ struct DeviceInfo {
   int device = 0;
   int sms = 1;               // multiprocessors
   int64_t l2_bytes = 0;      // L2 cache size
+  int64_t smem_optin = 0;    // shared memory one block may opt in to
 };
 
 // The current device's SM count and L2 size (the caller holds a DeviceGuard for the tensors' device).
@@ -69,6 +72,10 @@ inline DeviceInfo current_device_info(const char* op) {
   check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), op,
              "cudaDeviceGetAttribute(L2CacheSize)");
   info.l2_bytes = l2;
+  int optin = 0;
+  check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), op,
+             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  info.smem_optin = optin;
   if (info.sms < 1) info.sms = 1;
   cache.emplace(device, info);
   return info;
@@ -92,6 +99,27 @@ int resident_blocks_per_sm(Kernel kernel, int threads, size_t smem, const char* 
   if (blocks < 1) blocks = 1;
   cache.emplace(key, blocks);
   return blocks;
+}
+
+// The dynamic shared memory `kernel` may use on the current device: the opt-in maximum less its static shared
+// memory, allowed once per (device, kernel) with cudaFuncAttributeMaxDynamicSharedMemorySize (launches above
+// the default 48 KB need it).
+template <typename Kernel>
+int64_t max_dynamic_smem(Kernel kernel, const char* op) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int64_t> cache;
+  const DeviceInfo info = current_device_info(op);
+  const auto key = std::make_pair(info.device, reinterpret_cast<const void*>(kernel));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  cudaFuncAttributes attr{};
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), op, "cudaFuncGetAttributes");
+  const int64_t bytes = std::max<int64_t>(0, info.smem_optin - static_cast<int64_t>(attr.sharedSizeBytes));
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+             op, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  cache.emplace(key, bytes);
+  return bytes;
 }
 
 }  // namespace cuda

@@ -1,8 +1,8 @@
-// Launch plan of the CUDA reorthogonalize (reorthogonalize.cu): tile sizes, grids and whether sweep 2 is
-// fused, from n, k, the element size and the device (SM count, L2 size, resident blocks per SM from the
-// occupancy API). Host-only arithmetic without CUDA or torch headers, so it compiles and can be checked on
-// any machine. benchmarks/bench_kernels.py mirrors fuse_sweep_two (the sweep count it reports): keep them
-// in step.
+// Launch plan of the CUDA reorthogonalize (reorthogonalize.cu): tile sizes, grids and how sweep 2 runs --
+// fused through L2, fused through shared memory, or split in two -- from n, k, the element size and the
+// device (SM count, L2 size, resident blocks per SM from the occupancy API). Host-only arithmetic without
+// CUDA or torch headers, so it compiles and is checked on any machine (tests/test_cuda_host.py).
+// benchmarks/bench_kernels.py mirrors the sweep-2 choice (the sweep count it reports): keep them in step.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +24,11 @@ constexpr int kL2ShareDivisor = 2;
 // ... with at least this many blocks of the smallest tile per SM (fewer leave too few loads in flight; a
 // first guess, to be measured on a GPU, overridden by HESSEXT_REORTH_FUSE=always|never).
 constexpr int kFuseMinBlocksPerSm = 2;
+// When the L2 cannot hold them, sweep 2 can stage the k rows of one 128-column chunk in shared memory (k x
+// kChunk elements a block) and read them there twice: 3 sweeps for any k whose stage fits, if at least this
+// many blocks stay resident per SM (one block alone would leave HBM idle while it computes; a first guess,
+// to be measured on a GPU, overridden by HESSEXT_REORTH_FUSE=smem|never).
+constexpr int kSmemMinBlocksPerSm = 2;
 // A sweep's reduction (the k dot products' chunk partials, or the squared norm's) is folded into the sweep
 // itself -- its last block to finish sums the partials, in the same fixed order as the separate reduction
 // kernel -- when there are at most this many partials: one block then reads <= 256 KB (a few microseconds,
@@ -31,15 +36,21 @@ constexpr int kFuseMinBlocksPerSm = 2;
 // device's bandwidth. Only the launch count depends on this choice, never the bits.
 constexpr int64_t kFoldMaxPartials = int64_t{1} << 15;
 
-enum class FuseMode { kAuto, kAlways, kNever };
+// HESSEXT_REORTH_FUSE: kAlways = fused through L2, kSmem = fused through shared memory, kNever = split.
+// HESSEXT_REORTH_FOLD uses kAuto / kAlways / kNever.
+enum class FuseMode { kAuto, kAlways, kNever, kSmem };
 
 struct Device {
   int sms;
   int64_t l2_bytes;
-  int resident_dot;    // resident blocks per SM of the DOT-only kernel
-  int resident_fused;  // ... of SUB + DOT
-  int resident_sub;    // ... of SUB (+ NORM)
+  int resident_dot;        // resident blocks per SM of the DOT-only kernel
+  int resident_fused;      // ... of SUB + DOT
+  int resident_sub;        // ... of SUB (+ NORM)
+  int resident_smem = 0;   // ... of the shared-memory fused sweep with this k's stage; 0: it does not fit
 };
+
+// Dynamic shared memory of the shared-memory fused sweep: the k rows of one chunk.
+inline int64_t smem_stage_bytes(int64_t k, int elt) { return k * kChunk * elt; }
 
 struct SweepLaunch {
   int vpt = kMaxVpt;       // tile = vpt * kThreads columns
@@ -52,7 +63,8 @@ struct Plan {
   SweepLaunch dot;    // sweep 1 (and the dot half of an unfused sweep 2)
   SweepLaunch fused;  // sweep 2 when fused
   SweepLaunch sub;    // the subtracting sweeps
-  bool fused_two = false;
+  bool fused_two = false;  // sweep 2 in one read of the basis from HBM ...
+  bool smem = false;       // ... through shared memory (else through L2)
   int sweeps = 0;     // sweeps over the basis
   bool fold_dots = false;  // the dot sweeps reduce their own partials (last block)
   bool fold_norm = false;  // the norm sweep reduces its own partials (last block)
@@ -133,6 +145,17 @@ inline void plan_reductions(Plan& p, int64_t n, int64_t k, int64_t passes, FuseM
                ((p.fold_dots || p.fold_norm) ? 1 : 0);
 }
 
+// The shared-memory fused sweep: one chunk per block at a time, the grid capped at the resident blocks.
+inline SweepLaunch smem_launch(int64_t n, const Device& d) {
+  SweepLaunch s;
+  s.vpt = 0;  // unused: a tile is one chunk
+  s.gx = std::max<int64_t>(1, std::min(ceil_div(n, kChunk), int64_t{std::max(d.resident_smem, 1)} * d.sms));
+  return s;
+}
+
+// Sweep 2 under kAuto: through L2 when fuse_sweep_two, else through shared memory when its stage leaves
+// kSmemMinBlocksPerSm blocks resident, else split (4 sweeps). kSmem where the stage does not fit at all
+// (resident_smem == 0) is split too.
 inline Plan make_plan(int64_t n, int64_t k, int64_t passes, int elt, const Device& d, FuseMode mode,
                       FuseMode fold = FuseMode::kAuto) {
   Plan p;
@@ -143,9 +166,13 @@ inline Plan make_plan(int64_t n, int64_t k, int64_t passes, int elt, const Devic
   } else if (passes == 1) {
     p.sweeps = 2;
   } else {
-    p.fused_two = mode == FuseMode::kAlways ||
-                  (mode == FuseMode::kAuto && fuse_sweep_two(n, k, elt, d.sms, d.l2_bytes));
-    if (p.fused_two) p.fused = fused_launch(n, k, elt, d);
+    const bool l2 = mode == FuseMode::kAlways ||
+                    (mode == FuseMode::kAuto && fuse_sweep_two(n, k, elt, d.sms, d.l2_bytes));
+    p.smem = !l2 && d.resident_smem > 0 &&
+             (mode == FuseMode::kSmem || (mode == FuseMode::kAuto && d.resident_smem >= kSmemMinBlocksPerSm));
+    p.fused_two = l2 || p.smem;
+    if (l2) p.fused = fused_launch(n, k, elt, d);
+    if (p.smem) p.fused = smem_launch(n, d);
     p.sweeps = p.fused_two ? 3 : 4;
   }
   plan_reductions(p, n, k, passes, fold);

@@ -46,6 +46,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -150,11 +151,12 @@ __device__ __forceinline__ bool last_block(unsigned* ticket, int* flag) {
   return *flag != 0;
 }
 
-// Dots of rows [r_begin, r_end) with the tile of w staged in xs (columns t0 .. t0 + len): a warp takes
-// (kRowsPerWarp rows, one 128-column chunk) pairs, one accumulator per row; partial[r * chunks + chunk].
+// Dots of rows [r_begin, r_end) of a tile (element (r, c) at tile[r * ld + c], c < len; the basis in global
+// memory, or its stage in shared memory) with the tile of w staged in xs: a warp takes (kRowsPerWarp rows,
+// one 128-column chunk) pairs, one accumulator per row; partial[r * chunks + chunk0 + chunk of the tile].
 template <typename T>
-__device__ __forceinline__ void dot_tile(const T* __restrict__ B, int64_t n, int64_t t0, int64_t len,
-                                         int64_t r_begin, int64_t r_end, const T* xs, int64_t chunks,
+__device__ __forceinline__ void dot_tile(const T* __restrict__ tile, int64_t ld, int64_t len, int64_t r_begin,
+                                         int64_t r_end, const T* xs, int64_t chunks, int64_t chunk0,
                                          double* __restrict__ partial) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -166,7 +168,7 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ B, int64_t n, int
     const int64_t r0 = r_begin + g * kRowsPerWarp;
     const int nr = static_cast<int>(r_end - r0 < kRowsPerWarp ? r_end - r0 : kRowsPerWarp);
     const int64_t c0 = static_cast<int64_t>(ch) * kChunk;
-    const T* row = B + r0 * n + t0 + c0;
+    const T* row = tile + r0 * ld + c0;
     double acc[kRowsPerWarp] = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
     for (int s = 0; s < kChunk / 32; ++s) {
@@ -175,13 +177,13 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ B, int64_t n, int
         const double x = static_cast<double>(xs[c0 + i]);
 #pragma unroll
         for (int rr = 0; rr < kRowsPerWarp; ++rr)
-          if (rr < nr) acc[rr] = fma(static_cast<double>(row[rr * n + i]), x, acc[rr]);
+          if (rr < nr) acc[rr] = fma(static_cast<double>(row[rr * ld + i]), x, acc[rr]);
       }
     }
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const double d = warp_sum(acc[rr]);
-      if (lane == 0 && rr < nr) partial[(r0 + rr) * chunks + t0 / kChunk + ch] = d;
+      if (lane == 0 && rr < nr) partial[(r0 + rr) * chunks + chunk0 + ch] = d;
     }
   }
 }
@@ -262,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) tile_sweep(const T* __
       for (int q = 0; q < kMaxVpt; ++q)
         if (q < vpt) xs[threadIdx.x + q * kThreads] = v[q];
       __syncthreads();
-      dot_tile<T>(B, n, t0, len, r_begin, r_end, xs, chunks, partial);
+      dot_tile<T>(B + t0, n, len, r_begin, r_end, xs, chunks, t0 / kChunk, partial);
       __syncthreads();  // xs is rewritten by the next tile
     }
     if (NORM) norm_tile<T>(v, vpt, t0, len, scratch, norm_partial);
@@ -273,6 +275,49 @@ __global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) tile_sweep(const T* __
       if (DOT) reduce_dot_rows(red, chunks, 0, k, scratch);
       if (NORM) reduce_norm_partials(red, chunks, scratch);
     }
+  }
+}
+
+// Sweep 2 fused through shared memory, for k too large for the L2 plan: a block takes one 128-column chunk at
+// a time, copies its k rows of the basis into shared memory (asynchronous copies: all of them in flight at
+// once), subtracts Bᵀh1 from the chunk of w there (thread c: column c, the rows in order 0..k-1, one fma
+// each, as the SUB sweep does), and dots the result with the same staged rows (dot_tile, as every DOT
+// sweep does): the basis is read from HBM once and the bits are those of the other plans.
+template <typename T, bool FOLD>
+__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) smem_fused_sweep(const T* __restrict__ B, int64_t k,
+                                                                          int64_t n, const T* src, T* dst,
+                                                                          const double* __restrict__ hsub,
+                                                                          double* partial, Reduction<T> red) {
+  extern __shared__ __align__(16) unsigned char stage_bytes[];
+  T* stage = reinterpret_cast<T*>(stage_bytes);  // [k, kChunk]
+  __shared__ T xs[kChunk];
+  __shared__ double scratch[kWarps];
+  __shared__ int last;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t elements = k * kChunk;
+  for (int64_t t = blockIdx.x; t < chunks; t += gridDim.x) {
+    const int64_t t0 = t * kChunk;
+    const int len = static_cast<int>((n - t0) < kChunk ? (n - t0) : kChunk);
+    for (int64_t e = threadIdx.x; e < elements; e += kThreads) {
+      const int c = static_cast<int>(e % kChunk);
+      if (c < len) __pipeline_memcpy_async(stage + e, B + (e / kChunk) * n + t0 + c, sizeof(T));
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    const int c = threadIdx.x;
+    if (c < len) {
+      T v = src[t0 + c];
+      for (int64_t r = 0; r < k; ++r) v = fma(-static_cast<T>(hsub[r]), stage[r * kChunk + c], v);
+      dst[t0 + c] = v;
+      xs[c] = v;
+    }
+    __syncthreads();
+    dot_tile<T>(stage, kChunk, len, 0, k, xs, chunks, t, partial);
+    __syncthreads();  // the stage and xs are rewritten for the next chunk
+  }
+  if constexpr (FOLD) {
+    if (last_block(red.ticket, &last)) reduce_dot_rows(red, chunks, 0, k, scratch);
   }
 }
 
@@ -289,13 +334,15 @@ __global__ void __launch_bounds__(kThreads) reduce_norm(Reduction<T> red, int64_
   reduce_norm_partials(red, chunks, scratch);
 }
 
-// An override from the environment: unset, "" or "auto"; "always" or "1"; "never" or "0".
-reorth::FuseMode env_mode(const char* name) {
+// An override from the environment: unset, "" or "auto"; "always" or "1"; "never" or "0"; "smem" (with_smem).
+reorth::FuseMode env_mode(const char* name, bool with_smem) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return reorth::FuseMode::kAuto;
   if (std::strcmp(v, "always") == 0 || std::strcmp(v, "1") == 0) return reorth::FuseMode::kAlways;
   if (std::strcmp(v, "never") == 0 || std::strcmp(v, "0") == 0) return reorth::FuseMode::kNever;
-  STD_TORCH_CHECK(false, "reorthogonalize: ", name, " must be auto, always or never, got '", v, "'");
+  if (with_smem && std::strcmp(v, "smem") == 0) return reorth::FuseMode::kSmem;
+  STD_TORCH_CHECK(false, "reorthogonalize: ", name, " must be auto, always, never", with_smem ? " or smem" : "",
+                  ", got '", v, "'");
   return reorth::FuseMode::kAuto;
 }
 
@@ -309,8 +356,13 @@ reorth::Plan plan_for(int64_t n, int64_t k, int64_t passes) {
   d.resident_dot = cuda::resident_blocks_per_sm(tile_sweep<T, false, true, false, false>, kThreads, 0, op);
   d.resident_fused = cuda::resident_blocks_per_sm(tile_sweep<T, true, true, false, false>, kThreads, 0, op);
   d.resident_sub = cuda::resident_blocks_per_sm(tile_sweep<T, true, false, true, false>, kThreads, 0, op);
-  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, env_mode("HESSEXT_REORTH_FUSE"),
-                           env_mode("HESSEXT_REORTH_FOLD"));
+  const int64_t stage = reorth::smem_stage_bytes(k, static_cast<int>(sizeof(T)));
+  if (passes == 2 && k > 0 && stage <= cuda::max_dynamic_smem(smem_fused_sweep<T, false>, op) &&
+      stage <= cuda::max_dynamic_smem(smem_fused_sweep<T, true>, op))
+    d.resident_smem = cuda::resident_blocks_per_sm(smem_fused_sweep<T, false>, kThreads,
+                                                   static_cast<size_t>(stage), op);
+  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, env_mode("HESSEXT_REORTH_FUSE", true),
+                           env_mode("HESSEXT_REORTH_FOLD", false));
 }
 
 // What every launch of one call shares.
@@ -346,6 +398,24 @@ void sweep(const Call<T>& c, const reorth::SweepLaunch& s, const T* src, T* dst,
     reduce_norm<T><<<1, kThreads, 0, c.stream>>>(red, c.chunks);
     check_launch("reduce_norm");
   }
+}
+
+// Sweep 2 fused through shared memory (its reduction folded, or as its own kernel).
+template <typename T>
+void smem_sweep(const Call<T>& c, const reorth::SweepLaunch& s, const T* src, T* dst, const double* hsub,
+                const Reduction<T>& red, bool fold) {
+  const unsigned grid = static_cast<unsigned>(s.gx);
+  const size_t stage = static_cast<size_t>(reorth::smem_stage_bytes(c.k, static_cast<int>(sizeof(T))));
+  if (fold) {
+    smem_fused_sweep<T, true><<<grid, kThreads, stage, c.stream>>>(c.B, c.k, c.n, src, dst, hsub, c.partial, red);
+  } else {
+    smem_fused_sweep<T, false><<<grid, kThreads, stage, c.stream>>>(c.B, c.k, c.n, src, dst, hsub, c.partial,
+                                                                    red);
+  }
+  check_launch("sweep 2 (fused, shared memory)");
+  if (fold) return;
+  reduce_rows<T><<<static_cast<unsigned>(c.k), kThreads, 0, c.stream>>>(red, c.chunks);
+  check_launch("reduce_rows");
 }
 
 template <typename T>
@@ -386,7 +456,9 @@ void launch(const T* w, const T* B, int64_t k, int64_t n, int64_t passes, T* out
     sweep<T, true, false, true>(c, plan.sub, w, out, h1, rn, fn, "sweep 2");
     return;
   }
-  if (plan.fused_two) {
+  if (plan.smem) {
+    smem_sweep(c, plan.fused, w, out, h1, r2, fd);
+  } else if (plan.fused_two) {
     sweep<T, true, true, false>(c, plan.fused, w, out, h1, r2, fd, "sweep 2 (fused)");
   } else {
     sweep<T, true, false, false>(c, plan.sub, w, out, h1, r2, fd, "sweep 2 (subtract)");
