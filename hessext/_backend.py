@@ -124,6 +124,7 @@ def info() -> dict[str, Any]:
         if torch.cuda.is_available() else [],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_isa_override": os.environ.get("HESSEXT_CPU_ISA") or None,
+        "cpu_prefetch_override": os.environ.get("HESSEXT_CPU_PREFETCH") or None,
         "num_threads": torch.get_num_threads(),
         "built_extension": b.get("extension"),
         "built_with_cuda": b.get("cuda"),

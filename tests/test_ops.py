@@ -133,6 +133,39 @@ def test_compiled_baseline_isa_matches_reference():
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.skipif(not _backend.COMPILED, reason="compiled extension not loaded")
+@pytest.mark.parametrize("isa", ["baseline", "auto"])
+def test_compiled_software_prefetch_changes_no_bits(tmp_path, isa):
+    """The CPU loops prefetch the next row block in software on AMD only (HESSEXT_CPU_PREFETCH overrides):
+    with and without, every sweep (tiles of 64K columns, several row blocks, remainder rows, two threads'
+    column ranges, 1 and 2 passes) gives the same bits."""
+    code = """
+        import sys, torch, hessext
+        assert hessext.BACKEND != "python"
+        torch.set_num_threads(2)
+        out = {}
+        for dt in (torch.float32, torch.float64):
+            g = torch.Generator().manual_seed(5)
+            B = torch.randn(13, 300_007, generator=g, dtype=torch.float64).to(dt)
+            w = torch.randn(300_007, generator=g, dtype=torch.float64).to(dt)
+            for passes in (1, 2):
+                out[str(dt), passes] = torch.ops.hessext.reorthogonalize(w, B, passes)
+        torch.save(out, PATH)
+    """
+    results = []
+    for flag in ("0", "1"):
+        path = tmp_path / f"prefetch{flag}.pt"
+        env = {"HESSEXT_CPU_PREFETCH": flag}
+        if isa == "baseline":
+            env["HESSEXT_CPU_ISA"] = "baseline"
+        _run_python(code.replace("PATH", repr(str(path))), env)
+        results.append(torch.load(path))
+    assert results[0].keys() == results[1].keys() and len(results[0]) == 4
+    for key in results[0]:
+        for a, b in zip(results[0][key], results[1][key]):
+            assert torch.equal(a, b), key
+
+
 # --------------------------------------------------------------------------------------------------------
 # rademacher_
 # --------------------------------------------------------------------------------------------------------

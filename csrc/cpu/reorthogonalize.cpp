@@ -4,13 +4,14 @@
 //   sweep 1:  h1 = B w                                            (read B)
 //   sweep 2:  per column tile:  w' = w - B_tileᵀ h1  then  h2 += B_tile w'   (read B once: the tile's
 //             columns are sized so that k * tile fits in 3/4 of the per-core L2, and its second read hits L2;
-//             both phases prefetch the next tile, so memory keeps streaming while the dots read L2)
+//             on AMD both phases prefetch the next tile, so memory keeps streaming while the dots read L2)
 //   sweep 3:  w'' = w' - Bᵀ h2  and  ‖w''‖²                        (read B)
 //
 // Work is split into one contiguous column range per thread (torch::stable::parallel_for); every thread
 // keeps its own partial dot products (double), reduced afterwards in thread order, so the result does not
 // depend on scheduling. The inner loops (reorth_kernels.inc) run on 4 basis rows at a time with
-// cache-line-wide lane accumulators, compiled for the baseline ISA and for AVX2+FMA (isa.h).
+// cache-line-wide lane accumulators, compiled for the baseline ISA and for AVX2+FMA (isa.h); they prefetch
+// the next row block in software on AMD CPUs only (isa.h: cpu_software_prefetch, measured).
 #include "hessext/checks.h"
 #include "isa.h"
 
@@ -103,6 +104,7 @@ void parallel_sweep(const Plan& p, const Sweeps<T>& fn, Sweep kind, const T* B, 
                     const T* src, T* dst, const T* h, std::vector<double>& partial,
                     std::vector<double>& out) {
   const int64_t stride = k + 1;
+  const bool pf = cpu_software_prefetch();
   std::fill(partial.begin(), partial.end(), 0.0);
   auto work = [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
@@ -111,13 +113,13 @@ void parallel_sweep(const Plan& p, const Sweeps<T>& fn, Sweep kind, const T* B, 
       double* acc = partial.data() + c * stride;
       switch (kind) {
         case Sweep::kDot:
-          fn.sweep(B, k, n, src, dst, false, h, true, false, acc, c0, c1, p.tile);
+          fn.sweep(B, k, n, src, dst, false, h, true, false, acc, c0, c1, p.tile, pf);
           break;
         case Sweep::kFused:
-          fn.fused(B, k, n, src, dst, h, acc, c0, c1, p.fused_tile);
+          fn.fused(B, k, n, src, dst, h, acc, c0, c1, p.fused_tile, pf);
           break;
         case Sweep::kSubNorm:
-          fn.sweep(B, k, n, src, dst, true, h, false, true, acc, c0, c1, p.tile);
+          fn.sweep(B, k, n, src, dst, true, h, false, true, acc, c0, c1, p.tile, pf);
           break;
       }
     }
