@@ -35,16 +35,23 @@ inline bool cpu_use_avx2() {
 // Intel Xeon (2 MiB L2 per core) they cost 1.3-1.9x (the hardware prefetchers already stream, and the
 // extra instructions and L2 traffic get in the way). So: on AMD CPUs only; HESSEXT_CPU_PREFETCH=0|1
 // overrides. Prefetching never changes the results.
+inline bool cpu_is_amd() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 inline bool cpu_software_prefetch() {
   static const bool use = [] {
     const char* env = std::getenv("HESSEXT_CPU_PREFETCH");
     if (env != nullptr && *env != '\0') return std::strcmp(env, "0") != 0;
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    return __builtin_cpu_is("amd") != 0;
-#else
-    return false;
-#endif
+    return cpu_is_amd();
   }();
   return use;
 }
