@@ -53,7 +53,12 @@ from .data import (
 )
 from .layout import ParamLayout
 
-__all__ = ["FunctionalEvaluator", "LossModule", "parameter_names", "FLOAT_DTYPES"]
+__all__ = ["FunctionalEvaluator", "LossModule", "LossDtypeError", "parameter_names", "FLOAT_DTYPES"]
+
+
+class LossDtypeError(RuntimeError):
+    """torch could not differentiate the user's loss because it mixes dtypes (see
+    :meth:`FunctionalEvaluator.differentiating`)."""
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 _PREFIX = "model."
@@ -295,18 +300,21 @@ class FunctionalEvaluator:
 
     @contextlib.contextmanager
     def differentiating(self):
-        """Around a backward pass through the user's loss: torch's own dtype-mismatch error (a loss that mixes
-        outputs in the computation dtype with tensors of another dtype, such as float32 targets captured by
-        ``loss_fn`` under ``dtype=torch.float64``: ``mse_loss`` cannot differentiate that before torch 2.13)
-        becomes one that says what happened and what to do."""
+        """Around backward passes through the user's loss (the gradient, and every operator's products):
+        torch's own dtype-mismatch error (a loss that mixes outputs in the computation dtype with tensors of
+        another dtype, such as float32 targets captured by ``loss_fn`` under ``dtype=torch.float64``:
+        ``mse_loss`` cannot differentiate that before torch 2.13) becomes a :class:`LossDtypeError` that says
+        what happened and what to do. Nested uses explain once."""
         try:
             yield
+        except LossDtypeError:
+            raise
         except RuntimeError as err:
             msg = str(err)
             if "Found dtype" not in msg or "but expected" not in msg:
                 raise
             dt = self.dtype
-            raise RuntimeError(
+            raise LossDtypeError(
                 f"differentiating the loss in {dt} failed inside torch {torch.__version__} ({msg}): the loss "
                 f"mixes {dt} tensors with tensors of another dtype (targets captured by loss_fn, for one), "
                 f"which this torch cannot differentiate for every loss (mse_loss before torch 2.13). Cast "

@@ -168,9 +168,8 @@ class DoubleBackward:
         inputs = self.ev.inputs(with_originals)
 
         def product(cols: list[Tensor], batched: bool) -> list[Tensor]:
-            with self.ev.differentiating():
-                hs = torch.autograd.grad(outs, inputs, grad_outputs=cols, retain_graph=True,
-                                         allow_unused=True, is_grads_batched=batched)
+            hs = torch.autograd.grad(outs, inputs, grad_outputs=cols, retain_graph=True, allow_unused=True,
+                                     is_grads_batched=batched)
             shapes = [v.shape if batched else v.shape[1:] for v in Vs]
             return _zeros_for_unused(self.ev.combine(hs, with_originals), shapes, Vs[0])
 
@@ -472,7 +471,7 @@ class HessianOperator(LinearOperator):
         accumulated in place.
         """
         Vs = self.layout.unflatten_batched(X)
-        with self._reducer.guard(self.n * X.shape[1]):
+        with self._reducer.guard(self.n * X.shape[1]), self.evaluator.differentiating():
             mode, first = self._resolve(Vs, use_cache)     # resolving "auto" computes batch 0's product
             single = self.num_batches == 1 and self._reducer.local
             products = ((self.layout.flatten_batched(first if (i == 0 and first is not None)

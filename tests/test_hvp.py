@@ -562,45 +562,69 @@ def test_dtype_and_device_copies_leave_the_model_alone():
 
 class _Float32Gradient(torch.autograd.Function):
     """Identity whose backward fails the way torch's own kernels do on a dtype mismatch (as mse_loss between
-    float64 and float32 tensors does before torch 2.13), whatever this torch's version."""
+    float64 and float32 tensors does before torch 2.13), whatever this torch's version (usable under
+    torch.func: setup_context and a forward derivative)."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
         return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def jvp(ctx, t):
+        return t
 
     @staticmethod
     def backward(ctx, g):
         raise RuntimeError("Found dtype Float but expected Double")
 
 
-@pytest.mark.parametrize("where", ["gradient", "second backward"])
+class _SquareWithBadSecond(torch.autograd.Function):
+    """x²: its backward works, the backward of that backward (an HVP's second pass) fails as above."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * _Float32Gradient.apply(x) * g
+
+
+@pytest.mark.parametrize("where", ["gradient", "second backward", "forward over reverse"])
 def test_dtype_mismatch_inside_torch_is_explained(where):
+    """torch's dtype-mismatch error from a backward through the user's loss is explained once (a
+    LossDtypeError caused by torch's error), in the gradient, in an HVP's second backward and under
+    torch.func; other errors pass through unchanged. (The GGN/Fisher operators differentiate only the model:
+    their output Hessians are closed forms.)"""
+    from hessext.evaluator import LossDtypeError
+
     model, batch, loss, _ = case("mlp")
-    if where == "gradient":
+    if where == "second backward":  # the gradient works; its own backward (the HVP) fails
+        def bad(out, y):
+            return _SquareWithBadSecond.apply(out - y).mean()
+    else:
         def bad(out, y):
             return loss(_Float32Gradient.apply(out), y)
-    else:  # the gradient works; its own backward (the HVP) fails
-        class SquareWithBadSecond(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                ctx.save_for_backward(x)
-                return x * x
-
-            @staticmethod
-            def backward(ctx, g):
-                (x,) = ctx.saved_tensors
-                return 2 * _Float32Gradient.apply(x) * g
-
-        def bad(out, y):
-            return SquareWithBadSecond.apply(out - y).mean()
-    op = HessianOperator(model, bad, batch, dtype=F64, mode="double_backward")
-    with pytest.raises(RuntimeError, match=r"failed inside torch .*Found dtype Float but expected Double.*"
-                                           r"Cast them to torch\.float64") as info:
+    mode = "forward_over_reverse" if where == "forward over reverse" else "double_backward"
+    op = HessianOperator(model, bad, batch, dtype=F64, mode=mode)
+    with pytest.raises(LossDtypeError, match=r"failed inside torch .*\(Found dtype Float but expected "
+                                             r"Double\).*Cast them to torch\.float64") as info:
         op @ torch.ones(op.n, dtype=F64)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert type(info.value.__cause__) is RuntimeError  # torch's own error, explained once
+    assert str(info.value).count("failed inside torch") == 1
     other = HessianOperator(model, lambda out, y: loss(out, y) + torch.log(-out.abs().sum()), batch)
-    with pytest.raises(RuntimeError, match="loss is nan"):  # other errors pass through unchanged
+    with pytest.raises(RuntimeError, match="loss is nan") as info:  # other errors pass through unchanged
         other @ torch.ones(other.n)
+    assert not isinstance(info.value, LossDtypeError)
 
 
 @pytest.mark.cuda
