@@ -7,8 +7,8 @@
 //                        fill_walk; one output line per case: "g0 t a c" quadruples (t = the thread's step)
 //   walk_far             per line "n m s0 s1 stride offset g0 every": one thread walks to its end; prints
 //                        "t o e a c" when t % every == 0 or o changed at this step, then "end t"
-//   plan                 per line "n k passes elt sms l2 rdot rfused rsub rsmem fuse fold" (fuse, fold: FuseMode as
-//                        an int): make_plan's fields and fuse_sweep_two, one JSON object per case
+//   plan                 per line "n k passes elt sms l2 rdot rfused rsub rsmem fuse fold" (fuse, fold:
+//                        FuseMode as an int): make_plan's fields and fuse_sweep_two, one JSON object per case
 //
 // A walk that runs past its element count prints "LOOP" and stops (a broken walk_step must fail, not hang).
 #include "hessext/hash.h"
@@ -90,8 +90,8 @@ void walk_far_case(const std::string& line) {
 }
 
 void print_launch(const char* name, const reorth::SweepLaunch& s) {
-  std::printf("\"%s\": {\"vpt\": %d, \"gx\": %" PRId64 ", \"gy\": %" PRId64 ", \"rows_per_y\": %" PRId64 "}, ",
-              name, s.vpt, s.gx, s.gy, s.rows_per_y);
+  std::printf("\"%s\": {\"vpt\": %d, \"gx\": %" PRId64 ", \"gy\": %" PRId64 ", \"rows_per_y\": %" PRId64
+              "}, ", name, s.vpt, s.gx, s.gy, s.rows_per_y);
 }
 
 void plan_case(const std::string& line) {

@@ -1,6 +1,6 @@
-// What the CUDA kernels ask of the device and of torch: the current stream, the device's SM count and L2 size,
-// and a kernel's resident blocks per SM (the occupancy API), looked up once per (device, kernel, block size)
-// and cached. Included by the
+// What the CUDA kernels ask of the device and of torch: the current stream, the device's SM count and L2
+// size, and a kernel's resident blocks per SM (the occupancy API), looked up once per (device, kernel, block
+// size) and cached. Included by the
 // .cu files of csrc/cuda only (setup.py compiles *.cu; this header is not a translation unit).
 #pragma once
 
@@ -116,8 +116,9 @@ int64_t max_dynamic_smem(Kernel kernel, const char* op) {
   cudaFuncAttributes attr{};
   check_cuda(cudaFuncGetAttributes(&attr, kernel), op, "cudaFuncGetAttributes");
   const int64_t bytes = std::max<int64_t>(0, info.smem_optin - static_cast<int64_t>(attr.sharedSizeBytes));
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-             op, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  check_cuda(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), op,
+      "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   cache.emplace(key, bytes);
   return bytes;
 }

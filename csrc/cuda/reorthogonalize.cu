@@ -6,8 +6,8 @@
 //   sweep 3:  w'' = w' - Bᵀ h2 ; ‖w''‖²                  tile_sweep<SUB, NORM>  + reduction of the norm
 //
 // Launches: a reduction with few partials (reorth_plan.h: kFoldMaxPartials) is folded into its sweep -- each
-// block fences its partials and takes a ticket from a counter (zeroed by one memset per call); the block that
-// takes the last ticket sums them -- so a small 2-pass call is one memset and 3 kernels instead of 6 kernels.
+// block fences its partials and takes a ticket from a counter (zeroed by one memset per call); the block
+// that takes the last ticket sums them -- so a small 2-pass call is one memset and 3 kernels instead of 6.
 // Larger reductions run as their own kernel (reduce_rows: one block per row; reduce_norm), whose one extra
 // launch is small against the sweep. Both run the same sum_chunks arithmetic, so the choice never shows in
 // the bits (HESSEXT_REORTH_FOLD=always|never overrides it, for tests).
@@ -90,9 +90,9 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-// sum_c p[c] over c < chunks in a fixed order (thread t takes c = t, t + kThreads, ..., then block_sum), valid
-// in thread 0; ends with a barrier so scratch can be reused at once. Loads bypass L1 (__ldcg): in a folded
-// reduction the partials were written by other blocks of the same kernel.
+// sum_c p[c] over c < chunks in a fixed order (thread t takes c = t, t + kThreads, ..., then block_sum),
+// valid in thread 0; ends with a barrier so scratch can be reused at once. Loads bypass L1 (__ldcg): in a
+// folded reduction the partials were written by other blocks of the same kernel.
 __device__ __forceinline__ double sum_chunks(const double* p, int64_t chunks, double* scratch) {
   double s = 0;
   for (int64_t c = threadIdx.x; c < chunks; c += kThreads) s += __ldcg(p + c);
@@ -214,17 +214,17 @@ __device__ __forceinline__ void norm_tile(const T (&v)[kMaxVpt], int vpt, int64_
 
 // One sweep over the basis; see the file comment. Tiles t = blockIdx.x, + gridDim.x, ...; DOT rows
 // [blockIdx.y * rows_per_y, + rows_per_y). src and dst may be the same array: no __restrict__ on them.
-// FOLD: the last block to finish also reduces what the sweep produced (DOT: every row's dots; NORM: the squared
-// norm); reorth_plan.h says when. The folded kernels only run on small problems (few partials), so they get
-// room for the reduction's registers (at least 3 resident blocks: <= 80 registers) rather than spill at the
-// 64 that ptxas picks otherwise. The unfolded kernels, which stream the large problems, keep ptxas's own
-// choice: a minimum of 0 blocks is the same as none (measured: the same registers as without it, while 1 is
-// not -- it let the fused sweep take 95 registers, 2 resident blocks instead of 4).
+// FOLD: the last block to finish also reduces what the sweep produced (DOT: every row's dots; NORM: the
+// squared norm); reorth_plan.h says when. The folded kernels only run on small problems (few partials), so
+// they get room for the reduction's registers (at least 3 resident blocks: <= 80 registers) rather than spill
+// at the 64 that ptxas picks otherwise. The unfolded kernels, which stream the large problems, keep ptxas's
+// own choice: a minimum of 0 blocks is the same as none (measured: the same registers as without it, while 1
+// is not -- it let the fused sweep take 95 registers, 2 resident blocks instead of 4).
 template <typename T, bool SUB, bool DOT, bool NORM, bool FOLD>
-__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) tile_sweep(const T* __restrict__ B, int64_t k, int64_t n,
-                                                       const T* src, T* dst, const double* __restrict__ hsub,
-                                                       double* partial, double* norm_partial, int vpt,
-                                                       int64_t rows_per_y, Reduction<T> red) {
+__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0)
+    tile_sweep(const T* __restrict__ B, int64_t k, int64_t n, const T* src, T* dst,
+               const double* __restrict__ hsub, double* partial, double* norm_partial, int vpt,
+               int64_t rows_per_y, Reduction<T> red) {
   __shared__ T xs[kMaxTile];
   __shared__ double scratch[kMaxVpt * kWarps];
   __shared__ int last;
@@ -278,16 +278,15 @@ __global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) tile_sweep(const T* __
   }
 }
 
-// Sweep 2 fused through shared memory, for k too large for the L2 plan: a block takes one 128-column chunk at
-// a time, copies its k rows of the basis into shared memory (asynchronous copies: all of them in flight at
+// Sweep 2 fused through shared memory, for k too large for the L2 plan: a block takes one 128-column chunk
+// at a time, copies its k rows of the basis into shared memory (asynchronous copies: all of them in flight at
 // once), subtracts Bᵀh1 from the chunk of w there (thread c: column c, the rows in order 0..k-1, one fma
 // each, as the SUB sweep does), and dots the result with the same staged rows (dot_tile, as every DOT
 // sweep does): the basis is read from HBM once and the bits are those of the other plans.
 template <typename T, bool FOLD>
-__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0) smem_fused_sweep(const T* __restrict__ B, int64_t k,
-                                                                          int64_t n, const T* src, T* dst,
-                                                                          const double* __restrict__ hsub,
-                                                                          double* partial, Reduction<T> red) {
+__global__ void __launch_bounds__(kThreads, FOLD ? 3 : 0)
+    smem_fused_sweep(const T* __restrict__ B, int64_t k, int64_t n, const T* src, T* dst,
+                     const double* __restrict__ hsub, double* partial, Reduction<T> red) {
   extern __shared__ __align__(16) unsigned char stage_bytes[];
   T* stage = reinterpret_cast<T*>(stage_bytes);  // [k, kChunk]
   __shared__ T xs[kChunk];
@@ -341,8 +340,8 @@ reorth::FuseMode env_mode(const char* name, bool with_smem) {
   if (std::strcmp(v, "always") == 0 || std::strcmp(v, "1") == 0) return reorth::FuseMode::kAlways;
   if (std::strcmp(v, "never") == 0 || std::strcmp(v, "0") == 0) return reorth::FuseMode::kNever;
   if (with_smem && std::strcmp(v, "smem") == 0) return reorth::FuseMode::kSmem;
-  STD_TORCH_CHECK(false, "reorthogonalize: ", name, " must be auto, always, never", with_smem ? " or smem" : "",
-                  ", got '", v, "'");
+  STD_TORCH_CHECK(false, "reorthogonalize: ", name, " must be auto, always, never",
+                  with_smem ? " or smem" : "", ", got '", v, "'");
   return reorth::FuseMode::kAuto;
 }
 
@@ -361,8 +360,8 @@ reorth::Plan plan_for(int64_t n, int64_t k, int64_t passes) {
       stage <= cuda::max_dynamic_smem(smem_fused_sweep<T, true>, op))
     d.resident_smem = cuda::resident_blocks_per_sm(smem_fused_sweep<T, false>, kThreads,
                                                    static_cast<size_t>(stage), op);
-  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d, env_mode("HESSEXT_REORTH_FUSE", true),
-                           env_mode("HESSEXT_REORTH_FOLD", false));
+  return reorth::make_plan(n, k, passes, static_cast<int>(sizeof(T)), d,
+                           env_mode("HESSEXT_REORTH_FUSE", true), env_mode("HESSEXT_REORTH_FOLD", false));
 }
 
 // What every launch of one call shares.
@@ -374,6 +373,17 @@ struct Call {
   double* norm_partial;  // [chunks]
   cudaStream_t stream;
 };
+
+// A sweep's reduction as its own kernel (not folded): one block per row of the dots, or one for the norm.
+template <typename T, bool DOT>
+void reduce_apart(const Call<T>& c, const Reduction<T>& red) {
+  if constexpr (DOT) {
+    reduce_rows<T><<<static_cast<unsigned>(c.k), kThreads, 0, c.stream>>>(red, c.chunks);
+  } else {
+    reduce_norm<T><<<1, kThreads, 0, c.stream>>>(red, c.chunks);
+  }
+  check_launch(DOT ? "reduce_rows" : "reduce_norm");
+}
 
 // One sweep and, for a DOT or NORM sweep, its reduction: folded into the sweep (fold) or as its own kernel.
 template <typename T, bool SUB, bool DOT, bool NORM>
@@ -391,13 +401,7 @@ void sweep(const Call<T>& c, const reorth::SweepLaunch& s, const T* src, T* dst,
   tile_sweep<T, SUB, DOT, NORM, false><<<grid, kThreads, 0, c.stream>>>(
       c.B, c.k, c.n, src, dst, hsub, c.partial, c.norm_partial, s.vpt, s.rows_per_y, red);
   check_launch(what);
-  if constexpr (DOT) {
-    reduce_rows<T><<<static_cast<unsigned>(c.k), kThreads, 0, c.stream>>>(red, c.chunks);
-    check_launch("reduce_rows");
-  } else if constexpr (NORM) {
-    reduce_norm<T><<<1, kThreads, 0, c.stream>>>(red, c.chunks);
-    check_launch("reduce_norm");
-  }
+  if constexpr (DOT || NORM) reduce_apart<T, DOT>(c, red);
 }
 
 // Sweep 2 fused through shared memory (its reduction folded, or as its own kernel).
@@ -407,15 +411,14 @@ void smem_sweep(const Call<T>& c, const reorth::SweepLaunch& s, const T* src, T*
   const unsigned grid = static_cast<unsigned>(s.gx);
   const size_t stage = static_cast<size_t>(reorth::smem_stage_bytes(c.k, static_cast<int>(sizeof(T))));
   if (fold) {
-    smem_fused_sweep<T, true><<<grid, kThreads, stage, c.stream>>>(c.B, c.k, c.n, src, dst, hsub, c.partial, red);
+    smem_fused_sweep<T, true><<<grid, kThreads, stage, c.stream>>>(c.B, c.k, c.n, src, dst, hsub, c.partial,
+                                                                   red);
   } else {
     smem_fused_sweep<T, false><<<grid, kThreads, stage, c.stream>>>(c.B, c.k, c.n, src, dst, hsub, c.partial,
                                                                     red);
   }
   check_launch("sweep 2 (fused, shared memory)");
-  if (fold) return;
-  reduce_rows<T><<<static_cast<unsigned>(c.k), kThreads, 0, c.stream>>>(red, c.chunks);
-  check_launch("reduce_rows");
+  if (!fold) reduce_apart<T, true>(c, red);
 }
 
 template <typename T>
